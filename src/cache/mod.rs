@@ -1,0 +1,202 @@
+//! The cache directory: verified file contents, stored once per sha256, and
+//! what is known about files still being filled. Layout (version 1):
+//!
+//! ```text
+//! CACHE/VERSION                 "1": the layout version
+//! CACHE/blobs/ab/<sha256>       a complete file, verified whole; immutable
+//! CACHE/blobs/ab/<sha256>.partial  a sparse file being filled chunk by chunk
+//! CACHE/blobs/ab/<sha256>.map   which chunks of the .partial are verified
+//! CACHE/tmp/<sha256>.<pid>.<n>  whole-file downloads (files without chunk hashes)
+//! ```
+
+mod blob;
+pub mod chunk_map;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+pub use blob::Blob;
+
+use crate::hash::Digest;
+use crate::manifest::FileEntry;
+
+pub const LAYOUT_VERSION: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache directory {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "cache directory {} has layout version {found:?}; this modelfs uses {LAYOUT_VERSION:?}",
+        path.display()
+    )]
+    Version { path: PathBuf, found: String },
+}
+
+/// How much of a file the cache holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    Absent,
+    Partial { bytes: u64 },
+    Complete,
+}
+
+impl Presence {
+    pub fn bytes(self, size: u64) -> u64 {
+        match self {
+            Presence::Absent => 0,
+            Presence::Partial { bytes } => bytes,
+            Presence::Complete => size,
+        }
+    }
+}
+
+pub struct Cache {
+    root: PathBuf,
+    /// Open blobs by content, so that two manifest entries with one sha256
+    /// share chunk state and fetches.
+    open: Mutex<HashMap<Digest, Weak<Blob>>>,
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache at `root`.
+    pub fn open(root: &Path) -> Result<Cache, CacheError> {
+        let at = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CacheError::Io { path, source }
+        };
+        for sub in ["blobs", "tmp"] {
+            fs::create_dir_all(root.join(sub)).map_err(at(&root.join(sub)))?;
+        }
+        let version_file = root.join("VERSION");
+        match fs::read_to_string(&version_file) {
+            Ok(found) if found.trim() == LAYOUT_VERSION => {}
+            Ok(found) => {
+                return Err(CacheError::Version {
+                    path: root.to_owned(),
+                    found: found.trim().to_owned(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::write(&version_file, format!("{LAYOUT_VERSION}\n"))
+                    .map_err(at(&version_file))?
+            }
+            Err(e) => return Err(at(&version_file)(e)),
+        }
+        let root = fs::canonicalize(root).map_err(at(root))?;
+        Ok(Cache {
+            root,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_base(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.root.join("blobs").join(&hex[..2]).join(hex)
+    }
+
+    pub fn complete_path(&self, digest: &Digest) -> PathBuf {
+        self.blob_base(digest)
+    }
+
+    fn with_suffix(&self, digest: &Digest, suffix: &str) -> PathBuf {
+        let mut p = self.blob_base(digest).into_os_string();
+        p.push(suffix);
+        p.into()
+    }
+
+    /// A fresh private path for a whole-file download.
+    pub fn temp_path(&self, digest: &Digest) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        self.root.join("tmp").join(format!(
+            "{digest}.{}.{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    /// What the cache holds of `entry`, read without changing anything.
+    pub fn presence(&self, entry: &FileEntry) -> io::Result<Presence> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(blob) = open.get(&entry.sha256).and_then(Weak::upgrade) {
+            return Ok(blob.presence());
+        }
+        drop(open);
+        if fs::metadata(self.complete_path(&entry.sha256)).is_ok_and(|m| m.len() == entry.size) {
+            return Ok(Presence::Complete);
+        }
+        if entry.chunks.is_none() {
+            return Ok(Presence::Absent);
+        }
+        let map = self.with_suffix(&entry.sha256, ".map");
+        let Some(bits) = chunk_map::read_bits(&map, entry.size, entry.chunk_size)? else {
+            return Ok(Presence::Absent);
+        };
+        let bytes = bits
+            .iter()
+            .enumerate()
+            .filter(|(_, set)| **set)
+            .map(|(c, _)| chunk_len(entry.size, entry.chunk_size, c as u64))
+            .sum();
+        Ok(if bytes == 0 {
+            Presence::Absent
+        } else {
+            Presence::Partial { bytes }
+        })
+    }
+
+    /// Opens the blob for `entry`, shared with every other open entry of the
+    /// same content; creates its partial file and chunk map when needed.
+    pub fn open_blob(&self, entry: &FileEntry) -> io::Result<Arc<Blob>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(blob) = open.get(&entry.sha256).and_then(Weak::upgrade) {
+            return Ok(blob);
+        }
+        let dir = self.blob_base(&entry.sha256);
+        fs::create_dir_all(dir.parent().expect("blob paths have a parent"))?;
+        let blob = Arc::new(Blob::open(
+            entry,
+            self.complete_path(&entry.sha256),
+            self.with_suffix(&entry.sha256, ".partial"),
+            self.with_suffix(&entry.sha256, ".map"),
+        )?);
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(entry.sha256, Arc::downgrade(&blob));
+        Ok(blob)
+    }
+
+    /// Removes whole-file downloads left by processes that no longer run.
+    pub fn sweep_temp(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(self.root.join("tmp"))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.split('.').nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            if pid.is_some_and(|p| !process_alive(p)) && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Length of chunk `index` of a file: `chunk_size`, except maybe the last.
+pub fn chunk_len(size: u64, chunk_size: u64, index: u64) -> u64 {
+    chunk_size.min(size - index * chunk_size)
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}

@@ -1,0 +1,235 @@
+//! The command line: parse arguments, call into the library, turn errors into
+//! messages and exit codes (0 ok, 1 runtime failure, 2 usage or manifest error).
+
+mod daemon;
+mod mount;
+mod report;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::manifest::{BuildOptions, Manifest, ManifestError, build_entry};
+use crate::units::parse_size;
+
+#[derive(Parser)]
+#[command(
+    name = "modelfs",
+    version,
+    about = "Mount ML models from a manifest: listed at once, fetched lazily chunk by chunk, verified, cached",
+    long_about = "modelfs shows every model of a manifest as a read-only tree MOUNTPOINT/<model>/<file>.\n\
+                  Nothing is downloaded until a file is read; then only the chunks needed (plus readahead)\n\
+                  are fetched, each verified against its sha256 before a byte is served, into a cache\n\
+                  directory that survives unmounts and crashes.\n\n\
+                  Logging: MODELFS_LOG (e.g. MODELFS_LOG=debug, or modelfs=debug,reqwest=info)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ManifestArg {
+    /// The manifest (TOML) describing models, files and sources.
+    #[arg(long, short = 'm', env = "MODELFS_MANIFEST", value_name = "FILE")]
+    manifest: PathBuf,
+}
+
+#[derive(Args, Clone)]
+struct CacheArg {
+    /// Cache directory [default: $MODELFS_CACHE_DIR, else $XDG_CACHE_HOME/modelfs, else ~/.cache/modelfs].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl CacheArg {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.cache_dir {
+            return Ok(dir.clone());
+        }
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        env("MODELFS_CACHE_DIR")
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("modelfs")))
+            .or_else(|| env("HOME").map(|h| h.join(".cache/modelfs")))
+            .ok_or_else(|| {
+                UsageError("no cache directory: pass --cache-dir or set MODELFS_CACHE_DIR".into())
+                    .into()
+            })
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount the models of a manifest at MOUNTPOINT (foreground unless --daemon).
+    Mount(mount::MountArgs),
+    /// Unmount a modelfs mount; the mount process then exits cleanly.
+    Umount {
+        /// The mounted directory.
+        mountpoint: PathBuf,
+    },
+    /// List models (id, files, size, cached, pinned), or one model's files. No network.
+    Ls {
+        /// Show this model's files.
+        model: Option<String>,
+        #[command(flatten)]
+        manifest: ManifestArg,
+        #[command(flatten)]
+        cache: CacheArg,
+    },
+    /// Show what the cache holds of each model, and which mounts use it. No network, no changes.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        manifest: ManifestArg,
+        #[command(flatten)]
+        cache: CacheArg,
+    },
+    /// Write and check manifests.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+}
+
+#[derive(Subcommand)]
+enum ManifestCommand {
+    /// Print a [[model]] entry (sizes, sha256, chunk hashes) for the files under DIR.
+    ///
+    /// The output is one model entry; a manifest is `version = 1` followed by
+    /// such entries, e.g.:
+    ///   echo 'version = 1' > models.toml
+    ///   modelfs manifest build ./llama --id llama@1 --source https://mirror/llama >> models.toml
+    Build {
+        /// Directory holding the model's files (symlinks are followed).
+        dir: PathBuf,
+        /// Model id: the directory name under the mount ([A-Za-z0-9._@+-], up to 128 characters).
+        #[arg(long)]
+        id: String,
+        /// Base URL the files can be fetched from (repeatable; tried in order).
+        #[arg(long = "source", value_name = "URL")]
+        sources: Vec<String>,
+        /// Chunk size: a power of two from 64K to 64M [default: 8M].
+        #[arg(long, value_parser = parse_size)]
+        chunk_size: Option<u64>,
+        /// Optional description.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Validate a manifest; errors name the line, column and field (exit 2).
+    Check {
+        #[command(flatten)]
+        manifest: ManifestArg,
+    },
+}
+
+/// Bad arguments or input the user must fix: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("modelfs: {e:#}");
+            if e.downcast_ref::<ManifestError>().is_some()
+                || e.downcast_ref::<UsageError>().is_some()
+            {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Mount(args) => mount::mount(args).map(|()| 0),
+        Command::Umount { mountpoint } => mount::umount(&mountpoint).map(|()| 0),
+        Command::Ls {
+            model,
+            manifest,
+            cache,
+        } => {
+            init_logging("warn");
+            let manifest = load(&manifest.manifest)?;
+            report::ls(&manifest, &cache.resolve()?, model.as_deref()).map(|()| 0)
+        }
+        Command::Status {
+            json,
+            manifest,
+            cache,
+        } => {
+            init_logging("warn");
+            let manifest = load(&manifest.manifest)?;
+            report::status(&manifest, &cache.resolve()?, json).map(|()| 0)
+        }
+        Command::Manifest(ManifestCommand::Build {
+            dir,
+            id,
+            sources,
+            chunk_size,
+            description,
+        }) => {
+            init_logging("warn");
+            let opts = BuildOptions {
+                id,
+                sources,
+                chunk_size,
+                description,
+            };
+            let text = build_entry(&dir, &opts).map_err(|e| match e {
+                crate::manifest::BuildError::Invalid(m) => anyhow::Error::new(UsageError(m)),
+                other => anyhow::Error::new(other),
+            })?;
+            print!("{text}");
+            Ok(0)
+        }
+        Command::Manifest(ManifestCommand::Check { manifest }) => {
+            let m = load(&manifest.manifest)?;
+            let files: usize = m.models.iter().map(|m| m.files.len()).sum();
+            let bytes: u64 = m.models.iter().flat_map(|m| &m.files).map(|f| f.size).sum();
+            println!(
+                "{}: ok, {} models, {files} files, {}",
+                manifest.manifest.display(),
+                m.models.len(),
+                crate::units::format_size(bytes)
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Manifest> {
+    Ok(Manifest::load(path)?)
+}
+
+/// Logs to stderr, filtered by MODELFS_LOG (default `default`). fuser's own
+/// warnings are mostly noise for users (it warns when a mount it already saw
+/// go away fails to unmount), so it speaks only of errors unless asked.
+fn init_logging(default: &str) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MODELFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},fuser=error")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn context_path<T, E: std::error::Error + Send + Sync + 'static>(
+    r: Result<T, E>,
+    what: &str,
+    path: &Path,
+) -> anyhow::Result<T> {
+    r.with_context(|| format!("{what} {}", path.display()))
+}

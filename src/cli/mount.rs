@@ -1,0 +1,280 @@
+//! `modelfs mount` and `modelfs umount`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use fuser::{MountOption, Session, SessionACL};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use super::{CacheArg, ManifestArg, UsageError, context_path, daemon, init_logging};
+use crate::cache::Cache;
+use crate::fetch::{Fetcher, RetryPolicy};
+use crate::fs::ModelFs;
+use crate::fs::fuse::FuseAdapter;
+use crate::manifest::Manifest;
+use crate::source::{Sources, Timeouts};
+
+#[derive(Args)]
+pub struct MountArgs {
+    /// An existing empty directory to mount the tree on.
+    mountpoint: PathBuf,
+    #[command(flatten)]
+    manifest: ManifestArg,
+    #[command(flatten)]
+    cache: CacheArg,
+    /// Return once the mount is ready and keep serving in the background.
+    #[arg(long)]
+    daemon: bool,
+    /// Where a daemon logs [default: CACHE_DIR/mount.log].
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Let other users read the tree (needs user_allow_other in /etc/fuse.conf unless root).
+    #[arg(long)]
+    allow_other: bool,
+}
+
+pub fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let manifest = Arc::new(Manifest::load(&args.manifest.manifest)?);
+    let mountpoint = prepare_mountpoint(&args.mountpoint)?;
+    let cache_root = args.cache.resolve()?;
+    let cache = Arc::new(context_path(
+        Cache::open(&cache_root),
+        "cannot open cache",
+        &cache_root,
+    )?);
+    let ready = if args.daemon {
+        let log = args
+            .log_file
+            .clone()
+            .unwrap_or_else(|| cache.root().join("mount.log"));
+        Some(
+            daemon::daemonize(&log)
+                .with_context(|| format!("cannot start daemon (log {})", log.display()))?,
+        )
+    } else {
+        None
+    };
+    init_logging("info");
+    let mut ready = ready;
+    let result = serve(&args, manifest, cache, &mountpoint, &mut ready);
+    if let (Err(e), Some(ready)) = (&result, ready) {
+        ready.fail(&format!("{e:#}"));
+    }
+    result
+}
+
+/// Mounts, reports readiness, and serves until a signal or an unmount.
+fn serve(
+    args: &MountArgs,
+    manifest: Arc<Manifest>,
+    cache: Arc<Cache>,
+    mountpoint: &Path,
+    ready: &mut Option<daemon::Ready>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("modelfs-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    match cache.sweep_temp() {
+        Ok(0) => {}
+        Ok(n) => info!(removed = n, "removed downloads left by dead processes"),
+        Err(e) => warn!(error = %e, "cannot sweep the cache's tmp directory"),
+    }
+    let sources = Sources::new(Timeouts::default()).context("cannot set up HTTP client")?;
+    let fetcher = Arc::new(Fetcher::new(
+        Arc::clone(&cache),
+        sources,
+        RetryPolicy::default(),
+    ));
+    let mtime = std::fs::metadata(&args.manifest.manifest)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let core = Arc::new(ModelFs::new(
+        manifest,
+        Arc::clone(&cache),
+        fetcher,
+        runtime.handle().clone(),
+    ));
+    let adapter = FuseAdapter::new(core, runtime.handle().clone(), mtime);
+
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("modelfs".into()),
+        MountOption::Subtype("modelfs".into()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+    ];
+    if args.allow_other {
+        config.acl = SessionACL::All;
+    }
+    let mut session = Session::new(adapter, mountpoint, &config)
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let record = MountRecord::create(&cache, mountpoint, &args.manifest.manifest);
+    info!(mountpoint = %mountpoint.display(), cache = %cache.root().display(), "ready");
+    if let Some(ready) = ready.take() {
+        ready.ok();
+    }
+
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("fuse".into())
+        .spawn(move || {
+            let _ = done_tx.send(session.run());
+        })
+        .context("cannot start the FUSE thread")?;
+    let outcome = runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => Ok::<_, io::Error>(Some("SIGTERM")),
+            _ = int.recv() => Ok(Some("SIGINT")),
+            _ = &mut done_rx => Ok(None),
+        }
+    })?;
+    if let Some(signal) = outcome {
+        info!(signal, "unmounting");
+        if let Err(e) = unmounter.unmount() {
+            // Busy (files open): detach now; the kernel finishes when they close.
+            warn!(error = %e, "unmount failed; detaching lazily");
+            lazy_unmount(mountpoint)?;
+        }
+        // The session ends once the kernel has let go of the mount.
+        let ended = runtime.block_on(tokio::time::timeout(Duration::from_secs(10), done_rx));
+        if ended.is_err() {
+            warn!("FUSE session still busy after unmount; exiting anyway");
+        }
+    }
+    drop(record);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    info!("unmounted");
+    Ok(())
+}
+
+/// Checks the mountpoint, cleaning up a stale mount a killed modelfs left.
+fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    let abs =
+        std::path::absolute(path).with_context(|| format!("bad mountpoint {}", path.display()))?;
+    match std::fs::metadata(&abs) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            warn!(mountpoint = %abs.display(), "cleaning up a stale mount (its process died)");
+            lazy_unmount(&abs)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(UsageError(format!("mountpoint {} does not exist", abs.display())).into());
+        }
+        Err(e) => return Err(e).with_context(|| format!("mountpoint {}", abs.display())),
+        Ok(m) if !m.is_dir() => {
+            return Err(
+                UsageError(format!("mountpoint {} is not a directory", abs.display())).into(),
+            );
+        }
+        Ok(_) if is_mounted(&abs) => {
+            bail!("{} is already mounted; unmount it first", abs.display())
+        }
+        Ok(_) => {}
+    }
+    Ok(abs)
+}
+
+pub fn umount(path: &Path) -> anyhow::Result<()> {
+    let abs = std::path::absolute(path)?;
+    if !is_mounted(&abs) {
+        return Err(UsageError(format!("{} is not mounted", abs.display())).into());
+    }
+    let c = cpath(&abs)?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount(c.as_ptr()) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EBUSY) {
+        bail!(
+            "{} is busy: a process has files open under it (close them, or `fusermount3 -uz` to detach)",
+            abs.display()
+        );
+    }
+    // Not root: the setuid helper may unmount what this user mounted.
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&abs)
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(err).with_context(|| format!("cannot unmount {}", abs.display())),
+    }
+}
+
+fn lazy_unmount(path: &Path) -> anyhow::Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(path)
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => bail!("cannot detach the mount at {}", path.display()),
+    }
+}
+
+fn cpath(path: &Path) -> anyhow::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).context("path contains a NUL byte")
+}
+
+/// Whether `path` is a mountpoint, from /proc/self/mountinfo.
+fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// `CACHE/mounts/<pid>`: tells `modelfs status` which mounts use the cache.
+/// Removed when the mount ends; a record of a dead pid is ignored.
+pub struct MountRecord(Option<PathBuf>);
+
+impl MountRecord {
+    fn create(cache: &Cache, mountpoint: &Path, manifest: &Path) -> MountRecord {
+        let dir = cache.root().join("mounts");
+        let path = dir.join(std::process::id().to_string());
+        let body = serde_json::json!({
+            "pid": std::process::id(),
+            "mountpoint": mountpoint,
+            "manifest": std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned()),
+        });
+        let written =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, body.to_string()));
+        match written {
+            Ok(()) => MountRecord(Some(path)),
+            Err(e) => {
+                warn!(error = %e, "cannot record this mount in the cache; status will not list it");
+                MountRecord(None)
+            }
+        }
+    }
+}
+
+impl Drop for MountRecord {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

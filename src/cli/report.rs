@@ -1,0 +1,193 @@
+//! `modelfs ls` and `modelfs status`: read the manifest and the cache's state,
+//! never the network, never changing anything.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use crate::cache::{Cache, Presence, process_alive};
+use crate::manifest::{Manifest, Model};
+use crate::units::format_size;
+
+/// Presence of every file of a model; a cache that does not exist holds nothing.
+fn model_presence(cache: Option<&Cache>, model: &Model) -> Vec<Presence> {
+    model
+        .files
+        .iter()
+        .map(|f| {
+            cache
+                .and_then(|c| c.presence(f).ok())
+                .unwrap_or(Presence::Absent)
+        })
+        .collect()
+}
+
+fn model_state(model: &Model, presence: &[Presence]) -> (&'static str, u64, u64) {
+    let size: u64 = model.files.iter().map(|f| f.size).sum();
+    let cached: u64 = model
+        .files
+        .iter()
+        .zip(presence)
+        .map(|(f, p)| p.bytes(f.size))
+        .sum();
+    let state = if presence.iter().all(|p| *p == Presence::Complete) {
+        "complete"
+    } else if cached == 0 {
+        "absent"
+    } else {
+        "partial"
+    };
+    (state, size, cached)
+}
+
+/// Opens the cache only if it exists: status and ls must not create it.
+fn existing_cache(root: &Path) -> anyhow::Result<Option<Cache>> {
+    if !root.join("VERSION").exists() {
+        return Ok(None);
+    }
+    Ok(Some(
+        Cache::open(root).with_context(|| format!("cache {}", root.display()))?,
+    ))
+}
+
+fn percent(cached: u64, size: u64) -> String {
+    if size == 0 {
+        return "100%".into();
+    }
+    format!("{:.0}%", cached as f64 * 100.0 / size as f64)
+}
+
+pub fn ls(manifest: &Manifest, cache_root: &Path, model: Option<&str>) -> anyhow::Result<()> {
+    let cache = existing_cache(cache_root)?;
+    match model {
+        None => {
+            println!(
+                "{:<40} {:>6} {:>11} {:>7}  PINNED",
+                "MODEL", "FILES", "SIZE", "CACHED"
+            );
+            for m in &manifest.models {
+                let (_, size, cached) = model_state(m, &model_presence(cache.as_ref(), m));
+                println!(
+                    "{:<40} {:>6} {:>11} {:>7}  {}",
+                    m.id,
+                    m.files.len(),
+                    format_size(size),
+                    percent(cached, size),
+                    if m.pinned { "yes" } else { "no" }
+                );
+            }
+        }
+        Some(id) => {
+            let m = manifest.model(id).ok_or_else(|| {
+                super::UsageError(format!("no model {id:?} in {}", manifest.path.display()))
+            })?;
+            println!("{:<50} {:>11} {:>7}  SHA256", "FILE", "SIZE", "CACHED");
+            for (f, p) in m.files.iter().zip(model_presence(cache.as_ref(), m)) {
+                println!(
+                    "{:<50} {:>11} {:>7}  {}",
+                    f.path,
+                    format_size(f.size),
+                    percent(p.bytes(f.size), f.size),
+                    &f.sha256.to_hex()[..16]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::Result<()> {
+    let cache = existing_cache(cache_root)?;
+    let models: Vec<_> = manifest
+        .models
+        .iter()
+        .map(|m| {
+            let presence = model_presence(cache.as_ref(), m);
+            let (state, size, cached) = model_state(m, &presence);
+            let files: Vec<_> = m
+                .files
+                .iter()
+                .zip(&presence)
+                .map(|(f, p)| json!({"path": f.path, "size": f.size, "cached_bytes": p.bytes(f.size)}))
+                .collect();
+            json!({"id": m.id, "state": state, "size": size, "cached_bytes": cached, "pinned": m.pinned, "files": files})
+        })
+        .collect();
+    let cache_bytes = cache
+        .as_ref()
+        .map_or(0, |c| disk_usage(&c.root().join("blobs")));
+    let mounts = cache
+        .as_ref()
+        .map(|c| live_mounts(c.root()))
+        .unwrap_or_default();
+    if as_json {
+        let doc = json!({
+            "cache_dir": cache_root,
+            "cache_bytes": cache_bytes,
+            "quota_bytes": null,
+            "models": models,
+            "mounts": mounts,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!(
+        "cache {}: {} on disk, no quota",
+        cache_root.display(),
+        format_size(cache_bytes)
+    );
+    for m in &models {
+        let (size, cached) = (
+            m["size"].as_u64().unwrap_or(0),
+            m["cached_bytes"].as_u64().unwrap_or(0),
+        );
+        println!(
+            "  {:<40} {:<9} {} of {}",
+            m["id"].as_str().unwrap_or_default(),
+            m["state"].as_str().unwrap_or_default(),
+            format_size(cached),
+            format_size(size)
+        );
+    }
+    if mounts.is_empty() {
+        println!("no mounts use this cache");
+    }
+    for mount in &mounts {
+        println!(
+            "mounted at {} (pid {})",
+            mount["mountpoint"].as_str().unwrap_or("?"),
+            mount["pid"]
+        );
+    }
+    Ok(())
+}
+
+/// Bytes allocated under `dir` (sparse partial files count what they hold).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_usage(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn live_mounts(root: &Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(root.join("mounts")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.path()).ok()?).ok()
+        })
+        .filter(|v| v["pid"].as_i64().is_some_and(|p| process_alive(p as i32)))
+        .collect()
+}

@@ -1,0 +1,438 @@
+//! Getting verified bytes into the cache: one fetch per chunk however many
+//! readers want it (single flight), ranged requests resumed where they broke,
+//! retries with backoff, failover across a file's sources, and verification
+//! before anything is marked present.
+
+pub mod readahead;
+mod retry;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use futures::future::join_all;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{OnceCell, Semaphore};
+use tracing::{Instrument, debug, info_span, warn};
+
+pub use retry::RetryPolicy;
+
+use crate::cache::{Blob, Cache};
+use crate::hash::Digest;
+use crate::manifest::{FileEntry, Manifest};
+use crate::source::{Location, Sink, SourceError, Sources, StreamError};
+
+/// Range requests in flight at once per process; more only queue at the
+/// server and spread the same bandwidth thinner.
+pub const MAX_CONCURRENT_REQUESTS: usize = 16;
+
+/// Key of the single in-flight fetch of a whole file without chunk hashes.
+const WHOLE: u64 = u64::MAX;
+
+/// One file of one model of a manifest.
+#[derive(Clone)]
+pub struct Target {
+    manifest: Arc<Manifest>,
+    model: usize,
+    file: usize,
+}
+
+impl Target {
+    pub fn new(manifest: Arc<Manifest>, model: usize, file: usize) -> Self {
+        Target {
+            manifest,
+            model,
+            file,
+        }
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.manifest.models[self.model].id
+    }
+
+    pub fn entry(&self) -> &FileEntry {
+        &self.manifest.models[self.model].files[self.file]
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.model_id(), self.entry().path)
+    }
+}
+
+/// Why bytes could not be had. Cheap to clone: every waiter on a shared
+/// fetch gets the leader's error.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{target}: every source failed: {}", format_attempts(attempts))]
+    AllSourcesFailed {
+        target: String,
+        attempts: Arc<Vec<(String, String)>>,
+    },
+    #[error("{target}: cache: {source}")]
+    Local {
+        target: String,
+        source: Arc<io::Error>,
+    },
+    #[error(
+        "{target}: every chunk matches its hash but the whole file does not match sha256 {expected} (got {actual}): the manifest is inconsistent"
+    )]
+    Inconsistent {
+        target: String,
+        expected: Digest,
+        actual: Digest,
+    },
+}
+
+fn format_attempts(attempts: &[(String, String)]) -> String {
+    attempts
+        .iter()
+        .map(|(loc, err)| format!("{loc}: {err}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+type Flight = Arc<OnceCell<Result<(), FetchError>>>;
+
+pub struct Fetcher {
+    sources: Sources,
+    retry: RetryPolicy,
+    requests: Semaphore,
+    inflight: Mutex<HashMap<(Digest, u64), Flight>>,
+    cache: Arc<Cache>,
+}
+
+/// Where one attempt's bytes go: hashed as they arrive and written at their
+/// offset, so a broken stream resumes where it stopped.
+struct RangeWriter<'a> {
+    out: &'a dyn WriteAt,
+    range: Range<u64>,
+    pos: u64,
+    hasher: Option<Sha256>,
+}
+
+trait WriteAt: Sync {
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
+}
+
+impl WriteAt for Blob {
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        Blob::write_at(self, data, offset)
+    }
+}
+
+impl WriteAt for File {
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.write_all_at(data, offset)
+    }
+}
+
+impl Sink for RangeWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.out.write_at(data, self.pos)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(data);
+        }
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+}
+
+impl RangeWriter<'_> {
+    fn restart(&mut self) {
+        self.pos = self.range.start;
+        if self.hasher.is_some() {
+            self.hasher = Some(Sha256::new());
+        }
+    }
+}
+
+/// A failed attempt at one source, or a local failure that no source can fix.
+enum AttemptError {
+    Source(SourceError),
+    Mismatch { actual: Digest },
+    Local(io::Error),
+}
+
+impl Fetcher {
+    pub fn new(cache: Arc<Cache>, sources: Sources, retry: RetryPolicy) -> Self {
+        Fetcher {
+            sources,
+            retry,
+            requests: Semaphore::new(MAX_CONCURRENT_REQUESTS),
+            inflight: Mutex::new(HashMap::new()),
+            cache,
+        }
+    }
+
+    /// Makes chunk `index` of `blob` verified and present, fetching it unless
+    /// it already is or another task is already fetching it.
+    pub async fn ensure_chunk(
+        &self,
+        target: &Target,
+        blob: &Arc<Blob>,
+        index: u64,
+    ) -> Result<(), FetchError> {
+        self.single_flight(blob, index, || {
+            self.fetch_chunk(target, blob, index)
+                .instrument(info_span!("fetch_chunk", file = %target, chunk = index))
+        })
+        .await
+    }
+
+    /// Makes a file without chunk hashes complete: fetched whole, verified.
+    pub async fn ensure_whole(&self, target: &Target, blob: &Arc<Blob>) -> Result<(), FetchError> {
+        self.single_flight(blob, WHOLE, || {
+            self.fetch_whole(target, blob)
+                .instrument(info_span!("fetch_whole", file = %target))
+        })
+        .await
+    }
+
+    async fn single_flight<F>(
+        &self,
+        blob: &Arc<Blob>,
+        index: u64,
+        fetch: impl FnOnce() -> F,
+    ) -> Result<(), FetchError>
+    where
+        F: Future<Output = Result<(), FetchError>>,
+    {
+        let present = |b: &Blob| {
+            if index == WHOLE {
+                b.is_complete()
+            } else {
+                b.has_chunk(index)
+            }
+        };
+        let key = (blob.digest, index);
+        let flight = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked under the lock: a finished fetch sets its bit before it
+            // leaves the map, so we see one or the other.
+            if present(blob) {
+                return Ok(());
+            }
+            Arc::clone(inflight.entry(key).or_default())
+        };
+        let result = flight.get_or_init(fetch).await.clone();
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if inflight.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            inflight.remove(&key);
+        }
+        result
+    }
+
+    async fn fetch_chunk(
+        &self,
+        target: &Target,
+        blob: &Arc<Blob>,
+        index: u64,
+    ) -> Result<(), FetchError> {
+        let entry = target.entry();
+        let start = index * entry.chunk_size;
+        let range = start..(start + entry.chunk_size).min(entry.size);
+        let expected = entry.chunks.as_ref().map(|c| c[index as usize]);
+        let mut attempts = Vec::new();
+        for location in &entry.locations {
+            let mut writer = RangeWriter {
+                out: blob.as_ref(),
+                range: range.clone(),
+                pos: range.start,
+                hasher: Some(Sha256::new()),
+            };
+            match self.fetch_range(location, &mut writer, expected).await {
+                Ok(()) => {
+                    let b = Arc::clone(blob);
+                    blocking(move || b.mark_verified(index))
+                        .await
+                        .map_err(|e| local(target, e))?;
+                    if blob.all_chunks_verified() {
+                        self.finish(target, blob).await?;
+                    }
+                    return Ok(());
+                }
+                Err(AttemptError::Local(e)) => return Err(local(target, e)),
+                Err(e) => {
+                    let why = describe(&e);
+                    warn!(model = target.model_id(), file = %entry.path, chunk = index, source = %location, error = %why, "source failed; trying the next");
+                    attempts.push((location.to_string(), why));
+                }
+            }
+        }
+        Err(FetchError::AllSourcesFailed {
+            target: target.to_string(),
+            attempts: Arc::new(attempts),
+        })
+    }
+
+    /// Checks the whole file once every chunk is in, and makes it complete.
+    async fn finish(&self, target: &Target, blob: &Arc<Blob>) -> Result<(), FetchError> {
+        let b = Arc::clone(blob);
+        match blocking(move || b.finish_chunked()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(actual)) => Err(FetchError::Inconsistent {
+                target: target.to_string(),
+                expected: blob.digest,
+                actual,
+            }),
+            Err(e) => Err(local(target, e)),
+        }
+    }
+
+    /// Fetches a file without chunk hashes into a private temporary file in
+    /// parallel ranges, verifies it whole, then publishes it. A mismatch is
+    /// retried with the next source first.
+    async fn fetch_whole(&self, target: &Target, blob: &Arc<Blob>) -> Result<(), FetchError> {
+        let entry = target.entry();
+        let tmp = self.cache.temp_path(&blob.digest);
+        let mut attempts = Vec::new();
+        for round in 0..entry.locations.len() {
+            let file = File::create(&tmp).and_then(|f| f.set_len(entry.size).map(|()| f));
+            let file = file.map_err(|e| local(target, e))?;
+            let mut order: Vec<&Location> = entry.locations.iter().collect();
+            order.rotate_left(round);
+            let parts = (0..entry.chunk_count()).map(|c| {
+                let start = c * entry.chunk_size;
+                self.fetch_part(
+                    target,
+                    &file,
+                    &order,
+                    start..(start + entry.chunk_size).min(entry.size),
+                )
+            });
+            let results = join_all(parts).await;
+            if let Some(e) = results.into_iter().find_map(Result::err) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            let path = tmp.clone();
+            let actual = blocking(move || {
+                Digest::of_reader(io::BufReader::with_capacity(1 << 20, File::open(path)?))
+            })
+            .await
+            .map_err(|e| local(target, e))?;
+            if actual == blob.digest {
+                let (b, path) = (Arc::clone(blob), tmp.clone());
+                return blocking(move || b.finish_whole(&path))
+                    .await
+                    .map_err(|e| local(target, e));
+            }
+            warn!(model = target.model_id(), file = %entry.path, first_source = %order[0], %actual, "whole file does not match its sha256; fetching again");
+            attempts.push((
+                order[0].to_string(),
+                format!("whole file hash mismatch (got {actual})"),
+            ));
+        }
+        let _ = std::fs::remove_file(&tmp);
+        Err(FetchError::AllSourcesFailed {
+            target: target.to_string(),
+            attempts: Arc::new(attempts),
+        })
+    }
+
+    async fn fetch_part(
+        &self,
+        target: &Target,
+        file: &File,
+        order: &[&Location],
+        range: Range<u64>,
+    ) -> Result<(), FetchError> {
+        let mut attempts = Vec::new();
+        for location in order {
+            let mut writer = RangeWriter {
+                out: file,
+                range: range.clone(),
+                pos: range.start,
+                hasher: None,
+            };
+            match self.fetch_range(location, &mut writer, None).await {
+                Ok(()) => return Ok(()),
+                Err(AttemptError::Local(e)) => return Err(local(target, e)),
+                Err(e) => attempts.push((location.to_string(), describe(&e))),
+            }
+        }
+        Err(FetchError::AllSourcesFailed {
+            target: target.to_string(),
+            attempts: Arc::new(attempts),
+        })
+    }
+
+    /// Fetches `writer.range` from one source, retrying transient faults with
+    /// backoff and resuming after the bytes already received; then checks the
+    /// bytes against `expected`.
+    async fn fetch_range(
+        &self,
+        location: &Location,
+        writer: &mut RangeWriter<'_>,
+        expected: Option<Digest>,
+    ) -> Result<(), AttemptError> {
+        let mut retry = 0;
+        loop {
+            let result = {
+                let _permit = self
+                    .requests
+                    .acquire()
+                    .await
+                    .expect("semaphore never closes");
+                self.sources
+                    .fetch(location, writer.pos..writer.range.end, writer)
+                    .await
+            };
+            let error = match result {
+                Ok(()) => break,
+                Err(StreamError::Sink(e)) => return Err(AttemptError::Local(e)),
+                Err(StreamError::Source(e)) => e,
+            };
+            retry += 1;
+            if !error.is_transient() || retry >= self.retry.attempts {
+                return Err(AttemptError::Source(error));
+            }
+            // An over-long body put wrong bytes where right ones may follow: start over.
+            if matches!(error, SourceError::LongBody { .. }) {
+                writer.restart();
+            }
+            let delay = self.retry.delay(retry, error.retry_after());
+            debug!(source = %location, %error, ?delay, resume_at = writer.pos, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+        match (expected, writer.hasher.take()) {
+            (Some(expected), Some(hasher)) => {
+                let actual = Digest(hasher.finalize().into());
+                if actual != expected {
+                    return Err(AttemptError::Mismatch { actual });
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn describe(e: &AttemptError) -> String {
+    match e {
+        AttemptError::Source(e) => e.to_string(),
+        AttemptError::Mismatch { actual } => format!("chunk hash mismatch (got {actual})"),
+        AttemptError::Local(e) => e.to_string(),
+    }
+}
+
+fn local(target: &Target, e: io::Error) -> FetchError {
+    FetchError::Local {
+        target: target.to_string(),
+        source: Arc::new(e),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}

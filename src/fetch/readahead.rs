@@ -1,0 +1,118 @@
+//! Readahead as a pure state machine: given each read of one open file, say
+//! which bytes to fetch ahead of it. No I/O, so it is tested on its own.
+//!
+//! A sequential reader gets a window of bytes requested ahead of it that
+//! doubles each time it has consumed half of the window, up to a cap; a
+//! random reader gets nothing ahead (only the chunks it touches).
+
+use std::ops::Range;
+
+/// How far a read may land from where the last one ended and still count as
+/// sequential: the kernel issues up to 1 MiB per request and may have a few
+/// in flight out of order.
+const SEQUENTIAL_SLACK: u64 = 2 << 20;
+/// Cap on bytes requested ahead of one reader, and on chunks in that window.
+const MAX_WINDOW_BYTES: u64 = 256 << 20;
+const MAX_WINDOW_CHUNKS: u64 = 16;
+
+#[derive(Debug)]
+pub struct Readahead {
+    /// Where the last read ended.
+    next: u64,
+    /// End of what has been requested ahead so far.
+    requested_to: u64,
+    window: u64,
+    initial: u64,
+    max: u64,
+}
+
+impl Readahead {
+    pub fn new(chunk_size: u64) -> Self {
+        let max = (chunk_size * MAX_WINDOW_CHUNKS)
+            .min(MAX_WINDOW_BYTES)
+            .max(chunk_size);
+        Readahead {
+            next: 0,
+            requested_to: 0,
+            window: chunk_size,
+            initial: chunk_size,
+            max,
+        }
+    }
+
+    /// Records a read of `len` bytes at `offset` in a file of `size` bytes and
+    /// returns the bytes to fetch ahead of it (empty for none).
+    pub fn on_read(&mut self, offset: u64, len: u64, size: u64) -> Range<u64> {
+        let end = offset.saturating_add(len).min(size);
+        let sequential =
+            offset <= self.next + SEQUENTIAL_SLACK && offset + SEQUENTIAL_SLACK >= self.next;
+        self.next = end;
+        if !sequential {
+            self.window = self.initial;
+            self.requested_to = end;
+            return end..end;
+        }
+        if self.requested_to.saturating_sub(end) > self.window / 2 {
+            return end..end;
+        }
+        if self.requested_to > end {
+            // The reader is keeping up with what was fetched for it: widen.
+            self.window = (self.window * 2).min(self.max);
+        }
+        let from = self.requested_to.max(end);
+        let to = (end + self.window).min(size);
+        self.requested_to = to.max(self.requested_to);
+        from..to.max(from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn sequential_window_doubles_to_the_cap() {
+        let mut ra = Readahead::new(8 * MIB);
+        let size = 10_000 * MIB;
+        let first = ra.on_read(0, 128 << 10, size);
+        assert_eq!(first, (128 << 10)..(8 * MIB + (128 << 10)));
+        let mut widest = 0;
+        let mut requested_to = first.end;
+        let mut offset = 128 << 10;
+        while offset < 2_000 * MIB {
+            let r = ra.on_read(offset, 128 << 10, size);
+            if !r.is_empty() {
+                assert_eq!(r.start, requested_to, "windows are contiguous");
+                requested_to = r.end;
+                widest = widest.max(r.end - offset);
+            }
+            offset += 128 << 10;
+        }
+        assert!(
+            widest > 64 * MIB && widest <= 128 * MIB + MIB,
+            "widest {widest}"
+        );
+    }
+
+    #[test]
+    fn random_reads_get_nothing_ahead_and_reset_the_window() {
+        let mut ra = Readahead::new(8 * MIB);
+        let size = 1_000 * MIB;
+        assert!(!ra.on_read(0, MIB, size).is_empty());
+        assert!(ra.on_read(500 * MIB, 4096, size).is_empty());
+        assert!(ra.on_read(100 * MIB, 4096, size).is_empty());
+        // Reading on from there is sequential again, with the first window.
+        let r = ra.on_read(100 * MIB + 4096, 4096, size);
+        assert_eq!(r.end - r.start, 8 * MIB);
+    }
+
+    #[test]
+    fn never_past_the_end() {
+        let mut ra = Readahead::new(8 * MIB);
+        let r = ra.on_read(0, 4096, 5 * MIB);
+        assert_eq!(r, 4096..5 * MIB);
+        assert!(ra.on_read(5 * MIB - 4096, 4096, 5 * MIB).is_empty());
+    }
+}

@@ -1,0 +1,435 @@
+//! The FUSE adapter: each kernel request is a tracing span, one call into
+//! [`ModelFs`], then a reply or an errno. Reads that miss the cache are
+//! answered from a task on the runtime, so the request loop never waits on
+//! the network.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, WriteFlags,
+};
+use tracing::{Instrument, debug, debug_span, info, warn};
+
+use super::{Attr, FsError, ModelFs, NodeKind, ReadNow};
+
+/// Names never change while mounted; sizes neither. Only `st_blocks` moves as
+/// the cache fills, and a second's staleness there is harmless.
+const ENTRY_TTL: Duration = Duration::from_secs(60);
+const ATTR_TTL: Duration = Duration::from_secs(1);
+const BLOCK_SIZE: u32 = 4096;
+
+pub struct FuseAdapter {
+    core: Arc<ModelFs>,
+    runtime: tokio::runtime::Handle,
+    passthrough: bool,
+    /// Kernel handles on complete cache files, held while their file is open.
+    backing: Mutex<HashMap<u64, BackingId>>,
+    uid: u32,
+    gid: u32,
+    mtime: SystemTime,
+}
+
+impl FuseAdapter {
+    pub fn new(core: Arc<ModelFs>, runtime: tokio::runtime::Handle, mtime: SystemTime) -> Self {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        FuseAdapter {
+            core,
+            runtime,
+            passthrough: false,
+            backing: Mutex::new(HashMap::new()),
+            uid,
+            gid,
+            mtime,
+        }
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        let (kind, perm, nlink) = match a.kind {
+            NodeKind::Dir => (FileType::Directory, 0o555, 2),
+            NodeKind::File => (FileType::RegularFile, 0o444, 1),
+        };
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            // `du` shows what is local.
+            blocks: a.cached.div_ceil(512),
+            atime: self.mtime,
+            mtime: self.mtime,
+            ctime: self.mtime,
+            crtime: self.mtime,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: BLOCK_SIZE,
+            flags: 0,
+        }
+    }
+
+    /// Opens a complete file as a kernel passthrough: reads then bypass us.
+    fn try_passthrough(
+        &self,
+        fh: u64,
+        file: &std::fs::File,
+        reply: &ReplyOpen,
+    ) -> Option<BackingId> {
+        match reply.open_backing(file) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                debug!(fh, error = %e, "passthrough unavailable; serving reads ourselves");
+                None
+            }
+        }
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn name_str(name: &OsStr) -> Result<&str, FsError> {
+    // Every name in the tree is UTF-8 (the manifest is TOML): others cannot exist.
+    name.to_str().ok_or(FsError::NotFound)
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        info!(passthrough = self.passthrough, "mounted");
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _span = debug_span!("lookup", parent = parent.0, ?name).entered();
+        match name_str(name).and_then(|n| self.core.lookup(parent.0, n)) {
+            Ok(a) => reply.entry(&ENTRY_TTL, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _span = debug_span!("getattr", ino = ino.0).entered();
+        match self.core.getattr(ino.0) {
+            Ok(a) => reply.attr(&ATTR_TTL, &self.attr(&a)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let _span = debug_span!("readdir", ino = ino.0, offset).entered();
+        match self.core.readdir(ino.0, offset) {
+            Ok(entries) => {
+                for (i, e) in entries.iter().enumerate() {
+                    let kind = match e.kind {
+                        NodeKind::Dir => FileType::Directory,
+                        NodeKind::File => FileType::RegularFile,
+                    };
+                    if reply.add(INodeNo(e.ino), offset + i as u64 + 1, kind, &e.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _span = debug_span!("open", ino = ino.0).entered();
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        match self.core.open(ino.0, write) {
+            Ok((fh, handle)) => {
+                // Verified content never changes: the kernel may keep its pages.
+                let flags = FopenFlags::FOPEN_KEEP_CACHE;
+                let complete = handle.blob().complete_file();
+                if let Some(file) = complete.filter(|_| self.passthrough)
+                    && let Some(id) = self.try_passthrough(fh, &file, &reply)
+                {
+                    reply.opened_passthrough(FileHandle(fh), flags, &id);
+                    self.backing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(fh, id);
+                    return;
+                }
+                reply.opened(FileHandle(fh), flags);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let span = debug_span!("read", ino = ino.0, fh = fh.0, offset, size);
+        let now = span.in_scope(|| self.core.read_now(fh.0, offset, size));
+        match now {
+            Ok(ReadNow::Data(data)) => reply.data(&data),
+            Ok(ReadNow::Fetch(handle)) => {
+                let core = Arc::clone(&self.core);
+                self.runtime.spawn(
+                    async move {
+                        match core.read_fetch(&handle, offset, size).await {
+                            Ok(data) => reply.data(&data),
+                            Err(e) => {
+                                warn!(error = %e, "read failed");
+                                reply.error(errno(&e));
+                            }
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let _span = debug_span!("release", fh = fh.0).entered();
+        self.backing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
+        self.core.release(fh.0);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let (bytes, files) = self.core.totals();
+        let blocks = bytes.div_ceil(BLOCK_SIZE as u64);
+        reply.statfs(
+            blocks,
+            0,
+            0,
+            files + self.core.node_count() as u64,
+            0,
+            BLOCK_SIZE,
+            255,
+            BLOCK_SIZE,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _span = debug_span!("getxattr", ino = ino.0, ?name).entered();
+        match name_str(name).and_then(|n| self.core.getxattr(ino.0, n)) {
+            Ok(value) => reply_xattr(reply, &value, size),
+            Err(FsError::NotFound) => reply.error(Errno::ENODATA),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _span = debug_span!("listxattr", ino = ino.0).entered();
+        match self.core.listxattr(ino.0) {
+            Ok(names) => reply_xattr(reply, &names, size),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    // Everything that would change the tree: the tree is read-only.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}
+
+/// The xattr protocol: size 0 asks for the length; too small a buffer is ERANGE.
+fn reply_xattr(reply: ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}

@@ -1,0 +1,356 @@
+//! The filesystem core: answers lookups, attributes, directory listings and
+//! reads in its own types, with no knowledge of the FUSE wire protocol (that is
+//! [`fuse`]). Metadata comes from the manifest alone, so listing and `stat`
+//! never touch the network; reads are served from verified chunks, fetching
+//! the missing ones first.
+
+pub mod fuse;
+mod tree;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::future::join_all;
+use tracing::debug;
+
+use crate::cache::{Blob, Cache};
+use crate::fetch::readahead::Readahead;
+use crate::fetch::{FetchError, Fetcher, Target};
+use crate::manifest::Manifest;
+use tree::{Kind, ROOT, Tree};
+
+pub const XATTR_SHA256: &str = "user.modelfs.sha256";
+pub const XATTR_CACHED: &str = "user.modelfs.cached";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("stale file handle")]
+    BadHandle,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("cache: {0}")]
+    Cache(#[from] io::Error),
+}
+
+impl FsError {
+    /// The one place errors become errnos; a new variant must be given one.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle => libc::EBADF,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::Fetch(FetchError::Local { source, .. }) => local_errno(source),
+            FsError::Fetch(
+                FetchError::AllSourcesFailed { .. } | FetchError::Inconsistent { .. },
+            ) => libc::EIO,
+            FsError::Cache(e) => local_errno(e),
+        }
+    }
+}
+
+/// A full cache disk is worth telling the reader about; anything else local is EIO.
+fn local_errno(e: &io::Error) -> i32 {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => libc::ENOSPC,
+        _ => libc::EIO,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    Dir,
+    File,
+}
+
+/// What `stat` shows. `cached` is the number of verified bytes in the cache.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: NodeKind,
+    pub size: u64,
+    pub cached: u64,
+}
+
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: NodeKind,
+    pub name: String,
+}
+
+/// One `open` of a file.
+pub struct OpenFile {
+    target: Target,
+    blob: Arc<Blob>,
+    readahead: Mutex<Readahead>,
+}
+
+impl OpenFile {
+    pub fn blob(&self) -> &Arc<Blob> {
+        &self.blob
+    }
+}
+
+/// The answer to a read: bytes now, or a fetch to run off the request loop.
+pub enum ReadNow {
+    Data(Vec<u8>),
+    Fetch(Arc<OpenFile>),
+}
+
+pub struct ModelFs {
+    manifest: Arc<Manifest>,
+    tree: Tree,
+    cache: Arc<Cache>,
+    fetcher: Arc<Fetcher>,
+    runtime: tokio::runtime::Handle,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_fh: AtomicU64,
+}
+
+impl ModelFs {
+    pub fn new(
+        manifest: Arc<Manifest>,
+        cache: Arc<Cache>,
+        fetcher: Arc<Fetcher>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        ModelFs {
+            tree: Tree::build(&manifest),
+            manifest,
+            cache,
+            fetcher,
+            runtime,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.tree.len()
+    }
+
+    fn target(&self, model: usize, file: usize) -> Target {
+        Target::new(Arc::clone(&self.manifest), model, file)
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
+        Ok(match node.kind {
+            Kind::Dir(_) => Attr {
+                ino,
+                kind: NodeKind::Dir,
+                size: 0,
+                cached: 0,
+            },
+            Kind::File { model, file } => {
+                let entry = &self.manifest.models[model].files[file];
+                // An unreadable map only makes `du` show less; never fail a stat on it.
+                let cached = self
+                    .cache
+                    .presence(entry)
+                    .map_or(0, |p| p.bytes(entry.size));
+                Attr {
+                    ino,
+                    kind: NodeKind::File,
+                    size: entry.size,
+                    cached,
+                }
+            }
+        })
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        let node = self.tree.get(parent).ok_or(FsError::NotFound)?;
+        let Kind::Dir(children) = &node.kind else {
+            return Err(FsError::NotDir);
+        };
+        let ino = *children.get(name).ok_or(FsError::NotFound)?;
+        self.getattr(ino)
+    }
+
+    /// Entries from position `offset` on, `.` and `..` first.
+    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+        let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
+        let Kind::Dir(children) = &node.kind else {
+            return Err(FsError::NotDir);
+        };
+        let dots = [(ino, "."), (node.parent, "..")]
+            .into_iter()
+            .map(|(ino, name)| DirEntry {
+                ino,
+                kind: NodeKind::Dir,
+                name: name.to_owned(),
+            });
+        let entries = children.iter().map(|(name, &child)| DirEntry {
+            ino: child,
+            kind: match self.tree.get(child).map(|n| &n.kind) {
+                Some(Kind::Dir(_)) => NodeKind::Dir,
+                _ => NodeKind::File,
+            },
+            name: name.clone(),
+        });
+        Ok(dots.chain(entries).skip(offset as usize).collect())
+    }
+
+    pub fn open(&self, ino: u64, write: bool) -> Result<(u64, Arc<OpenFile>), FsError> {
+        let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
+        let Kind::File { model, file } = node.kind else {
+            return Err(FsError::IsDir);
+        };
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let target = self.target(model, file);
+        let blob = self.cache.open_blob(target.entry())?;
+        let handle = Arc::new(OpenFile {
+            readahead: Mutex::new(Readahead::new(blob.chunk_size)),
+            target,
+            blob,
+        });
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::clone(&handle));
+        Ok((fh, handle))
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<OpenFile>, FsError> {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    /// Serves a read from verified chunks if they are all present, or says
+    /// which fetch to run. Starts readahead either way.
+    pub fn read_now(&self, fh: u64, offset: u64, len: u32) -> Result<ReadNow, FsError> {
+        let h = self.handle(fh)?;
+        let size = h.blob.size;
+        let end = offset.saturating_add(len as u64).min(size);
+        if offset >= end {
+            return Ok(ReadNow::Data(Vec::new()));
+        }
+        self.start_readahead(&h, offset, end - offset);
+        let cs = h.blob.chunk_size;
+        if (offset / cs..=(end - 1) / cs).all(|c| h.blob.has_chunk(c)) {
+            return Ok(ReadNow::Data(read_blob(&h.blob, offset, end)?));
+        }
+        Ok(ReadNow::Fetch(h))
+    }
+
+    /// Fetches whatever the read needs, then serves it. Runs on the runtime.
+    pub async fn read_fetch(
+        &self,
+        h: &OpenFile,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, FsError> {
+        let blob = &h.blob;
+        let end = offset.saturating_add(len as u64).min(blob.size);
+        if h.target.entry().chunks.is_none() {
+            self.fetcher.ensure_whole(&h.target, blob).await?;
+        } else {
+            let cs = blob.chunk_size;
+            let fetches = (offset / cs..=(end - 1) / cs)
+                .map(|c| self.fetcher.ensure_chunk(&h.target, blob, c));
+            join_all(fetches)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<()>, _>>()?;
+        }
+        Ok(read_blob(blob, offset, end)?)
+    }
+
+    fn start_readahead(&self, h: &Arc<OpenFile>, offset: u64, len: u64) {
+        if h.blob.is_complete() || h.target.entry().chunks.is_none() {
+            return;
+        }
+        let ahead = h
+            .readahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_read(offset, len, h.blob.size);
+        if ahead.is_empty() {
+            return;
+        }
+        let cs = h.blob.chunk_size;
+        for chunk in ahead.start / cs..=(ahead.end - 1) / cs {
+            if h.blob.has_chunk(chunk) {
+                continue;
+            }
+            let (fetcher, h) = (Arc::clone(&self.fetcher), Arc::clone(h));
+            self.runtime.spawn(async move {
+                if let Err(e) = fetcher.ensure_chunk(&h.target, &h.blob, chunk).await {
+                    debug!(error = %e, chunk, "readahead failed; a read of it will retry");
+                }
+            });
+        }
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
+        let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
+        let Kind::File { model, file } = node.kind else {
+            return Err(FsError::NoAttr);
+        };
+        let entry = &self.manifest.models[model].files[file];
+        match name {
+            XATTR_SHA256 => Ok(entry.sha256.to_hex().into_bytes()),
+            XATTR_CACHED => Ok(self.getattr(ino)?.cached.to_string().into_bytes()),
+            _ => Err(FsError::NoAttr),
+        }
+    }
+
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
+        Ok(match node.kind {
+            Kind::File { .. } => format!("{XATTR_SHA256}\0{XATTR_CACHED}\0").into_bytes(),
+            Kind::Dir(_) => Vec::new(),
+        })
+    }
+
+    /// Total bytes and files the tree shows.
+    pub fn totals(&self) -> (u64, u64) {
+        let files = self.manifest.models.iter().flat_map(|m| &m.files);
+        files.fold((0, 0), |(bytes, n), f| (bytes + f.size, n + 1))
+    }
+
+    pub fn root(&self) -> u64 {
+        ROOT
+    }
+}
+
+fn read_blob(blob: &Blob, offset: u64, end: u64) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; (end - offset) as usize];
+    let n = blob.read_at(&mut buf, offset)?;
+    if n != buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "cached file is shorter than its size",
+        ));
+    }
+    Ok(buf)
+}

@@ -1,0 +1,183 @@
+//! `modelfs manifest build`: hash a directory of model files into a manifest
+//! entry, whole-file and per-chunk hashes computed in parallel.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::hash::Digest;
+use crate::source::Location;
+
+pub struct BuildOptions {
+    pub id: String,
+    pub sources: Vec<String>,
+    pub chunk_size: Option<u64>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+struct Found {
+    rel: String,
+    abs: PathBuf,
+    size: u64,
+}
+
+/// Returns the TOML text of one `[[model]]` entry for the files under `dir`.
+pub fn build_entry(dir: &Path, opts: &BuildOptions) -> Result<String, BuildError> {
+    let chunk_size = opts.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+    if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Err(BuildError::Invalid(format!(
+            "--chunk-size {chunk_size} is not a power of two from 64 KiB to 64 MiB"
+        )));
+    }
+    super::raw::check_id(&opts.id).map_err(|e| BuildError::Invalid(format!("--id: {e}")))?;
+    for s in &opts.sources {
+        Location::parse(s).map_err(|e| BuildError::Invalid(format!("--source: {e}")))?;
+    }
+    let mut files = Vec::new();
+    walk(dir, "", &mut files)?;
+    files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    if files.is_empty() {
+        return Err(BuildError::Invalid(format!(
+            "{}: no files to describe",
+            dir.display()
+        )));
+    }
+    let digests = hash_all(&files, chunk_size)?;
+
+    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let mut out = String::new();
+    let _ = writeln!(out, "[[model]]\nid = {}", q(&opts.id));
+    if let Some(d) = &opts.description {
+        let _ = writeln!(out, "description = {}", q(d));
+    }
+    let sources: Vec<String> = opts.sources.iter().map(|s| q(s)).collect();
+    let _ = writeln!(out, "sources = [{}]", sources.join(", "));
+    for (file, (whole, chunks)) in files.iter().zip(digests) {
+        let _ = writeln!(
+            out,
+            "\n[[model.file]]\npath = {}\nsize = {}\nsha256 = \"{whole}\"\nchunk_size = {chunk_size}\nchunks = [",
+            q(&file.rel),
+            file.size
+        );
+        for c in chunks {
+            let _ = writeln!(out, "  \"{c}\",");
+        }
+        out.push_str("]\n");
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, rel: &str, out: &mut Vec<Found>) -> Result<(), BuildError> {
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let abs = entry.path();
+        let name = entry.file_name().into_string().map_err(|n| {
+            BuildError::Invalid(format!("{}: file name {n:?} is not UTF-8", dir.display()))
+        })?;
+        let rel = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        // Follows symlinks: a model directory is often a tree of links into a store.
+        let meta = std::fs::metadata(&abs).map_err(io_err(&abs))?;
+        if meta.is_dir() {
+            walk(&abs, &rel, out)?;
+        } else if meta.is_file() {
+            out.push(Found {
+                rel,
+                abs,
+                size: meta.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One unit of hashing work: a whole file, or one chunk of it.
+struct Job {
+    file: usize,
+    chunk: Option<u64>,
+}
+
+type FileDigests = (Digest, Vec<Digest>);
+
+/// Hashes every file whole and in chunks on all cores. The whole-file hashes
+/// are the long sequential jobs, so they start first, largest first.
+fn hash_all(files: &[Found], chunk_size: u64) -> Result<Vec<FileDigests>, BuildError> {
+    let mut jobs: Vec<Job> = (0..files.len())
+        .map(|file| Job { file, chunk: None })
+        .collect();
+    jobs.sort_by_key(|j| std::cmp::Reverse(files[j.file].size));
+    for (file, f) in files.iter().enumerate() {
+        jobs.extend((0..f.size.div_ceil(chunk_size)).map(|c| Job {
+            file,
+            chunk: Some(c),
+        }));
+    }
+    let results: Vec<OnceLock<Result<Digest, BuildError>>> =
+        jobs.iter().map(|_| OnceLock::new()).collect();
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { break };
+                    let f = &files[job.file];
+                    let (offset, len) = match job.chunk {
+                        None => (0, f.size),
+                        Some(c) => (c * chunk_size, chunk_size.min(f.size - c * chunk_size)),
+                    };
+                    let _ = results[i].set(hash_range(&f.abs, offset, len).map_err(io_err(&f.abs)));
+                }
+            });
+        }
+    });
+    let mut out: Vec<FileDigests> = files
+        .iter()
+        .map(|_| (Digest([0; 32]), Vec::new()))
+        .collect();
+    for (job, result) in jobs.iter().zip(results) {
+        let digest = result.into_inner().expect("every job ran")?;
+        match job.chunk {
+            None => out[job.file].0 = digest,
+            Some(_) => out[job.file].1.push(digest),
+        }
+    }
+    Ok(out)
+}
+
+fn hash_range(path: &Path, offset: u64, len: u64) -> io::Result<Digest> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut limited = file.take(len);
+    let digest = Digest::of_reader(&mut limited)?;
+    if limited.limit() != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shrank while being hashed",
+        ));
+    }
+    Ok(digest)
+}

@@ -1,0 +1,349 @@
+//! TOML → validated model list. Deserialization keeps spans; validation turns
+//! them into [`ManifestError`]s with line, column and field.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{DEFAULT_CHUNK_SIZE, FileEntry, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, ManifestError, Model};
+use crate::hash::Digest;
+use crate::source::Location;
+
+const KNOWN_VERSION: i64 = 1;
+const MAX_ID_LEN: usize = 128;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    version: Spanned<i64>,
+    #[serde(default)]
+    model: Vec<RawModel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    id: Spanned<String>,
+    description: Option<String>,
+    #[serde(default)]
+    pinned: bool,
+    #[serde(default)]
+    sources: Vec<Spanned<String>>,
+    #[serde(default)]
+    file: Vec<RawFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    path: Spanned<String>,
+    size: Spanned<u64>,
+    sha256: Spanned<String>,
+    chunk_size: Option<Spanned<u64>>,
+    chunks: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    sources: Vec<Spanned<String>>,
+}
+
+/// An error with a byte span but no line yet.
+pub(super) struct Unlocated {
+    span: Option<Range<usize>>,
+    /// Empty: work the field out from the text at the span.
+    field: String,
+    message: String,
+}
+
+fn err<T>(span: Range<usize>, field: String, message: impl Into<String>) -> Result<T, Unlocated> {
+    Err(Unlocated {
+        span: Some(span),
+        field,
+        message: message.into(),
+    })
+}
+
+pub(super) fn parse(text: &str) -> Result<Vec<Model>, Unlocated> {
+    let raw: RawManifest = toml::from_str(text).map_err(|e| Unlocated {
+        span: e.span(),
+        field: String::new(),
+        message: e.message().trim().to_owned(),
+    })?;
+    if *raw.version.get_ref() != KNOWN_VERSION {
+        return err(
+            raw.version.span(),
+            "version".into(),
+            format!(
+                "unsupported manifest version {}; this modelfs reads version {KNOWN_VERSION}",
+                raw.version.get_ref()
+            ),
+        );
+    }
+    let mut ids = HashSet::new();
+    raw.model
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = format!("model[{i}]");
+            if !ids.insert(m.id.get_ref().clone()) {
+                return err(
+                    m.id.span(),
+                    format!("{field}.id"),
+                    format!("duplicate model id {:?}", m.id.get_ref()),
+                );
+            }
+            validate_model(m, &field)
+        })
+        .collect()
+}
+
+fn validate_model(m: RawModel, field: &str) -> Result<Model, Unlocated> {
+    let id = m.id.get_ref();
+    if let Err(why) = check_id(id) {
+        return err(m.id.span(), format!("{field}.id"), why);
+    }
+    let bases = parse_locations(&m.sources, &format!("{field}.sources"))?;
+
+    let mut paths: HashMap<&str, usize> = HashMap::new();
+    let mut dirs: HashSet<String> = HashSet::new();
+    for (j, f) in m.file.iter().enumerate() {
+        let path = f.path.get_ref().as_str();
+        let pfield = format!("{field}.file[{j}].path");
+        if let Err(why) = check_path(path) {
+            return err(f.path.span(), pfield, why);
+        }
+        if paths.insert(path, j).is_some() {
+            return err(f.path.span(), pfield, format!("duplicate path {path:?}"));
+        }
+        let mut prefix = String::new();
+        for part in path.split('/').collect::<Vec<_>>().split_last().unwrap().1 {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            dirs.insert(prefix.clone());
+        }
+    }
+    // A path that is also another path's directory cannot be both in one tree.
+    for f in &m.file {
+        if dirs.contains(f.path.get_ref()) {
+            return err(
+                f.path.span(),
+                format!("{field}.file[{}].path", paths[f.path.get_ref().as_str()]),
+                format!(
+                    "{:?} is a file but also a directory of another file",
+                    f.path.get_ref()
+                ),
+            );
+        }
+    }
+
+    let files = m
+        .file
+        .into_iter()
+        .enumerate()
+        .map(|(j, f)| validate_file(f, &format!("{field}.file[{j}]"), &bases))
+        .collect::<Result<_, _>>()?;
+    Ok(Model {
+        id: id.clone(),
+        description: m.description,
+        pinned: m.pinned,
+        files,
+    })
+}
+
+fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntry, Unlocated> {
+    let path_span = f.path.span();
+    let path = f.path.into_inner();
+    let size = *f.size.get_ref();
+    let sha256 = Digest::from_hex(f.sha256.get_ref())
+        .or_else(|why| err(f.sha256.span(), format!("{field}.sha256"), why))?;
+    let chunk_size = match &f.chunk_size {
+        None => DEFAULT_CHUNK_SIZE,
+        Some(cs) => {
+            let v = *cs.get_ref();
+            if !v.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&v) {
+                return err(
+                    cs.span(),
+                    format!("{field}.chunk_size"),
+                    format!("{v} is not a power of two from 65536 (64 KiB) to 67108864 (64 MiB)"),
+                );
+            }
+            v
+        }
+    };
+    let chunks = match f.chunks {
+        None => None,
+        Some(list) => {
+            let expected = size.div_ceil(chunk_size);
+            if list.get_ref().len() as u64 != expected {
+                return err(
+                    list.span(),
+                    format!("{field}.chunks"),
+                    format!(
+                        "{} chunk hashes, but a {size}-byte file in {chunk_size}-byte chunks has {expected}",
+                        list.get_ref().len()
+                    ),
+                );
+            }
+            let digests = list
+                .into_inner()
+                .into_iter()
+                .enumerate()
+                .map(|(k, h)| {
+                    Digest::from_hex(h.get_ref())
+                        .or_else(|why| err(h.span(), format!("{field}.chunks[{k}]"), why))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(digests)
+        }
+    };
+    let mut locations = parse_locations(&f.sources, &format!("{field}.sources"))?;
+    locations.extend(bases.iter().map(|b| b.join(&path)));
+    if locations.is_empty() {
+        return err(
+            path_span,
+            format!("{field}.sources"),
+            "no sources: give the model or this file a `sources` list",
+        );
+    }
+    Ok(FileEntry {
+        path,
+        size,
+        sha256,
+        chunk_size,
+        chunks,
+        locations,
+    })
+}
+
+fn parse_locations(list: &[Spanned<String>], field: &str) -> Result<Vec<Location>, Unlocated> {
+    list.iter()
+        .enumerate()
+        .map(|(k, s)| {
+            Location::parse(s.get_ref()).or_else(|why| err(s.span(), format!("{field}[{k}]"), why))
+        })
+        .collect()
+}
+
+pub(super) fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(format!("id must be 1 to {MAX_ID_LEN} characters"));
+    }
+    if id == "." || id == ".." {
+        return Err(format!("{id:?} is not a usable directory name"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._@+-".contains(*c)))
+    {
+        return Err(format!(
+            "{c:?} is not allowed in a model id (use A-Z a-z 0-9 . _ @ + -)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_path(path: &str) -> Result<(), String> {
+    if path.starts_with('/') {
+        return Err("path must be relative".into());
+    }
+    if path.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    for part in path.split('/') {
+        match part {
+            "" => return Err(format!("empty part in path {path:?}")),
+            "." | ".." => return Err(format!("{part:?} is not allowed in a path")),
+            p if p.len() > 255 => return Err(format!("path part longer than 255 bytes: {p:?}")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Unlocated {
+    pub(super) fn locate(self, file: &Path, text: &str) -> ManifestError {
+        let (line, column, field) = match &self.span {
+            Some(span) => {
+                let (line, column) = line_col(text, span.start);
+                let field = if self.field.is_empty() {
+                    field_at(text, span, &self.message)
+                } else {
+                    self.field
+                };
+                (line, column, field)
+            }
+            None => (0, 0, self.field),
+        };
+        ManifestError {
+            file: file.to_owned(),
+            line,
+            column,
+            field,
+            message: self.message,
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Names the field a parser error points at: the table it is in (counting
+/// `[[model]]` and `[[model.file]]` headers) and the key on its line.
+fn field_at(text: &str, span: &Range<usize>, message: &str) -> String {
+    let before = &text[..span.start.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    // The error's own line counts: a missing field points at its table header.
+    let upto = &text[..line_start + line_text.len()];
+    let (mut model, mut file) = (None::<usize>, None::<usize>);
+    for line in upto.lines() {
+        match line.trim() {
+            "[[model]]" => {
+                model = Some(model.map_or(0, |m| m + 1));
+                file = None;
+            }
+            "[[model.file]]" => file = Some(file.map_or(0, |f| f + 1)),
+            _ => {}
+        }
+    }
+    let mut table = String::new();
+    // toml gives the root table an empty span at 0 (or the whole document).
+    let whole_document = span.start == 0 && (span.is_empty() || span.end >= text.trim_end().len());
+    if let Some(m) = model.filter(|_| !whole_document) {
+        table = format!("model[{m}]");
+        if let Some(f) = file {
+            table.push_str(&format!(".file[{f}]"));
+        }
+    }
+    let key = backticked(message, "missing field")
+        .or_else(|| backticked(message, "unknown field"))
+        .or_else(|| {
+            let (k, _) = line_text.split_once('=')?;
+            let k = k.trim().trim_matches('"');
+            (!k.is_empty() && !k.starts_with('[')).then(|| k.to_owned())
+        });
+    match (table.is_empty(), key) {
+        (true, Some(k)) => k,
+        (false, Some(k)) => format!("{table}.{k}"),
+        (_, None) => table,
+    }
+}
+
+/// The first `quoted` name after `prefix` in a serde message.
+fn backticked(message: &str, prefix: &str) -> Option<String> {
+    let rest = &message[message.find(prefix)? + prefix.len()..];
+    let start = rest.find('`')? + 1;
+    let end = start + rest[start..].find('`')?;
+    Some(rest[start..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,302 @@
+//! One test per class of manifest error, each checking the line and field
+//! reported, plus a valid manifest and a `manifest build` round trip.
+
+use std::path::Path;
+
+use super::super::{Manifest, ManifestError};
+
+const SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+fn parse(text: &str) -> Result<Manifest, ManifestError> {
+    Manifest::parse(Path::new("models.toml"), text)
+}
+
+/// Asserts the error's line, field, and a fragment of its message.
+#[track_caller]
+fn fails(text: &str, line: usize, field: &str, fragment: &str) {
+    let e = parse(text).expect_err("manifest should be rejected");
+    assert_eq!((e.line, e.field.as_str()), (line, field), "{e}");
+    assert!(e.message.contains(fragment), "{e:?} lacks {fragment:?}");
+    assert!(
+        e.to_string().starts_with(&format!("models.toml:{line}:")),
+        "{e}"
+    );
+}
+
+/// A valid model with one file; `extra` lines go into the file table.
+fn one_file(extra: &str) -> String {
+    format!(
+        "version = 1\n\
+         [[model]]\n\
+         id = \"tiny-llama@fp16\"\n\
+         sources = [\"http://127.0.0.1:1/m\"]\n\
+         [[model.file]]\n\
+         path = \"model.safetensors\"\n\
+         size = 200000\n\
+         sha256 = \"{SHA}\"\n\
+         {extra}"
+    )
+}
+
+#[test]
+fn accepts_a_full_manifest() {
+    let text = format!(
+        r#"version = 1
+
+[[model]]
+id = "t2v-A14B@2.2.0"
+description = "video"
+pinned = true
+sources = ["http://127.0.0.1:8080/t2v", "s3://models/t2v", "hf://Wan-AI/Wan2.2@main", "file:///srv/t2v"]
+
+[[model.file]]
+path = "sub/dir/weights.bin"
+size = 131073
+sha256 = "{SHA}"
+chunk_size = 65536
+chunks = ["{SHA}", "{SHA}", "{SHA}"]
+sources = ["https://mirror.example/weights.bin"]
+
+[[model]]
+id = "other"
+[[model.file]]
+path = "config.json"
+size = 0
+sha256 = "{}"
+sources = ["file:///srv/other/config.json"]
+"#,
+        SHA.to_uppercase()
+    );
+    let m = parse(&text).unwrap();
+    assert_eq!(m.models.len(), 2);
+    let f = &m.models[0].files[0];
+    assert_eq!((f.chunk_size, f.chunk_count()), (65536, 3));
+    assert_eq!(
+        f.locations.len(),
+        5,
+        "own source first, then the model's four"
+    );
+    assert_eq!(
+        f.locations[0].to_string(),
+        "https://mirror.example/weights.bin"
+    );
+    assert_eq!(
+        f.locations[1].to_string(),
+        "http://127.0.0.1:8080/t2v/sub/dir/weights.bin"
+    );
+    assert!(m.models[0].pinned);
+    assert_eq!(m.models[1].files[0].sha256.to_hex(), SHA);
+}
+
+#[test]
+fn toml_syntax() {
+    fails("version = 1\n[[model]\nid = \"x\"\n", 2, "", "");
+}
+
+#[test]
+fn missing_version() {
+    fails("[[model]]\nid = \"x\"\n", 1, "version", "missing field");
+}
+
+#[test]
+fn unsupported_version() {
+    fails(
+        "version = 2\n",
+        1,
+        "version",
+        "unsupported manifest version 2",
+    );
+}
+
+#[test]
+fn unknown_fields() {
+    fails("version = 1\ncolour = 3\n", 2, "colour", "unknown field");
+    fails(
+        "version = 1\n[[model]]\nid = \"x\"\nsource = [\"file:///a\"]\n",
+        4,
+        "model[0].source",
+        "unknown field",
+    );
+    fails(
+        &one_file("checksum = \"abc\"\n"),
+        9,
+        "model[0].file[0].checksum",
+        "unknown field",
+    );
+}
+
+#[test]
+fn missing_required_fields() {
+    fails(
+        "version = 1\n[[model]]\nsources = [\"file:///a\"]\n",
+        2,
+        "model[0].id",
+        "missing field",
+    );
+    let no_sha = "version = 1\n[[model]]\nid = \"x\"\nsources = [\"file:///a\"]\n\
+                  [[model.file]]\npath = \"a\"\nsize = 1\n";
+    fails(no_sha, 5, "model[0].file[0].sha256", "missing field");
+}
+
+#[test]
+fn wrong_types_and_negative_sizes() {
+    fails(
+        &one_file("").replace("size = 200000", "size = \"big\""),
+        7,
+        "model[0].file[0].size",
+        "",
+    );
+    fails(
+        &one_file("").replace("size = 200000", "size = -1"),
+        7,
+        "model[0].file[0].size",
+        "",
+    );
+}
+
+#[test]
+fn bad_model_ids() {
+    let with_id = |id: &str| one_file("").replace("tiny-llama@fp16", id);
+    fails(&with_id("has space"), 3, "model[0].id", "not allowed");
+    fails(
+        &with_id(".."),
+        3,
+        "model[0].id",
+        "not a usable directory name",
+    );
+    fails(&with_id(""), 3, "model[0].id", "1 to 128");
+    fails(&with_id(&"a".repeat(129)), 3, "model[0].id", "1 to 128");
+}
+
+#[test]
+fn duplicate_model_ids() {
+    let text = format!("{}[[model]]\nid = \"tiny-llama@fp16\"\n", one_file(""));
+    fails(&text, 10, "model[1].id", "duplicate model id");
+}
+
+#[test]
+fn bad_paths() {
+    let with_path = |p: &str| one_file("").replace("model.safetensors", p);
+    fails(
+        &with_path("/etc/passwd"),
+        6,
+        "model[0].file[0].path",
+        "relative",
+    );
+    fails(&with_path("a/../b"), 6, "model[0].file[0].path", "\"..\"");
+    fails(&with_path("a//b"), 6, "model[0].file[0].path", "empty part");
+    fails(&with_path("a/"), 6, "model[0].file[0].path", "empty part");
+}
+
+#[test]
+fn duplicate_paths() {
+    let text = format!(
+        "{}[[model.file]]\npath = \"model.safetensors\"\nsize = 1\nsha256 = \"{SHA}\"\n",
+        one_file("")
+    );
+    fails(&text, 10, "model[0].file[1].path", "duplicate path");
+}
+
+#[test]
+fn path_that_is_also_a_directory() {
+    let text = format!(
+        "{}[[model.file]]\npath = \"model.safetensors/inner\"\nsize = 1\nsha256 = \"{SHA}\"\n",
+        one_file("")
+    );
+    fails(&text, 6, "model[0].file[0].path", "also a directory");
+}
+
+#[test]
+fn bad_hex() {
+    fails(
+        &one_file("").replace(SHA, &SHA[1..]),
+        8,
+        "model[0].file[0].sha256",
+        "64 hex digits",
+    );
+    fails(
+        &one_file("").replace(SHA, &"z".repeat(64)),
+        8,
+        "model[0].file[0].sha256",
+        "not hexadecimal",
+    );
+    let chunks = format!("chunk_size = 131072\nchunks = [\"{SHA}\", \"xyz\"]\n");
+    fails(
+        &one_file(&chunks),
+        10,
+        "model[0].file[0].chunks[1]",
+        "64 hex digits",
+    );
+}
+
+#[test]
+fn bad_chunk_sizes() {
+    for bad in ["100000", "32768", "134217728"] {
+        let text = one_file(&format!("chunk_size = {bad}\n"));
+        fails(&text, 9, "model[0].file[0].chunk_size", "power of two");
+    }
+}
+
+#[test]
+fn wrong_chunk_count() {
+    // 200000 bytes in 65536-byte chunks is 4 chunks, not 2.
+    let text = one_file(&format!(
+        "chunk_size = 65536\nchunks = [\"{SHA}\", \"{SHA}\"]\n"
+    ));
+    fails(&text, 10, "model[0].file[0].chunks", "has 4");
+}
+
+#[test]
+fn unknown_scheme_and_bad_urls() {
+    let with_source = |s: &str| one_file("").replace("http://127.0.0.1:1/m", s);
+    fails(
+        &with_source("ftp://host/m"),
+        4,
+        "model[0].sources[0]",
+        "unknown scheme",
+    );
+    fails(
+        &with_source("file://relative/dir"),
+        4,
+        "model[0].sources[0]",
+        "absolute",
+    );
+    fails(&with_source("http://"), 4, "model[0].sources[0]", "");
+    fails(
+        &one_file("sources = [\"gopher://x\"]\n"),
+        9,
+        "model[0].file[0].sources[0]",
+        "unknown scheme",
+    );
+}
+
+#[test]
+fn files_need_a_source() {
+    let text = one_file("").replace("sources = [\"http://127.0.0.1:1/m\"]\n", "");
+    fails(&text, 5, "model[0].file[0].sources", "no sources");
+}
+
+#[test]
+fn build_output_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("sub/w.bin"), &big).unwrap();
+    std::fs::write(dir.path().join("config \"q\".json"), b"{}").unwrap();
+    let opts = crate::manifest::BuildOptions {
+        id: "m@1".into(),
+        sources: vec!["http://127.0.0.1:9/m".into()],
+        chunk_size: Some(65536),
+        description: Some("a \"quoted\" description".into()),
+    };
+    let entry = crate::manifest::build_entry(dir.path(), &opts).unwrap();
+    let m = parse(&format!("version = 1\n{entry}")).unwrap();
+    let files = &m.models[0].files;
+    assert_eq!(files[0].path, "config \"q\".json");
+    let w = &files[1];
+    assert_eq!((w.path.as_str(), w.size), ("sub/w.bin", 300_000));
+    assert_eq!(w.sha256, crate::hash::Digest::of(&big));
+    let chunks = w.chunks.as_ref().unwrap();
+    assert_eq!(chunks.len(), 5);
+    assert_eq!(chunks[4], crate::hash::Digest::of(&big[4 * 65536..]));
+}

@@ -1,0 +1,135 @@
+//! Where bytes come from: one small module per URL scheme behind one call,
+//! [`Sources::fetch`], which streams a byte range of one object into a sink.
+//!
+//! A source only moves bytes and classifies failures ([`SourceError`]); retry,
+//! failover and verification belong to [`crate::fetch`].
+
+mod file;
+mod http;
+mod location;
+
+use std::io;
+use std::ops::Range;
+use std::time::Duration;
+
+pub use location::Location;
+
+/// Timeouts for network sources. Every request has a deadline so a stalled
+/// server can never wedge a reader.
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Longest silence allowed between two pieces of a response body.
+    pub read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why one attempt to read a range from one source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("not found (HTTP {0})")]
+    NotFound(u16),
+    #[error("access denied (HTTP {0})")]
+    Denied(u16),
+    #[error("server error (HTTP {status})")]
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("request failed: {0}")]
+    Request(String),
+    #[error("timed out: no data for {0:?}")]
+    Timeout(Duration),
+    #[error("server ignored the Range header (HTTP 200 for a partial range)")]
+    IgnoredRange,
+    #[error("server answered range {got:?} for requested {want:?}")]
+    WrongRange { want: Range<u64>, got: String },
+    #[error("body ended after {got} of {want} bytes")]
+    ShortBody { got: u64, want: u64 },
+    #[error("body is longer than the {want} bytes requested")]
+    LongBody { want: u64 },
+    #[error("object changed at the source (ETag {was} became {now})")]
+    ObjectChanged { was: String, now: String },
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("{0} sources are not supported yet")]
+    Unsupported(&'static str),
+}
+
+impl SourceError {
+    /// Whether trying the same source again may help. A 404, 403 or an
+    /// unsupported scheme moves on to the next source at once.
+    pub fn is_transient(&self) -> bool {
+        !matches!(
+            self,
+            SourceError::NotFound(_)
+                | SourceError::Denied(_)
+                | SourceError::Unsupported(_)
+                | SourceError::ObjectChanged { .. }
+        )
+    }
+
+    /// The delay a server asked for (HTTP 429/503 `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SourceError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Why a fetch stopped: a fault of the source, or of the local sink (a full
+/// disk is not a reason to fail over to another source).
+#[derive(Debug)]
+pub enum StreamError {
+    Source(SourceError),
+    Sink(io::Error),
+}
+
+impl From<SourceError> for StreamError {
+    fn from(e: SourceError) -> Self {
+        StreamError::Source(e)
+    }
+}
+
+/// Receives the bytes of a range in order.
+pub trait Sink {
+    fn write(&mut self, data: &[u8]) -> io::Result<()>;
+}
+
+/// The set of clients for every scheme; cheap to share.
+pub struct Sources {
+    http: http::HttpSource,
+}
+
+impl Sources {
+    pub fn new(timeouts: Timeouts) -> Result<Self, SourceError> {
+        Ok(Sources {
+            http: http::HttpSource::new(&timeouts)?,
+        })
+    }
+
+    /// Streams `range` of the object at `location` into `sink`. On error the
+    /// sink may have received a prefix of the range; the caller resumes from there.
+    pub async fn fetch(
+        &self,
+        location: &Location,
+        range: Range<u64>,
+        sink: &mut (dyn Sink + Send),
+    ) -> Result<(), StreamError> {
+        match location {
+            Location::File(path) => file::fetch(path, range, sink).await,
+            Location::Http(url) => self.http.fetch(url, range, sink).await,
+            Location::S3 { .. } => Err(SourceError::Unsupported("s3").into()),
+            Location::Hf { .. } => Err(SourceError::Unsupported("hf").into()),
+        }
+    }
+}
