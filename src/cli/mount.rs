@@ -41,6 +41,8 @@ pub struct MountArgs {
 }
 
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
+    // Before the fork is fine: the daemon's fd 2 becomes its log file.
+    init_logging("info");
     let manifest = Arc::new(Manifest::load(&args.manifest.manifest)?);
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     let cache_root = args.cache.resolve()?;
@@ -61,7 +63,6 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    init_logging("info");
     let mut ready = ready;
     let result = serve(&args, manifest, cache, &mountpoint, &mut ready);
     if let (Err(e), Some(ready)) = (&result, ready) {
@@ -151,7 +152,8 @@ fn serve(
             lazy_unmount(mountpoint)?;
         }
         // The session ends once the kernel has let go of the mount.
-        let ended = runtime.block_on(tokio::time::timeout(Duration::from_secs(10), done_rx));
+        let ended = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), done_rx).await });
         if ended.is_err() {
             warn!("FUSE session still busy after unmount; exiting anyway");
         }
@@ -166,26 +168,38 @@ fn serve(
 fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
     let abs =
         std::path::absolute(path).with_context(|| format!("bad mountpoint {}", path.display()))?;
-    match std::fs::metadata(&abs) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            warn!(mountpoint = %abs.display(), "cleaning up a stale mount (its process died)");
-            lazy_unmount(&abs)?;
+    if is_mounted(&abs) {
+        // statfs always reaches the FUSE server (stat may be answered from
+        // cached attributes), so it tells a dead connection from a live one.
+        match statfs(&abs) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+                warn!(mountpoint = %abs.display(), "cleaning up a stale mount (its process died)");
+                lazy_unmount(&abs)?;
+            }
+            _ => bail!("{} is already mounted; unmount it first", abs.display()),
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(UsageError(format!("mountpoint {} does not exist", abs.display())).into());
-        }
-        Err(e) => return Err(e).with_context(|| format!("mountpoint {}", abs.display())),
-        Ok(m) if !m.is_dir() => {
-            return Err(
-                UsageError(format!("mountpoint {} is not a directory", abs.display())).into(),
-            );
-        }
-        Ok(_) if is_mounted(&abs) => {
-            bail!("{} is already mounted; unmount it first", abs.display())
-        }
-        Ok(_) => {}
     }
-    Ok(abs)
+    match std::fs::metadata(&abs) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(UsageError(format!("mountpoint {} does not exist", abs.display())).into())
+        }
+        Err(e) => Err(e).with_context(|| format!("mountpoint {}", abs.display())),
+        Ok(m) if !m.is_dir() => {
+            Err(UsageError(format!("mountpoint {} is not a directory", abs.display())).into())
+        }
+        Ok(_) => Ok(abs),
+    }
+}
+
+fn statfs(path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut buf = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: valid path and a buffer of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), buf.as_mut_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 pub fn umount(path: &Path) -> anyhow::Result<()> {

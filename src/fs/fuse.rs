@@ -114,7 +114,7 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = debug_span!("lookup", parent = parent.0, ?name).entered();
         match name_str(name).and_then(|n| self.core.lookup(parent.0, n)) {
-            Ok(a) => reply.entry(&ENTRY_TTL, &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry_with_ttls(&ATTR_TTL, &ENTRY_TTL, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -158,20 +158,21 @@ impl Filesystem for FuseAdapter {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.core.open(ino.0, write) {
             Ok((fh, handle)) => {
-                // Verified content never changes: the kernel may keep its pages.
-                let flags = FopenFlags::FOPEN_KEEP_CACHE;
                 let complete = handle.blob().complete_file();
                 if let Some(file) = complete.filter(|_| self.passthrough)
                     && let Some(id) = self.try_passthrough(fh, &file, &reply)
                 {
-                    reply.opened_passthrough(FileHandle(fh), flags, &id);
+                    // No FOPEN_KEEP_CACHE here: the kernel fails a passthrough
+                    // open that also asks for it (EIO, measured on 6.18).
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                     self.backing
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(fh, id);
                     return;
                 }
-                reply.opened(FileHandle(fh), flags);
+                // Verified content never changes: the kernel may keep its pages.
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             Err(e) => reply.error(errno(&e)),
         }

@@ -1,0 +1,314 @@
+//! End to end through the kernel: a real `modelfs mount` process, real reads,
+//! and an HTTP range server on 127.0.0.1 that counts what was fetched.
+
+mod support;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const MIB: u64 = 1 << 20;
+
+/// A workspace with one model of `size` bytes served by a fresh server.
+fn single_model(size: usize, chunk: u64) -> (Workspace, RangeServer, Vec<u8>) {
+    let ws = Workspace::new();
+    let data = sample_bytes(size, 1);
+    ws.add_file("m", "weights.bin", &data);
+    let server = RangeServer::start(&ws.models());
+    let url = format!("{}/m", server.url());
+    ws.write_manifest(&[ws.entry("m", "m@1", &[url], chunk)]);
+    (ws, server, data)
+}
+
+#[test]
+fn listing_and_stat_need_no_network() {
+    let ws = Workspace::new();
+    ws.add_file(
+        "a",
+        "model.safetensors",
+        &sample_bytes(3 * MIB as usize + 5, 2),
+    );
+    ws.add_file("a", "tokenizer/vocab.json", b"{}");
+    ws.add_file("b", "w.bin", &sample_bytes(1000, 3));
+    // Nothing listens on port 1: any fetch would fail.
+    let dead = "http://127.0.0.1:1/x".to_string();
+    ws.write_manifest(&[
+        ws.entry("a", "llama@fp16", std::slice::from_ref(&dead), MIB),
+        ws.entry("b", "t2v-A14B@2.2.0", &[dead], MIB),
+    ]);
+    let m = ws.mount();
+
+    let mut models: Vec<_> = fs::read_dir(&m.mountpoint)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    models.sort();
+    assert_eq!(models, ["llama@fp16", "t2v-A14B@2.2.0"]);
+    let st = fs::metadata(m.path("llama@fp16/model.safetensors")).unwrap();
+    assert_eq!(st.len(), 3 * MIB + 5);
+    assert_eq!(st.blocks(), 0, "nothing is cached yet");
+    assert_eq!(st.mode() & 0o777, 0o444);
+    assert!(
+        fs::metadata(m.path("llama@fp16/tokenizer"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(
+        fs::metadata(m.path("llama@fp16/tokenizer/vocab.json"))
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        fs::metadata(m.path("nope")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let du = std::process::Command::new("du")
+        .args(["-sb", "--apparent-size"])
+        .arg(m.path("llama@fp16"))
+        .output()
+        .unwrap();
+    let apparent: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(apparent >= 3 * MIB + 7, "du --apparent-size saw {apparent}");
+    assert_eq!(
+        xattr(
+            &m.path("llama@fp16/model.safetensors"),
+            "user.modelfs.sha256"
+        ),
+        sha256_hex(&sample_bytes(3 * MIB as usize + 5, 2))
+    );
+
+    // A read has nowhere to fetch from: EIO, promptly, and the mount lives on.
+    let started = Instant::now();
+    let err = fs::read(m.path("t2v-A14B@2.2.0/w.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        m.log_text().contains("127.0.0.1:1/x/w.bin"),
+        "log names the source"
+    );
+    assert_eq!(fs::read_dir(&m.mountpoint).unwrap().count(), 2);
+}
+
+#[test]
+fn cold_read_is_verified_and_warm_rereads_fetch_nothing() {
+    let size = 24 * MIB as usize + 12345;
+    let (ws, server, data) = single_model(size, MIB);
+    {
+        let m = ws.mount();
+        let read = fs::read(m.path("m@1/weights.bin")).unwrap();
+        assert_eq!(sha256_hex(&read), sha256_hex(&data));
+        let fetched = server.bytes_sent();
+        assert!(
+            fetched >= size as u64 && fetched <= size as u64 + MIB,
+            "fetched {fetched} for {size}"
+        );
+        server.reset_counters();
+        assert_eq!(fs::read(m.path("m@1/weights.bin")).unwrap(), data);
+        assert_eq!(server.bytes_sent(), 0, "warm reread in the same mount");
+        wait_for("st_blocks to show the cached file", || {
+            fs::metadata(m.path("m@1/weights.bin")).unwrap().blocks() * 512 >= size as u64
+        });
+    }
+    // The cache survives the unmount: a new mount serves from it.
+    let m = ws.mount();
+    assert_eq!(fs::read(m.path("m@1/weights.bin")).unwrap(), data);
+    assert_eq!(server.bytes_sent(), 0, "warm reread after remount");
+    assert_eq!(ws.status()["models"][0]["state"], "complete");
+}
+
+#[test]
+fn a_deep_small_read_fetches_only_a_few_chunks() {
+    let (ws, server, data) = single_model(64 * MIB as usize, MIB);
+    let m = ws.mount();
+    let f = File::open(m.path("m@1/weights.bin")).unwrap();
+    let offset = 50 * MIB + 12345;
+    let mut buf = [0u8; 4096];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    assert_eq!(&buf[..], &data[offset as usize..offset as usize + 4096]);
+    let fetched = server.bytes_sent();
+    assert!(fetched <= 3 * MIB, "a 4 KiB read fetched {fetched} bytes");
+}
+
+#[test]
+fn a_corrupting_source_is_never_served_and_the_next_completes_it() {
+    let ws = Workspace::new();
+    let data = sample_bytes(8 * MIB as usize, 4);
+    ws.add_file("m", "w.bin", &data);
+    let bad = RangeServer::start(&ws.models());
+    bad.set_always(Some(Fault::Corrupt));
+    let good = RangeServer::start(&ws.models());
+    let sources = [format!("{}/m", bad.url()), format!("{}/m", good.url())];
+    ws.write_manifest(&[ws.entry("m", "m", &sources, MIB)]);
+    let m = ws.mount();
+    assert_eq!(
+        sha256_hex(&fs::read(m.path("m/w.bin")).unwrap()),
+        sha256_hex(&data)
+    );
+    assert!(bad.requests() > 0, "the corrupting source was tried first");
+    assert!(good.bytes_sent() >= data.len() as u64);
+    assert!(m.log_text().contains("chunk hash mismatch"));
+}
+
+#[test]
+fn a_file_without_chunk_hashes_is_fetched_whole_and_verified() {
+    let ws = Workspace::new();
+    let data = sample_bytes(5 * MIB as usize + 7, 5);
+    ws.add_file("m", "w.bin", &data);
+    let bad = RangeServer::start(&ws.models());
+    bad.set_always(Some(Fault::Corrupt));
+    let good = RangeServer::start(&ws.models());
+    let sources = [format!("{}/m", bad.url()), format!("{}/m", good.url())];
+    let entry = ws.entry("m", "m", &sources, MIB);
+    // Keep size and sha256, drop the chunk hashes.
+    let without_chunks: String = entry
+        .split_inclusive('\n')
+        .filter(|l| !(l.starts_with("chunks") || l.starts_with("  \"") || l.starts_with(']')))
+        .collect();
+    ws.write_manifest(&[without_chunks]);
+    let m = ws.mount();
+    assert_eq!(
+        sha256_hex(&fs::read(m.path("m/w.bin")).unwrap()),
+        sha256_hex(&data)
+    );
+    assert!(m.log_text().contains("does not match its sha256"));
+    assert_eq!(ws.status()["models"][0]["state"], "complete");
+}
+
+#[test]
+fn transient_faults_are_retried_and_resumed() {
+    let (ws, server, data) = single_model(6 * MIB as usize, MIB);
+    server.push_fault(Fault::Status(503), 1);
+    server.push_fault(Fault::ResetAfter(100_000), 1);
+    server.push_fault(Fault::ShortBody, 1);
+    server.push_fault(Fault::IgnoreRange, 1);
+    server.push_fault(Fault::LongBody, 1);
+    let m = ws.mount();
+    assert_eq!(fs::read(m.path("m@1/weights.bin")).unwrap(), data);
+}
+
+#[test]
+fn a_kill_mid_read_loses_no_verified_chunk() {
+    let size = 32 * MIB as usize;
+    let (ws, server, data) = single_model(size, MIB);
+    // Slow enough to kill mid-read, fast enough to finish the rest quickly.
+    server.set_rate(8 * MIB);
+    let mut m = ws.mount();
+    let path = m.path("m@1/weights.bin");
+    let reader = std::thread::spawn(move || fs::read(path));
+    wait_for("a few verified chunks", || {
+        ws.cached_bytes("m@1") >= 6 * MIB
+    });
+    m.kill9();
+    let _ = reader.join().unwrap(); // fails: the mount went away
+    let verified = ws.cached_bytes("m@1");
+    assert!(verified >= 6 * MIB);
+    assert!(is_mounted(&ws.mnt()), "a killed mount is left stale");
+
+    server.set_rate(0);
+    server.reset_counters();
+    // The new mount clears the stale one itself.
+    let m = ws.mount();
+    assert_eq!(
+        sha256_hex(&fs::read(m.path("m@1/weights.bin")).unwrap()),
+        sha256_hex(&data)
+    );
+    let refetched = server.bytes_sent();
+    assert!(
+        refetched <= size as u64 - verified + 2 * MIB,
+        "refetched {refetched} of {size} with {verified} verified before the kill"
+    );
+}
+
+#[test]
+fn writes_creates_renames_and_deletes_get_erofs() {
+    let (ws, _server, _) = single_model(1000, 1 << 16);
+    let m = ws.mount();
+    let file = m.path("m@1/weights.bin");
+    let erofs =
+        |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    erofs(OpenOptions::new().write(true).open(&file).map(drop));
+    erofs(File::create(m.path("m@1/new.bin")).map(drop));
+    erofs(fs::create_dir(m.path("m@1/dir")));
+    erofs(fs::remove_file(&file));
+    erofs(fs::rename(&file, m.path("m@1/moved.bin")));
+    erofs(fs::set_permissions(
+        &file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    ));
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_cleanly() {
+    let (ws, _server, _) = single_model(1000, 1 << 16);
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut m = ws.mount();
+        let status = m.signal_and_wait(signal);
+        assert!(
+            status.success(),
+            "exit status {status} after signal {signal}:\n{}",
+            m.log_text()
+        );
+        assert!(!is_mounted(&ws.mnt()));
+    }
+}
+
+#[test]
+fn daemon_returns_when_ready_and_umount_ends_it() {
+    let (ws, _server, data) = single_model(100_000, 1 << 16);
+    let out = ws
+        .modelfs()
+        .arg("mount")
+        .arg(ws.mnt())
+        .arg("--daemon")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        is_mounted(&ws.mnt()),
+        "mounted by the time --daemon returns"
+    );
+    assert_eq!(fs::read(ws.mnt().join("m@1/weights.bin")).unwrap(), data);
+    let mounts = ws.status()["mounts"].as_array().unwrap().clone();
+    assert_eq!(mounts.len(), 1);
+    let pid = mounts[0]["pid"].as_i64().unwrap() as i32;
+
+    let out = ws.modelfs().arg("umount").arg(ws.mnt()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&ws.mnt()));
+    // SAFETY: signal 0 only probes for the process.
+    wait_for("the daemon to exit", || unsafe { libc::kill(pid, 0) } != 0);
+    assert!(ws.status()["mounts"].as_array().unwrap().is_empty());
+}
+
+fn xattr(path: &std::path::Path, name: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(
+        len >= 0,
+        "getxattr {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    buf.truncate(len as usize);
+    String::from_utf8(buf).unwrap()
+}

@@ -1,0 +1,282 @@
+//! Shared by the end-to-end tests: sample models, manifests, and real mounts
+//! of the `modelfs` binary that clean up after themselves even when a test fails.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+pub mod range_server;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use modelfs::manifest::{BuildOptions, build_entry};
+pub use range_server::{Fault, RangeServer};
+use sha2::{Digest as _, Sha256};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_modelfs");
+/// Every wait in these tests is bounded by this.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Deterministic pseudo-random bytes (xorshift), different per `seed`.
+pub fn sample_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Polls `cond` until it holds or `DEADLINE` passes.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "end-to-end tests mount FUSE and must run as root"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: FUSE is required"
+    );
+}
+
+/// A scratch area: model files under `models/`, a cache, a mountpoint.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["models", "cache", "mnt"] {
+            fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        Workspace { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn models(&self) -> PathBuf {
+        self.path("models")
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.path("cache")
+    }
+
+    pub fn mnt(&self) -> PathBuf {
+        self.path("mnt")
+    }
+
+    /// Writes `data` as `models/<model>/<rel>`.
+    pub fn add_file(&self, model: &str, rel: &str, data: &[u8]) {
+        let p = self.models().join(model).join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+
+    /// A manifest entry for `models/<model>` with the given base URLs.
+    pub fn entry(&self, model: &str, id: &str, sources: &[String], chunk_size: u64) -> String {
+        let opts = BuildOptions {
+            id: id.into(),
+            sources: sources.to_vec(),
+            chunk_size: Some(chunk_size),
+            description: None,
+        };
+        build_entry(&self.models().join(model), &opts).unwrap()
+    }
+
+    /// Writes `version = 1` and the entries as `manifest.toml`.
+    pub fn write_manifest(&self, entries: &[String]) -> PathBuf {
+        let path = self.path("manifest.toml");
+        fs::write(&path, format!("version = 1\n\n{}", entries.join("\n"))).unwrap();
+        path
+    }
+
+    pub fn modelfs(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("MODELFS_CACHE_DIR", self.cache())
+            .env("MODELFS_MANIFEST", self.path("manifest.toml"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `modelfs status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.modelfs().args(["status", "--json"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Verified bytes of one model according to `modelfs status`.
+    pub fn cached_bytes(&self, model: &str) -> u64 {
+        let status = self.status();
+        let models = status["models"].as_array().unwrap();
+        let m = models
+            .iter()
+            .find(|m| m["id"] == model)
+            .expect("model in status");
+        m["cached_bytes"].as_u64().unwrap()
+    }
+
+    pub fn mount(&self) -> Mount {
+        Mount::start(self, &[])
+    }
+}
+
+/// Whether anything (a stale mount included) is mounted at `path`.
+pub fn is_mounted(path: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Whether a FUSE server answers at `path`: a stale mount fails statfs
+/// with ENOTCONN, a plain directory has another file system type.
+pub fn is_live_fuse(path: &Path) -> bool {
+    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: valid path and a buffer of the right type.
+    let ok = unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) } == 0;
+    // SAFETY: statfs filled the buffer when it returned 0.
+    ok && unsafe { buf.assume_init() }.f_type == FUSE_SUPER_MAGIC
+}
+
+/// A foreground `modelfs mount` process. Dropping it unmounts (SIGTERM, then
+/// SIGKILL and a lazy unmount if it does not go).
+pub struct Mount {
+    pub child: Option<Child>,
+    pub mountpoint: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Mount {
+    pub fn start(ws: &Workspace, extra: &[&str]) -> Mount {
+        static STARTED: AtomicU64 = AtomicU64::new(0);
+        let log = ws.path(&format!(
+            "mount-{}.log",
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = ws
+            .modelfs()
+            .arg("mount")
+            .arg(ws.mnt())
+            .args(extra)
+            .env(
+                "MODELFS_LOG",
+                "debug,reqwest=info,hyper=info,hyper_util=info",
+            )
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = Mount {
+            child: Some(child),
+            mountpoint: ws.mnt(),
+            log,
+        };
+        let start = Instant::now();
+        while !is_live_fuse(&m.mountpoint) {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "mount exited with {status} before it was ready:\n{}",
+                    m.log_text()
+                );
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "mount not ready in time:\n{}",
+                m.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
+
+    /// Sends `signal` and waits (bounded) for the process to exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: plain kill on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "mount did not exit after signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the mount is left stale, as after a crash.
+    pub fn kill9(&mut self) {
+        self.signal_and_wait(libc::SIGKILL);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let status = self.signal_and_wait(libc::SIGTERM);
+            if !status.success() && !std::thread::panicking() {
+                panic!("mount exited with {status}:\n{}", self.log_text());
+            }
+        }
+        if is_mounted(&self.mountpoint) {
+            let c = std::ffi::CString::new(self.mountpoint.as_os_str().as_bytes()).unwrap();
+            // SAFETY: valid path; a lazy unmount of our own test mount.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- mount log {} ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}

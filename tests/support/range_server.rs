@@ -1,0 +1,366 @@
+//! A small HTTP/1.1 file server for tests and the demo: `Range` requests,
+//! keep-alive, `ETag`s, request and byte counters, a rate limit, and faults
+//! injected on demand. It listens on 127.0.0.1 only.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What to do wrong with a response.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Answer with this status and no body (`Retry-After: 1` on 429 and 503).
+    Status(u16),
+    /// Send the headers and this many body bytes, then reset the connection.
+    ResetAfter(u64),
+    /// Promise the full length, send half, then close.
+    ShortBody,
+    /// Send one byte more than asked for.
+    LongBody,
+    /// Flip bits in the body.
+    Corrupt,
+    /// Answer 200 with the whole file, whatever the range.
+    IgnoreRange,
+    /// Send the headers and nothing else until the server stops (at most 120 s).
+    Stall,
+    /// Answer with a different ETag than the file's.
+    ChangeEtag,
+}
+
+#[derive(Default)]
+struct State {
+    requests: AtomicU64,
+    body_bytes: AtomicU64,
+    /// Faults for the next requests, in order.
+    queued: Mutex<VecDeque<Fault>>,
+    /// A fault for every request once the queue is empty.
+    always: Mutex<Option<Fault>>,
+    /// Bytes per second per connection; 0 is unlimited.
+    rate: AtomicU64,
+    stopping: AtomicBool,
+    /// Requested paths, for tests that check where bytes came from.
+    log: Mutex<Vec<String>>,
+}
+
+pub struct RangeServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    root: PathBuf,
+}
+
+impl RangeServer {
+    /// Serves the files under `root` on an ephemeral port of 127.0.0.1.
+    pub fn start(root: &Path) -> RangeServer {
+        Self::start_on(root, "127.0.0.1:0").expect("bind a loopback port")
+    }
+
+    pub fn start_on(root: &Path, addr: &str) -> std::io::Result<RangeServer> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State::default());
+        let (st, dir) = (Arc::clone(&state), root.to_owned());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (st, dir) = (Arc::clone(&st), dir.clone());
+                std::thread::spawn(move || serve_connection(conn, &dir, &st));
+            }
+        });
+        Ok(RangeServer {
+            addr,
+            state,
+            root: root.to_owned(),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes sent so far (what a client fetched).
+    pub fn bytes_sent(&self) -> u64 {
+        self.state.body_bytes.load(Ordering::SeqCst)
+    }
+
+    pub fn reset_counters(&self) {
+        self.state.requests.store(0, Ordering::SeqCst);
+        self.state.body_bytes.store(0, Ordering::SeqCst);
+    }
+
+    /// Applies `fault` to each of the next `count` requests.
+    pub fn push_fault(&self, fault: Fault, count: usize) {
+        let mut q = self.state.queued.lock().unwrap();
+        q.extend(std::iter::repeat_n(fault, count));
+    }
+
+    pub fn set_always(&self, fault: Option<Fault>) {
+        *self.state.always.lock().unwrap() = fault;
+    }
+
+    pub fn set_rate(&self, bytes_per_second: u64) {
+        self.state.rate.store(bytes_per_second, Ordering::SeqCst);
+    }
+
+    pub fn request_log(&self) -> Vec<String> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for RangeServer {
+    fn drop(&mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    range: Option<(u64, Option<u64>)>,
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let path = parts.next()?.to_owned();
+    let mut range = None;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).ok()? == 0 {
+            return None;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':')?;
+        if name.eq_ignore_ascii_case("range") {
+            let spec = value.trim().strip_prefix("bytes=")?;
+            let (a, b) = spec.split_once('-')?;
+            range = Some((a.parse().ok()?, b.parse().ok()));
+        }
+    }
+    Some(Request {
+        method,
+        path,
+        range,
+    })
+}
+
+fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&path[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn serve_connection(conn: TcpStream, root: &Path, state: &State) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
+    let mut writer = conn.try_clone().expect("clone socket");
+    let mut reader = BufReader::new(conn);
+    while let Some(req) = read_request(&mut reader) {
+        state.requests.fetch_add(1, Ordering::SeqCst);
+        state.log.lock().unwrap().push(req.path.clone());
+        let fault = {
+            let queued = state.queued.lock().unwrap().pop_front();
+            queued.or_else(|| state.always.lock().unwrap().clone())
+        };
+        let keep_going = respond(&mut writer, root, state, &req, fault);
+        if !keep_going {
+            return;
+        }
+    }
+}
+
+/// Writes one response; false when the connection must close.
+fn respond(
+    out: &mut TcpStream,
+    root: &Path,
+    state: &State,
+    req: &Request,
+    fault: Option<Fault>,
+) -> bool {
+    if let Some(Fault::Status(code)) = fault {
+        let retry = if code == 429 || code == 503 {
+            "Retry-After: 1\r\n"
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "HTTP/1.1 {code} Fault\r\nContent-Length: 0\r\n{retry}\r\n"
+        );
+        return true;
+    }
+    let rel = percent_decode(req.path.split('?').next().unwrap_or("/"));
+    let path = root.join(rel.trim_start_matches('/'));
+    let data = match std::fs::read(&path) {
+        Ok(d) if !rel.contains("..") => d,
+        _ => {
+            let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            return true;
+        }
+    };
+    let size = data.len() as u64;
+    let etag = if fault == Some(Fault::ChangeEtag) {
+        format!("\"changed-{}\"", state.requests.load(Ordering::SeqCst))
+    } else {
+        format!(
+            "\"{size:x}-{:x}\"",
+            data.iter()
+                .take(64)
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64))
+        )
+    };
+    let (status, start, end) = match (req.range, &fault) {
+        (Some(_), Some(Fault::IgnoreRange)) | (None, _) => ("200 OK", 0, size),
+        (Some((a, b)), _) => {
+            let end = b.map_or(size, |b| (b + 1).min(size));
+            if a >= size || a >= end {
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{size}\r\nContent-Length: 0\r\n\r\n"
+                );
+                return true;
+            }
+            ("206 Partial Content", a, end)
+        }
+    };
+    let mut body = data[start as usize..end as usize].to_vec();
+    let mut content_length = body.len() as u64;
+    match fault {
+        Some(Fault::Corrupt) => body.iter_mut().step_by(4096).for_each(|b| *b ^= 0x5a),
+        Some(Fault::LongBody) => {
+            body.push(0);
+            content_length += 1;
+        }
+        _ => {}
+    }
+    let range_header = if status.starts_with("206") {
+        format!("Content-Range: bytes {start}-{}/{size}\r\n", end - 1)
+    } else {
+        String::new()
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {content_length}\r\nAccept-Ranges: bytes\r\nETag: {etag}\r\n{range_header}\r\n"
+    );
+    if out.write_all(head.as_bytes()).is_err() {
+        return false;
+    }
+    if req.method == "HEAD" {
+        return true;
+    }
+    let (send, close) = match fault {
+        Some(Fault::ResetAfter(n)) => (n.min(body.len() as u64) as usize, true),
+        Some(Fault::ShortBody) => (body.len() / 2, true),
+        Some(Fault::Stall) => (0, true),
+        _ => (body.len(), false),
+    };
+    if !send_paced(out, &body[..send], state) {
+        return false;
+    }
+    match fault {
+        Some(Fault::Stall) => {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline && !state.stopping.load(Ordering::SeqCst) {
+                // Bounded wait for the client to give up or the server to stop.
+                let mut probe = [0u8; 1];
+                let _ = out.set_read_timeout(Some(Duration::from_millis(200)));
+                if let Ok(0) = out.read(&mut probe) {
+                    break;
+                }
+            }
+            false
+        }
+        Some(Fault::ResetAfter(_)) => {
+            // SO_LINGER 0: close sends RST, not FIN.
+            let _ = socket_linger_zero(out);
+            let _ = out.shutdown(Shutdown::Both);
+            false
+        }
+        _ => !close,
+    }
+}
+
+fn send_paced(out: &mut TcpStream, body: &[u8], state: &State) -> bool {
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for piece in body.chunks(64 << 10) {
+        let rate = state.rate.load(Ordering::SeqCst);
+        if rate > 0 {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        if out.write_all(piece).is_err() {
+            return false;
+        }
+        sent += piece.len() as u64;
+        state
+            .body_bytes
+            .fetch_add(piece.len() as u64, Ordering::SeqCst);
+    }
+    true
+}
+
+fn socket_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a valid fd and a correctly sized struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
