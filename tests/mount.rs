@@ -8,6 +8,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::time::{Duration, Instant};
 
+use support::range_server::Fault;
 use support::*;
 
 const MIB: u64 = 1 << 20;

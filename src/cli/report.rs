@@ -51,11 +51,12 @@ fn existing_cache(root: &Path) -> anyhow::Result<Option<Cache>> {
     ))
 }
 
+/// Rounded down, so that only a complete model shows 100%.
 fn percent(cached: u64, size: u64) -> String {
-    if size == 0 {
+    if size == 0 || cached >= size {
         return "100%".into();
     }
-    format!("{:.0}%", cached as f64 * 100.0 / size as f64)
+    format!("{}%", (cached as u128 * 100 / size as u128) as u64)
 }
 
 pub fn ls(manifest: &Manifest, cache_root: &Path, model: Option<&str>) -> anyhow::Result<()> {
@@ -111,7 +112,9 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
                 .zip(&presence)
                 .map(|(f, p)| json!({"path": f.path, "size": f.size, "cached_bytes": p.bytes(f.size)}))
                 .collect();
-            json!({"id": m.id, "state": state, "size": size, "cached_bytes": cached, "pinned": m.pinned, "files": files})
+            let complete = presence.iter().filter(|p| **p == Presence::Complete).count();
+            json!({"id": m.id, "state": state, "size": size, "cached_bytes": cached,
+                   "files_complete": complete, "pinned": m.pinned, "files": files})
         })
         .collect();
     let cache_bytes = cache
@@ -143,11 +146,14 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
             m["cached_bytes"].as_u64().unwrap_or(0),
         );
         println!(
-            "  {:<40} {:<9} {} of {}",
+            "  {:<40} {:<9} {} of {} ({}), {} of {} files complete",
             m["id"].as_str().unwrap_or_default(),
             m["state"].as_str().unwrap_or_default(),
             format_size(cached),
-            format_size(size)
+            format_size(size),
+            percent(cached, size),
+            m["files_complete"],
+            m["files"].as_array().map_or(0, Vec::len),
         );
     }
     if mounts.is_empty() {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use modelfs::manifest::{BuildOptions, build_entry};
-pub use range_server::{Fault, RangeServer};
+pub use range_server::RangeServer;
 use sha2::{Digest as _, Sha256};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_modelfs");

@@ -1,0 +1,65 @@
+//! Real loaders on a mounted file: Python `safetensors` opens it through the
+//! kernel (it mmaps the file) and must see exactly the tensors written.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+/// Runs a Python snippet; the test fails with its stderr if it does.
+fn python(script: &str, args: &[&std::path::Path]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect(
+            "python3 is needed for loader tests (.ci/run installs it with safetensors and numpy)",
+        );
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const WRITE: &str = r#"
+import sys, numpy as np
+from safetensors.numpy import save_file
+rng = np.random.default_rng(7)
+save_file({
+    "embed.weight": rng.standard_normal((1024, 768)).astype(np.float32),
+    "layers.0.bias": np.arange(4096, dtype=np.float16),
+    "lm_head.weight": rng.standard_normal((768, 512)).astype(np.float32),
+}, sys.argv[1], metadata={"format": "np"})
+"#;
+
+/// Prints each tensor's name, shape, dtype and checksum, sorted by name.
+const SUMMARY: &str = r#"
+import sys, hashlib
+from safetensors import safe_open
+with safe_open(sys.argv[1], framework="np") as f:
+    for name in sorted(f.keys()):
+        t = f.get_tensor(name)
+        print(name, t.shape, t.dtype, hashlib.sha256(t.tobytes()).hexdigest())
+"#;
+
+#[test]
+fn safetensors_safe_open_reads_the_right_tensors() {
+    let ws = Workspace::new();
+    let original = ws.models().join("m/model.safetensors");
+    std::fs::create_dir_all(original.parent().unwrap()).unwrap();
+    python(WRITE, &[&original]);
+    let expected = python(SUMMARY, &[&original]);
+    assert_eq!(expected.lines().count(), 3);
+
+    let server = RangeServer::start(&ws.models());
+    // 64 KiB chunks: the tensors span many, read out of order by mmap faults.
+    ws.write_manifest(&[ws.entry("m", "tiny@fp32", &[format!("{}/m", server.url())], 1 << 16)]);
+    let m = ws.mount();
+    let mounted = m.path("tiny@fp32/model.safetensors");
+    assert_eq!(python(SUMMARY, &[&mounted]), expected);
+    assert!(server.bytes_sent() > 0);
+}
