@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets
+# Unit tests, then the end-to-end suites under tests/ (doctests: none).
+cargo test --lib --tests

@@ -5,8 +5,10 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -230,25 +232,36 @@ fn respond(
         );
         return true;
     }
+    if req.path == "/__stats" {
+        let body = format!(
+            "{{\"requests\": {}, \"bytes\": {}}}",
+            state.requests.load(Ordering::SeqCst),
+            state.body_bytes.load(Ordering::SeqCst)
+        );
+        let _ = write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        return true;
+    }
     let rel = percent_decode(req.path.split('?').next().unwrap_or("/"));
-    let path = root.join(rel.trim_start_matches('/'));
-    let data = match std::fs::read(&path) {
-        Ok(d) if !rel.contains("..") => d,
+    let file = match File::open(root.join(rel.trim_start_matches('/'))) {
+        Ok(f) if !rel.contains("..") && f.metadata().is_ok_and(|m| m.is_file()) => f,
         _ => {
             let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
             return true;
         }
     };
-    let size = data.len() as u64;
+    let size = file.metadata().map_or(0, |m| m.len());
     let etag = if fault == Some(Fault::ChangeEtag) {
         format!("\"changed-{}\"", state.requests.load(Ordering::SeqCst))
     } else {
-        format!(
-            "\"{size:x}-{:x}\"",
-            data.iter()
-                .take(64)
-                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64))
-        )
+        let mtime = file.metadata().ok().and_then(|m| m.modified().ok());
+        let nanos = mtime
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        format!("\"{size:x}-{nanos:x}\"")
     };
     let (status, start, end) = match (req.range, &fault) {
         (Some(_), Some(Fault::IgnoreRange)) | (None, _) => ("200 OK", 0, size),
@@ -264,23 +277,16 @@ fn respond(
             ("206 Partial Content", a, end)
         }
     };
-    let mut body = data[start as usize..end as usize].to_vec();
-    let mut content_length = body.len() as u64;
-    match fault {
-        Some(Fault::Corrupt) => body.iter_mut().step_by(4096).for_each(|b| *b ^= 0x5a),
-        Some(Fault::LongBody) => {
-            body.push(0);
-            content_length += 1;
-        }
-        _ => {}
-    }
+    let len = end - start;
+    let long = fault == Some(Fault::LongBody);
     let range_header = if status.starts_with("206") {
         format!("Content-Range: bytes {start}-{}/{size}\r\n", end - 1)
     } else {
         String::new()
     };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {content_length}\r\nAccept-Ranges: bytes\r\nETag: {etag}\r\n{range_header}\r\n"
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nETag: {etag}\r\n{range_header}\r\n",
+        len + long as u64
     );
     if out.write_all(head.as_bytes()).is_err() {
         return false;
@@ -288,16 +294,18 @@ fn respond(
     if req.method == "HEAD" {
         return true;
     }
-    let (send, close) = match fault {
-        Some(Fault::ResetAfter(n)) => (n.min(body.len() as u64) as usize, true),
-        Some(Fault::ShortBody) => (body.len() / 2, true),
-        Some(Fault::Stall) => (0, true),
-        _ => (body.len(), false),
+    let send = match fault {
+        Some(Fault::ResetAfter(n)) => n.min(len),
+        Some(Fault::ShortBody) => len / 2,
+        Some(Fault::Stall) => 0,
+        _ => len,
     };
-    if !send_paced(out, &body[..send], state) {
+    let corrupt = fault == Some(Fault::Corrupt);
+    if !send_range(out, &file, start, send, corrupt, state) {
         return false;
     }
     match fault {
+        Some(Fault::LongBody) => out.write_all(&[0]).is_ok(),
         Some(Fault::Stall) => {
             let deadline = Instant::now() + Duration::from_secs(120);
             while Instant::now() < deadline && !state.stopping.load(Ordering::SeqCst) {
@@ -316,28 +324,49 @@ fn respond(
             let _ = out.shutdown(Shutdown::Both);
             false
         }
-        _ => !close,
+        Some(Fault::ShortBody) => false,
+        _ => true,
     }
 }
 
-fn send_paced(out: &mut TcpStream, body: &[u8], state: &State) -> bool {
-    let started = Instant::now();
+/// Streams `len` bytes of `file` from `start`, paced by the rate limit;
+/// `corrupt` flips the first byte of every 4 KiB.
+fn send_range(
+    out: &mut TcpStream,
+    file: &File,
+    start: u64,
+    len: u64,
+    corrupt: bool,
+    state: &State,
+) -> bool {
+    let began = Instant::now();
+    let mut buf = vec![0u8; 256 << 10];
     let mut sent = 0u64;
-    for piece in body.chunks(64 << 10) {
+    while sent < len {
+        let n = buf.len().min((len - sent) as usize);
+        if file.read_exact_at(&mut buf[..n], start + sent).is_err() {
+            return false;
+        }
+        if corrupt {
+            let first = (4096 - sent % 4096) % 4096;
+            buf[..n]
+                .iter_mut()
+                .skip(first as usize)
+                .step_by(4096)
+                .for_each(|b| *b ^= 0x5a);
+        }
         let rate = state.rate.load(Ordering::SeqCst);
         if rate > 0 {
             let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
+            if let Some(wait) = due.checked_sub(began.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
-        if out.write_all(piece).is_err() {
+        if out.write_all(&buf[..n]).is_err() {
             return false;
         }
-        sent += piece.len() as u64;
-        state
-            .body_bytes
-            .fetch_add(piece.len() as u64, Ordering::SeqCst);
+        sent += n as u64;
+        state.body_bytes.fetch_add(n as u64, Ordering::SeqCst);
     }
     true
 }

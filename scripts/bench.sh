@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# modelfs against real peers on the same file, same server, same run:
+#   cold read:  modelfs mount  vs  curl, aria2c -x8, rclone mount (VFS full cache)
+#   warm read:  modelfs (passthrough)  vs  dd of the cache file, rclone warm
+#   one 4 KiB read deep in the file: bytes fetched
+#   peak RSS of the mount process
+# Ratios matter, not absolute MB/s: these machines are shared and noisy.
+# Everything is on 127.0.0.1. Needs root (FUSE).
+#
+#   scripts/bench.sh            # 1 GiB file
+#   SIZE_MB=256 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mb=${SIZE_MB:-1024}
+
+for tool in aria2c:aria2 rclone:rclone fusermount3:fuse3 curl:curl; do
+    command -v "${tool%%:*}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${tool#*:}" >/dev/null; }
+done
+cargo build --release --quiet --bin modelfs --example range_server
+target=${CARGO_TARGET_DIR:-target}
+modelfs="$target/release/modelfs"
+work=$(mktemp -d /tmp/modelfs-bench.XXXXXX)
+mkdir -p "$work/srv/m" "$work/mnt" "$work/rmnt" "$work/aria"
+server_pid=
+cleanup() {
+    for m in "$work/mnt" "$work/rmnt"; do mountpoint -q "$m" && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }; done
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+head -c $((size_mb << 20)) /dev/urandom > "$work/srv/m/big.bin"
+size=$((size_mb << 20))
+"$target/release/examples/range_server" "$work/srv" > "$work/url" &
+server_pid=$!
+for _ in $(seq 100); do [ -s "$work/url" ] && break; sleep 0.05; done
+url=$(head -n1 "$work/url")
+{ echo "version = 1"; "$modelfs" manifest build "$work/srv/m" --id m --source "$url/m"; } > "$work/m.toml"
+stats() { curl -s "$url/__stats" | sed 's/.*"bytes": \([0-9]*\).*/\1/'; }
+
+# Seconds taken by a command.
+timed() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); awk "BEGIN { print $e - $s }"; }
+mbps() { awk "BEGIN { printf \"%d\", $size / $1 / 1e6 }"; }
+ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
+mount_modelfs() { "$modelfs" mount "$work/mnt" -m "$work/m.toml" --cache-dir "$1" --daemon --log-file "$work/mount.log"; }
+umount_modelfs() { "$modelfs" umount "$work/mnt"; for _ in $(seq 200); do mountpoint -q "$work/mnt" || break; sleep 0.05; done; }
+
+t_curl=$(timed curl -sf -o /dev/null "$url/m/big.bin")
+t_aria=$(timed aria2c -q -x 8 -s 8 -k 8M --allow-overwrite=true -d "$work/aria" "$url/m/big.bin")
+rm -f "$work/aria/big.bin"
+
+mount_modelfs "$work/cache"
+pid=$(pgrep -f "modelfs mount $work/mnt" | head -n1)
+t_cold=$(timed dd if="$work/mnt/m/big.bin" of=/dev/null bs=1M)
+rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+t_warm=$(timed dd if="$work/mnt/m/big.bin" of=/dev/null bs=1M)
+blob=$(find "$work/cache/blobs" -type f -size +1M | head -n1)
+t_disk=$(timed dd if="$blob" of=/dev/null bs=1M)
+umount_modelfs
+
+rclone mount :http: "$work/rmnt" --http-url "$url/m" --vfs-cache-mode full \
+    --cache-dir "$work/rclone-cache" --daemon --daemon-timeout 30s
+for _ in $(seq 200); do [ -e "$work/rmnt/big.bin" ] && break; sleep 0.05; done
+t_rcold=$(timed dd if="$work/rmnt/big.bin" of=/dev/null bs=1M)
+t_rwarm=$(timed dd if="$work/rmnt/big.bin" of=/dev/null bs=1M)
+fusermount3 -u "$work/rmnt"
+
+mount_modelfs "$work/cache-random"
+before=$(stats)
+dd if="$work/mnt/m/big.bin" of=/dev/null bs=4096 count=1 skip=$(( (size / 4096) * 3 / 4 )) 2>/dev/null
+random_bytes=$(( $(stats) - before ))
+umount_modelfs
+
+echo
+echo "modelfs bench: ${size_mb} MiB file over HTTP on 127.0.0.1, $(nproc) cores, page cache hot"
+printf '%-42s %8s %s\n' "" "MB/s" "modelfs ÷ peer"
+printf '%-42s %8s\n' "cold: modelfs mount (dd through FUSE)" "$(mbps "$t_cold")"
+printf '%-42s %8s %s\n' "cold: curl (one stream, to /dev/null)" "$(mbps "$t_curl")" "$(ratio "$t_curl" "$t_cold")"
+printf '%-42s %8s %s\n' "cold: aria2c -x8 (8 streams, to disk)" "$(mbps "$t_aria")" "$(ratio "$t_aria" "$t_cold")"
+printf '%-42s %8s %s\n' "cold: rclone mount --vfs-cache-mode full" "$(mbps "$t_rcold")" "$(ratio "$t_rcold" "$t_cold")"
+printf '%-42s %8s\n' "warm: modelfs mount (passthrough)" "$(mbps "$t_warm")"
+printf '%-42s %8s %s\n' "warm: dd of the cache file" "$(mbps "$t_disk")" "$(ratio "$t_disk" "$t_warm")"
+printf '%-42s %8s %s\n' "warm: rclone mount" "$(mbps "$t_rwarm")" "$(ratio "$t_rwarm" "$t_warm")"
+echo "one 4 KiB read at 3/4 of the file fetched $random_bytes bytes"
+echo "peak RSS of the mount process during the cold read: $((rss_kb / 1024)) MiB"
