@@ -39,7 +39,11 @@ url=$(head -n1 "$work/url")
 stats() { curl -s "$url/__stats" | sed 's/.*"bytes": \([0-9]*\).*/\1/'; }
 
 # Seconds taken by a command.
-timed() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); awk "BEGIN { print $e - $s }"; }
+timed() {
+    local s e; s=$(date +%s.%N)
+    "$@" >/dev/null 2>"$work/err" || { echo "bench: failed: $* ($(cat "$work/err"))" >&2; exit 1; }
+    e=$(date +%s.%N); awk "BEGIN { print $e - $s }"
+}
 mbps() { awk "BEGIN { printf \"%d\", $size / $1 / 1e6 }"; }
 ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
 mount_modelfs() { "$modelfs" mount "$work/mnt" -m "$work/m.toml" --cache-dir "$1" --daemon --log-file "$work/mount.log"; }
@@ -58,7 +62,7 @@ blob=$(find "$work/cache/blobs" -type f -size +1M | head -n1)
 t_disk=$(timed dd if="$blob" of=/dev/null bs=1M)
 umount_modelfs
 
-rclone mount :http: "$work/rmnt" --http-url "$url/m" --vfs-cache-mode full \
+rclone mount :http: "$work/rmnt" --http-url "$url/m/" --vfs-cache-mode full \
     --cache-dir "$work/rclone-cache" --daemon --daemon-timeout 30s
 for _ in $(seq 200); do [ -e "$work/rmnt/big.bin" ] && break; sleep 0.05; done
 t_rcold=$(timed dd if="$work/rmnt/big.bin" of=/dev/null bs=1M)

@@ -89,12 +89,15 @@ impl Blob {
                 file.set_len(entry.size)?;
             }
             // A new partial file holds no data, whatever an old map says.
-            blob.map = Some(ChunkMap::open(
-                &blob.map_path,
-                entry.size,
-                entry.chunk_size,
-                fresh,
-            )?);
+            let map = ChunkMap::open(&blob.map_path, entry.size, entry.chunk_size, fresh)?;
+            // Shared while we may set bits; the last writer out marks it clean.
+            map.file().lock_shared()?;
+            let boot = boot_id();
+            if map.dirty_since().is_some_and(|b| b != boot) {
+                reverify(&map, &file, entry)?;
+            }
+            map.mark_dirty(boot)?;
+            blob.map = Some(map);
             *blob.data.get_mut().unwrap() = Some(file);
         }
         Ok(blob)
@@ -168,17 +171,13 @@ impl Blob {
         file.write_all_at(data, offset)
     }
 
-    /// Records chunk `index` as verified. Its data is made durable first, so
-    /// that after a power loss a set bit never points at missing bytes.
-    /// Blocking: call from a blocking thread.
-    pub fn mark_verified(&self, index: u64) -> io::Result<()> {
-        let Some(map) = &self.map else { return Ok(()) };
-        {
-            let data = self.data.read().unwrap_or_else(|p| p.into_inner());
-            data.as_ref().map(File::sync_data).transpose()?;
+    /// Records chunk `index` as verified, once its bytes are written. The
+    /// map is dirty while open, so a power loss before the data reaches the
+    /// disk makes the next open re-verify instead of trusting the bit.
+    pub fn mark_verified(&self, index: u64) {
+        if let Some(map) = &self.map {
+            map.set(index);
         }
-        map.set(index);
-        Ok(())
     }
 
     pub fn all_chunks_verified(&self) -> bool {
@@ -217,6 +216,23 @@ impl Blob {
         Ok(())
     }
 
+    /// Data of a partial file is made durable when its last user closes it,
+    /// and only then is the map marked clean.
+    fn sync_and_mark_clean(&self) -> io::Result<()> {
+        let Some(map) = &self.map else { return Ok(()) };
+        if !self.is_complete() {
+            let data = self.data.read().unwrap_or_else(|p| p.into_inner());
+            data.as_ref().map(File::sync_data).transpose()?;
+        }
+        map.file().unlock()?;
+        // Exclusive only if no other process still writes: then no bit is newer than its data.
+        if !self.is_complete() && map.file().try_lock().is_ok() {
+            map.mark_clean()?;
+            map.file().unlock()?;
+        }
+        Ok(())
+    }
+
     /// Renames verified data to its complete name, durably.
     fn publish(&self, from: &std::path::Path) -> io::Result<()> {
         File::open(from)?.sync_all()?;
@@ -225,5 +241,120 @@ impl Blob {
             File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Blob {
+    fn drop(&mut self) {
+        if let Err(e) = self.sync_and_mark_clean() {
+            tracing::warn!(path = %self.partial_path.display(), error = %e, "cannot sync cached data; a power loss would make the next mount re-verify it");
+        }
+    }
+}
+
+/// This boot of the machine: a different one means a dirty map may have
+/// lost data to a power failure. Zero when unknown (then maps are trusted,
+/// as after a process crash).
+fn boot_id() -> [u8; 16] {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let mut id = [0u8; 16];
+    let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+    let _ = hex::decode_to_slice(hex, &mut id);
+    id
+}
+
+/// Re-hashes every chunk a dirty map from another boot claims, and clears
+/// the bits whose data did not survive. Blocking; rare (after a power loss).
+fn reverify(map: &ChunkMap, file: &File, entry: &FileEntry) -> io::Result<()> {
+    let Some(hashes) = &entry.chunks else {
+        return Ok(());
+    };
+    let (mut kept, mut dropped) = (0, 0);
+    let mut buf = vec![0u8; entry.chunk_size as usize];
+    for (index, expected) in hashes.iter().enumerate() {
+        let index = index as u64;
+        if !map.is_set(index) {
+            continue;
+        }
+        let len = super::chunk_len(entry.size, entry.chunk_size, index) as usize;
+        let ok = file
+            .read_exact_at(&mut buf[..len], index * entry.chunk_size)
+            .is_ok()
+            && Digest::of(&buf[..len]) == *expected;
+        if ok {
+            kept += 1;
+        } else {
+            map.clear(index);
+            dropped += 1;
+        }
+    }
+    tracing::warn!(file = %entry.path, kept, dropped, "re-verified chunks cached before an unclean shutdown");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Cache;
+    use crate::manifest::Manifest;
+
+    /// A one-file manifest for `data` in 64 KiB chunks.
+    fn entry_for(data: &[u8]) -> Manifest {
+        let chunks: Vec<String> = data
+            .chunks(65536)
+            .map(|c| format!("\"{}\"", Digest::of(c)))
+            .collect();
+        let text = format!(
+            "version = 1\n[[model]]\nid = \"m\"\nsources = [\"file:///nowhere\"]\n[[model.file]]\n\
+             path = \"f\"\nsize = {}\nsha256 = \"{}\"\nchunk_size = 65536\nchunks = [{}]\n",
+            data.len(),
+            Digest::of(data),
+            chunks.join(", ")
+        );
+        Manifest::parse("t.toml".as_ref(), &text).unwrap()
+    }
+
+    #[test]
+    fn after_a_power_loss_only_chunks_whose_data_survived_are_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..4 * 65536u32).map(|i| (i * 7 % 251) as u8).collect();
+        let manifest = entry_for(&data);
+        let entry = &manifest.models[0].files[0];
+        {
+            let blob = cache.open_blob(entry).unwrap();
+            for c in 0..3u64 {
+                let at = (c * 65536) as usize;
+                blob.write_at(&data[at..at + 65536], c * 65536).unwrap();
+                blob.mark_verified(c);
+            }
+            // Chunk 3's bit claims data that never reached the disk.
+            blob.mark_verified(3);
+            // As if the machine lost power: the map stays dirty, from another boot.
+            blob.map.as_ref().unwrap().mark_dirty([9; 16]).unwrap();
+            std::mem::forget(blob);
+        }
+        let cache = Cache::open(dir.path()).unwrap();
+        let blob = cache.open_blob(entry).unwrap();
+        assert!((0..3).all(|c| blob.has_chunk(c)), "intact chunks are kept");
+        assert!(!blob.has_chunk(3), "a chunk whose data was lost is dropped");
+    }
+
+    #[test]
+    fn the_last_close_marks_the_map_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let data = vec![5u8; 3 * 65536];
+        let manifest = entry_for(&data);
+        let entry = &manifest.models[0].files[0];
+        let blob = cache.open_blob(entry).unwrap();
+        blob.write_at(&data[..65536], 0).unwrap();
+        blob.mark_verified(0);
+        assert!(blob.map.as_ref().unwrap().dirty_since().is_some());
+        drop(blob);
+        let map_path = cache.with_suffix(&entry.sha256, ".map");
+        let map = ChunkMap::open(&map_path, entry.size, 65536, false).unwrap();
+        assert_eq!(map.dirty_since(), None);
+        assert!(map.is_set(0));
     }
 }

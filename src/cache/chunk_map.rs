@@ -2,23 +2,36 @@
 //! `mmap` so every process using the cache sees a bit the moment it is set.
 //!
 //! File format (little-endian): `b"MFSCMAP\x01"`, `chunk_size: u64`,
-//! `size: u64`, 8 reserved bytes, then `ceil(chunks / 8)` bitmap bytes,
-//! chunk `i` at bit `i % 8` of byte `i / 8`. A bit is set only after its
-//! chunk's bytes were verified and written (see [`super::Blob::mark_verified`]).
+//! `size: u64`, `boot_id: [u8; 16]`, `dirty: u64`, 16 reserved bytes, then
+//! `ceil(chunks / 8)` bitmap bytes, chunk `i` at bit `i % 8` of byte `i / 8`.
+//!
+//! A bit is set once its chunk's bytes were verified and written. They are in
+//! the page cache then, which survives any process crash; only a power loss
+//! could lose them. So a writer marks the map `dirty` with the current boot id
+//! (durably) before it sets bits, and the map is marked clean only after the
+//! data was synced. A dirty map from another boot may hold bits newer than its
+//! data: those chunks are re-verified before they are trusted (see
+//! [`super::Blob`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use memmap2::MmapMut;
 
 const MAGIC: [u8; 8] = *b"MFSCMAP\x01";
-const HEADER_LEN: usize = 32;
+const HEADER_LEN: usize = 64;
+/// Bytes of the header that identify the file it describes.
+const IDENTITY_LEN: usize = 24;
+const BOOT_ID_AT: usize = 24;
+const DIRTY_AT: usize = 40;
 
 pub struct ChunkMap {
     mmap: MmapMut,
     chunks: u64,
+    /// Held for its advisory lock: shared while this process may set bits.
+    file: File,
 }
 
 fn header(size: u64, chunk_size: u64) -> [u8; HEADER_LEN] {
@@ -44,10 +57,11 @@ impl ChunkMap {
             if file.metadata()?.len() == want_len {
                 // SAFETY: see below.
                 let mmap = unsafe { MmapMut::map_mut(&file)? };
-                if mmap[..HEADER_LEN] == header(size, chunk_size) {
+                if mmap[..IDENTITY_LEN] == header(size, chunk_size)[..IDENTITY_LEN] {
                     return Ok(ChunkMap {
                         mmap,
                         chunks: size.div_ceil(chunk_size),
+                        file,
                     });
                 }
             }
@@ -69,7 +83,49 @@ impl ChunkMap {
         Ok(ChunkMap {
             mmap,
             chunks: size.div_ceil(chunk_size),
+            file,
         })
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn word(&self, at: usize) -> &AtomicU64 {
+        // SAFETY: `at` is an 8-aligned offset inside the header of a
+        // page-aligned mapping that lives as long as `self`.
+        unsafe { AtomicU64::from_ptr(self.mmap.as_ptr().wrapping_add(at).cast::<u64>().cast_mut()) }
+    }
+
+    /// Whether the map may hold bits newer than its data, and from which boot.
+    pub fn dirty_since(&self) -> Option<[u8; 16]> {
+        if self.word(DIRTY_AT).load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.word(BOOT_ID_AT).load(Ordering::Acquire).to_le_bytes());
+        id[8..].copy_from_slice(
+            &self
+                .word(BOOT_ID_AT + 8)
+                .load(Ordering::Acquire)
+                .to_le_bytes(),
+        );
+        Some(id)
+    }
+
+    /// Records, durably, that bits may now be set before their data is synced.
+    pub fn mark_dirty(&self, boot_id: [u8; 16]) -> io::Result<()> {
+        let half = |i: usize| u64::from_le_bytes(boot_id[i..i + 8].try_into().expect("8 bytes"));
+        self.word(BOOT_ID_AT).store(half(0), Ordering::Release);
+        self.word(BOOT_ID_AT + 8).store(half(8), Ordering::Release);
+        self.word(DIRTY_AT).store(1, Ordering::Release);
+        self.mmap.flush_range(0, HEADER_LEN)
+    }
+
+    /// Records that every set bit's data is durable. Call after syncing it.
+    pub fn mark_clean(&self) -> io::Result<()> {
+        self.word(DIRTY_AT).store(0, Ordering::Release);
+        self.mmap.flush()
     }
 
     fn byte(&self, chunk: u64) -> &AtomicU8 {
@@ -90,6 +146,11 @@ impl ChunkMap {
     pub fn set(&self, chunk: u64) {
         self.byte(chunk)
             .fetch_or(1 << (chunk % 8), Ordering::Release);
+    }
+
+    pub fn clear(&self, chunk: u64) {
+        self.byte(chunk)
+            .fetch_and(!(1 << (chunk % 8)), Ordering::Release);
     }
 
     pub fn count(&self) -> u64 {
@@ -153,9 +214,28 @@ mod tests {
         assert_eq!(read_bits(&path, size, 65536).unwrap(), None);
         let again = ChunkMap::open(&path, size, 131072, false).unwrap();
         again.set(1);
+        again.set(2);
+        again.clear(1);
+        assert_eq!(again.count(), 1);
         assert_eq!(
             ChunkMap::open(&path, size, 131072, true).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn dirty_flag_and_boot_id_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.map");
+        let map = ChunkMap::open(&path, 1 << 20, 65536, false).unwrap();
+        assert_eq!(map.dirty_since(), None);
+        map.mark_dirty([7; 16]).unwrap();
+        map.set(3);
+        drop(map);
+        let map = ChunkMap::open(&path, 1 << 20, 65536, false).unwrap();
+        assert_eq!(map.dirty_since(), Some([7; 16]));
+        assert!(map.is_set(3));
+        map.mark_clean().unwrap();
+        assert_eq!(map.dirty_since(), None);
     }
 }

@@ -79,14 +79,6 @@ pub enum FetchError {
         target: String,
         source: Arc<io::Error>,
     },
-    #[error(
-        "{target}: every chunk matches its hash but the whole file does not match sha256 {expected} (got {actual}): the manifest is inconsistent"
-    )]
-    Inconsistent {
-        target: String,
-        expected: Digest,
-        actual: Digest,
-    },
 }
 
 fn format_attempts(attempts: &[(String, String)]) -> String {
@@ -248,12 +240,9 @@ impl Fetcher {
             };
             match self.fetch_range(location, &mut writer, expected).await {
                 Ok(()) => {
-                    let b = Arc::clone(blob);
-                    blocking(move || b.mark_verified(index))
-                        .await
-                        .map_err(|e| local(target, e))?;
+                    blob.mark_verified(index);
                     if blob.all_chunks_verified() {
-                        self.finish(target, blob).await?;
+                        finish_in_background(target, blob);
                     }
                     return Ok(());
                 }
@@ -269,20 +258,6 @@ impl Fetcher {
             target: target.to_string(),
             attempts: Arc::new(attempts),
         })
-    }
-
-    /// Checks the whole file once every chunk is in, and makes it complete.
-    async fn finish(&self, target: &Target, blob: &Arc<Blob>) -> Result<(), FetchError> {
-        let b = Arc::clone(blob);
-        match blocking(move || b.finish_chunked()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(actual)) => Err(FetchError::Inconsistent {
-                target: target.to_string(),
-                expected: blob.digest,
-                actual,
-            }),
-            Err(e) => Err(local(target, e)),
-        }
     }
 
     /// Fetches a file without chunk hashes into a private temporary file in
@@ -412,6 +387,29 @@ impl Fetcher {
             _ => Ok(()),
         }
     }
+}
+
+/// Once every chunk is verified: checks the whole file against its sha256
+/// and publishes it as complete, off the path of any reader (the chunks are
+/// already servable). At most one runs at a time per blob.
+pub fn finish_in_background(target: &Target, blob: &Arc<Blob>) {
+    let (target, blob) = (target.clone(), Arc::clone(blob));
+    tokio::task::spawn_blocking(move || match blob.finish_chunked() {
+        Ok(Ok(())) => {}
+        Ok(Err(actual)) => warn!(
+            model = target.model_id(),
+            file = %target.entry().path,
+            expected = %blob.digest,
+            %actual,
+            "every chunk matches its hash but the whole file does not: the manifest is inconsistent"
+        ),
+        Err(e) => warn!(
+            model = target.model_id(),
+            file = %target.entry().path,
+            error = %e,
+            "cannot complete the cached file"
+        ),
+    });
 }
 
 fn describe(e: &AttemptError) -> String {

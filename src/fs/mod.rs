@@ -55,9 +55,7 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::NoAttr => libc::ENODATA,
             FsError::Fetch(FetchError::Local { source, .. }) => local_errno(source),
-            FsError::Fetch(
-                FetchError::AllSourcesFailed { .. } | FetchError::Inconsistent { .. },
-            ) => libc::EIO,
+            FsError::Fetch(FetchError::AllSourcesFailed { .. }) => libc::EIO,
             FsError::Cache(e) => local_errno(e),
         }
     }
@@ -220,6 +218,11 @@ impl ModelFs {
         }
         let target = self.target(model, file);
         let blob = self.cache.open_blob(target.entry())?;
+        if blob.all_chunks_verified() && !blob.is_complete() {
+            // A previous run verified every chunk but stopped before the final check.
+            let _runtime = self.runtime.enter();
+            crate::fetch::finish_in_background(&target, &blob);
+        }
         let handle = Arc::new(OpenFile {
             readahead: Mutex::new(Readahead::new(blob.chunk_size)),
             target,

@@ -246,7 +246,11 @@ fn respond(
         return true;
     }
     let rel = percent_decode(req.path.split('?').next().unwrap_or("/"));
-    let file = match File::open(root.join(rel.trim_start_matches('/'))) {
+    let target = root.join(rel.trim_start_matches('/'));
+    if target.is_dir() && !rel.contains("..") {
+        return list_directory(out, &target, &rel);
+    }
+    let file = match File::open(&target) {
         Ok(f) if !rel.contains("..") && f.metadata().is_ok_and(|m| m.is_file()) => f,
         _ => {
             let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
@@ -327,6 +331,38 @@ fn respond(
         Some(Fault::ShortBody) => false,
         _ => true,
     }
+}
+
+/// An HTML index, as web servers write them: clients such as rclone's http
+/// backend list a directory by following its links.
+fn list_directory(out: &mut TcpStream, dir: &Path, rel: &str) -> bool {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if e.path().is_dir() {
+                        format!("{name}/")
+                    } else {
+                        name
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let links: String = names
+        .iter()
+        .map(|n| format!("<a href=\"{n}\">{n}</a>\n"))
+        .collect();
+    let body = format!("<html><body><h1>{rel}</h1>\n{links}</body></html>\n");
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .is_ok()
 }
 
 /// Streams `len` bytes of `file` from `start`, paced by the rate limit;
