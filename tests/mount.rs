@@ -140,6 +140,37 @@ fn a_deep_small_read_fetches_only_a_few_chunks() {
 }
 
 #[test]
+fn concurrent_readers_of_a_cold_file_fetch_each_chunk_once() {
+    let size = 32 * MIB as usize;
+    let (ws, server, data) = single_model(size, MIB);
+    let m = ws.mount();
+    let expected = sha256_hex(&data);
+    let readers: Vec<_> = (0..4)
+        .map(|i| {
+            let path = m.path("m@1/weights.bin");
+            std::thread::spawn(move || {
+                // Each reader has its own descriptor and starts at a different place.
+                let f = File::open(path).unwrap();
+                let mut buf = vec![0u8; size];
+                let start = i * size / 4;
+                for (from, to) in [(start, size), (0, start)] {
+                    f.read_exact_at(&mut buf[from..to], from as u64).unwrap();
+                }
+                sha256_hex(&buf)
+            })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), expected);
+    }
+    let fetched = server.bytes_sent();
+    assert!(
+        fetched <= size as u64 + size as u64 / 10,
+        "4 readers fetched {fetched} bytes of a {size}-byte file"
+    );
+}
+
+#[test]
 fn a_corrupting_source_is_never_served_and_the_next_completes_it() {
     let ws = Workspace::new();
     let data = sample_bytes(8 * MIB as usize, 4);
