@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod cli;
 pub mod fetch;
+pub mod fileio;
 pub mod fs;
 pub mod hash;
 pub mod manifest;

@@ -149,16 +149,7 @@ impl Blob {
         let file = data
             .as_ref()
             .ok_or_else(|| io::Error::other("no cached data"))?;
-        let mut done = 0;
-        while done < buf.len() {
-            match file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
+        crate::fileio::read_full_at(file, buf, offset)
     }
 
     /// Writes unverified bytes into the partial file; they are not served

@@ -22,6 +22,7 @@ use tracing::{Instrument, debug, info_span, warn};
 pub use retry::RetryPolicy;
 
 use crate::cache::{Blob, Cache};
+use crate::fileio::blocking;
 use crate::hash::Digest;
 use crate::manifest::{FileEntry, Manifest};
 use crate::source::{Location, Sink, SourceError, Sources, StreamError};
@@ -425,12 +426,4 @@ fn local(target: &Target, e: io::Error) -> FetchError {
         target: target.to_string(),
         source: Arc::new(e),
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
