@@ -207,23 +207,6 @@ impl Blob {
         Ok(())
     }
 
-    /// Data of a partial file is made durable when its last user closes it,
-    /// and only then is the map marked clean.
-    fn sync_and_mark_clean(&self) -> io::Result<()> {
-        let Some(map) = &self.map else { return Ok(()) };
-        if !self.is_complete() {
-            let data = self.data.read().unwrap_or_else(|p| p.into_inner());
-            data.as_ref().map(File::sync_data).transpose()?;
-        }
-        map.file().unlock()?;
-        // Exclusive only if no other process still writes: then no bit is newer than its data.
-        if !self.is_complete() && map.file().try_lock().is_ok() {
-            map.mark_clean()?;
-            map.file().unlock()?;
-        }
-        Ok(())
-    }
-
     /// Renames verified data to its complete name, durably.
     fn publish(&self, from: &std::path::Path) -> io::Result<()> {
         File::open(from)?.sync_all()?;
@@ -235,12 +218,39 @@ impl Blob {
     }
 }
 
+/// When the last user of a partial file lets go, its data is made durable
+/// and then its map marked clean. The sync may take seconds, so inside a
+/// runtime it runs on the blocking pool, never on the FUSE thread or an
+/// async worker.
 impl Drop for Blob {
     fn drop(&mut self) {
-        if let Err(e) = self.sync_and_mark_clean() {
-            tracing::warn!(path = %self.partial_path.display(), error = %e, "cannot sync cached data; a power loss would make the next mount re-verify it");
+        let Some(map) = self.map.take() else { return };
+        let data = self.data.get_mut().map_or(None, Option::take);
+        let complete = self.is_complete();
+        let path = self.partial_path.clone();
+        let work = move || {
+            if let Err(e) = sync_and_mark_clean(&map, data.as_ref(), complete) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot sync cached data; after a power loss it will be re-verified");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(work)),
+            Err(_) => work(),
         }
     }
+}
+
+fn sync_and_mark_clean(map: &ChunkMap, data: Option<&File>, complete: bool) -> io::Result<()> {
+    if !complete {
+        data.map(File::sync_data).transpose()?;
+    }
+    map.file().unlock()?;
+    // Exclusive only if no other process still writes: then no bit is newer than its data.
+    if !complete && map.file().try_lock().is_ok() {
+        map.mark_clean()?;
+        map.file().unlock()?;
+    }
+    Ok(())
 }
 
 /// This boot of the machine: a different one means a dirty map may have

@@ -237,10 +237,15 @@ impl ModelFs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles
+        let handle = self
+            .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
+        // Dropping the last handle on a partial file syncs it: let that
+        // happen on the runtime's blocking pool, not on the caller's thread.
+        let _runtime = self.runtime.enter();
+        drop(handle);
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<OpenFile>, FsError> {
