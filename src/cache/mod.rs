@@ -27,7 +27,7 @@ pub const LAYOUT_VERSION: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("cache directory {}: {source}", path.display())]
+    #[error("cache directory {}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error(
         "cache directory {} has layout version {found:?}; this modelfs uses {LAYOUT_VERSION:?}",

@@ -7,7 +7,6 @@ mod report;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::manifest::{BuildOptions, Manifest, ManifestError, build_entry};
@@ -224,12 +223,4 @@ fn init_logging(default: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-fn context_path<T, E: std::error::Error + Send + Sync + 'static>(
-    r: Result<T, E>,
-    what: &str,
-    path: &Path,
-) -> anyhow::Result<T> {
-    r.with_context(|| format!("{what} {}", path.display()))
 }

@@ -13,7 +13,7 @@ use fuser::{MountOption, Session, SessionACL};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use super::{CacheArg, ManifestArg, UsageError, context_path, daemon, init_logging};
+use super::{CacheArg, ManifestArg, UsageError, daemon, init_logging};
 use crate::cache::Cache;
 use crate::fetch::{Fetcher, RetryPolicy};
 use crate::fs::ModelFs;
@@ -46,11 +46,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let manifest = Arc::new(Manifest::load(&args.manifest.manifest)?);
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     let cache_root = args.cache.resolve()?;
-    let cache = Arc::new(context_path(
-        Cache::open(&cache_root),
-        "cannot open cache",
-        &cache_root,
-    )?);
+    let cache = Arc::new(Cache::open(&cache_root)?);
     let ready = if args.daemon {
         let log = args
             .log_file

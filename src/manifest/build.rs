@@ -23,7 +23,7 @@ pub struct BuildOptions {
 pub enum BuildError {
     #[error("{0}")]
     Invalid(String),
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
 
