@@ -358,4 +358,22 @@ mod tests {
         assert_eq!(map.dirty_since(), None);
         assert!(map.is_set(0));
     }
+
+    #[test]
+    fn other_processes_see_verified_chunks_while_the_map_is_dirty() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![5u8; 3 * 65536];
+        let manifest = entry_for(&data);
+        let entry = &manifest.models[0].files[0];
+        let cache = Cache::open(dir.path()).unwrap();
+        let blob = cache.open_blob(entry).unwrap();
+        blob.write_at(&data[..65536], 0).unwrap();
+        blob.mark_verified(0);
+        // A second Cache has no open blobs: it reads the map file, as `status` does.
+        let other = Cache::open(dir.path()).unwrap();
+        assert_eq!(
+            other.presence(entry).unwrap(),
+            crate::cache::Presence::Partial { bytes: 65536 }
+        );
+    }
 }

@@ -171,7 +171,7 @@ pub fn read_bits(path: &Path, size: u64, chunk_size: u64) -> io::Result<Option<V
         Err(e) => return Err(e),
     };
     if bytes.len() as u64 != file_len(size, chunk_size)
-        || bytes[..HEADER_LEN] != header(size, chunk_size)
+        || bytes[..IDENTITY_LEN] != header(size, chunk_size)[..IDENTITY_LEN]
     {
         return Ok(None);
     }
