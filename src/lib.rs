@@ -14,5 +14,6 @@ pub mod fileio;
 pub mod fs;
 pub mod hash;
 pub mod manifest;
+pub mod metrics;
 pub mod source;
 pub mod units;

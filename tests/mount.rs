@@ -180,7 +180,8 @@ fn a_corrupting_source_is_never_served_and_the_next_completes_it() {
     let good = RangeServer::start(&ws.models());
     let sources = [format!("{}/m", bad.url()), format!("{}/m", good.url())];
     ws.write_manifest(&[ws.entry("m", "m", &sources, MIB)]);
-    let m = ws.mount();
+    let addr = free_addr();
+    let m = Mount::start(&ws, &["--metrics-addr", &addr]);
     assert_eq!(
         sha256_hex(&fs::read(m.path("m/w.bin")).unwrap()),
         sha256_hex(&data)
@@ -188,6 +189,53 @@ fn a_corrupting_source_is_never_served_and_the_next_completes_it() {
     assert!(bad.requests() > 0, "the corrupting source was tried first");
     assert!(good.bytes_sent() >= data.len() as u64);
     assert!(m.log_text().contains("chunk hash mismatch"));
+
+    let (status, text) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    let chunks = 8.0;
+    assert!(
+        metric(&text, "modelfs_chunk_verify_failures_total") >= chunks,
+        "{text}"
+    );
+    assert!(metric(&text, "modelfs_source_failovers_total") >= chunks);
+    let from = |server: &RangeServer| {
+        metric(
+            &text,
+            &format!("modelfs_fetch_bytes_total{{source=\"{}\"}}", server.url()),
+        )
+    };
+    assert!(
+        from(&bad) > 0.0 && from(&good) >= data.len() as f64,
+        "{text}"
+    );
+    // Every byte read was either waited for, or already fetched by readahead.
+    let read_bytes = |text: &str| {
+        metric(text, "modelfs_cache_miss_bytes_total")
+            + metric(text, "modelfs_cache_hit_bytes_total")
+    };
+    assert!(metric(&text, "modelfs_cache_miss_bytes_total") > 0.0);
+    assert_eq!(read_bytes(&text), data.len() as f64);
+    assert!(metric(&text, "modelfs_fuse_ops_total{op=\"read\"}") > 0.0);
+    assert!(metric(&text, "modelfs_fetch_duration_seconds_count") >= chunks);
+
+    let (status, health) = http_get(&addr, "/healthz");
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["mounted"], true);
+    assert_eq!(health["models"], 1);
+    let bad_error = health["sources"][bad.url()]["error"].as_str().unwrap();
+    assert!(bad_error.contains("mismatch"), "{health}");
+
+    // A reread fetches nothing (the kernel may not even ask: page cache or passthrough).
+    let fetched = good.bytes_sent() + bad.bytes_sent();
+    assert_eq!(fs::read(m.path("m/w.bin")).unwrap(), data);
+    let (_, after) = http_get(&addr, "/metrics");
+    assert_eq!(good.bytes_sent() + bad.bytes_sent(), fetched);
+    assert_eq!(
+        metric(&after, "modelfs_cache_miss_bytes_total"),
+        metric(&text, "modelfs_cache_miss_bytes_total"),
+        "the reread was all hits"
+    );
 }
 
 #[test]

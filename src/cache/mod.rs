@@ -173,6 +173,25 @@ impl Cache {
         Ok(blob)
     }
 
+    /// Bytes the stored files take on disk (partial files count what they hold).
+    pub fn disk_usage(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            use std::os::unix::fs::MetadataExt;
+            let Ok(entries) = fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.blocks() * 512,
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.root.join("blobs"))
+    }
+
     /// Removes whole-file downloads left by processes that no longer run.
     pub fn sweep_temp(&self) -> io::Result<usize> {
         let mut removed = 0;

@@ -19,6 +19,7 @@ use crate::fetch::{Fetcher, RetryPolicy};
 use crate::fs::ModelFs;
 use crate::fs::fuse::FuseAdapter;
 use crate::manifest::Manifest;
+use crate::metrics::{self, Metrics, http::Endpoint};
 use crate::source::{Sources, Timeouts};
 
 #[derive(Args)]
@@ -38,6 +39,9 @@ pub struct MountArgs {
     /// Let other users read the tree (needs user_allow_other in /etc/fuse.conf unless root).
     #[arg(long)]
     allow_other: bool,
+    /// Serve GET /metrics (Prometheus) and GET /healthz (JSON) on this address, e.g. 127.0.0.1:9100.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -86,11 +90,25 @@ fn serve(
         Ok(n) => info!(removed = n, "removed downloads left by dead processes"),
         Err(e) => warn!(error = %e, "cannot sweep the cache's tmp directory"),
     }
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = args.metrics_addr {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let endpoint = Arc::new(Endpoint {
+            metrics: Arc::clone(&metrics),
+            cache: Arc::clone(&cache),
+            models: manifest.models.len(),
+        });
+        runtime.spawn(metrics::http::serve(listener, endpoint));
+        info!(%addr, "serving /metrics and /healthz");
+    }
     let sources = Sources::new(Timeouts::default()).context("cannot set up HTTP client")?;
     let fetcher = Arc::new(Fetcher::new(
         Arc::clone(&cache),
         sources,
         RetryPolicy::default(),
+        metrics,
     ));
     let mtime = std::fs::metadata(&args.manifest.manifest)
         .and_then(|m| m.modified())

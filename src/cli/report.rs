@@ -117,9 +117,7 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
                    "files_complete": complete, "pinned": m.pinned, "files": files})
         })
         .collect();
-    let cache_bytes = cache
-        .as_ref()
-        .map_or(0, |c| disk_usage(&c.root().join("blobs")));
+    let cache_bytes = cache.as_ref().map_or(0, Cache::disk_usage);
     let mounts = cache
         .as_ref()
         .map(|c| live_mounts(c.root()))
@@ -167,22 +165,6 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
         );
     }
     Ok(())
-}
-
-/// Bytes allocated under `dir` (sparse partial files count what they hold).
-fn disk_usage(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => disk_usage(&e.path()),
-            Ok(m) => m.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 fn live_mounts(root: &Path) -> Vec<serde_json::Value> {

@@ -25,6 +25,7 @@ use crate::cache::{Blob, Cache};
 use crate::fileio::blocking;
 use crate::hash::Digest;
 use crate::manifest::{FileEntry, Manifest};
+use crate::metrics::Metrics;
 use crate::source::{Location, Sink, SourceError, Sources, StreamError};
 
 /// Range requests in flight at once per process; more only queue at the
@@ -98,6 +99,7 @@ pub struct Fetcher {
     requests: Semaphore,
     inflight: Mutex<HashMap<(Digest, u64), Flight>>,
     cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
 }
 
 /// Where one attempt's bytes go: hashed as they arrive and written at their
@@ -153,13 +155,32 @@ enum AttemptError {
 }
 
 impl Fetcher {
-    pub fn new(cache: Arc<Cache>, sources: Sources, retry: RetryPolicy) -> Self {
+    pub fn new(
+        cache: Arc<Cache>,
+        sources: Sources,
+        retry: RetryPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Fetcher {
             sources,
             retry,
             requests: Semaphore::new(MAX_CONCURRENT_REQUESTS),
             inflight: Mutex::new(HashMap::new()),
             cache,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Counts a failed attempt at `location`, and the move to the next
+    /// source when there is one.
+    fn source_failed(&self, location: &Location, why: &str, more: bool) {
+        self.metrics.source_failed(&location.origin(), why);
+        if more {
+            self.metrics.failed_over();
         }
     }
 
@@ -172,8 +193,13 @@ impl Fetcher {
         index: u64,
     ) -> Result<(), FetchError> {
         self.single_flight(blob, index, || {
-            self.fetch_chunk(target, blob, index)
-                .instrument(info_span!("fetch_chunk", file = %target, chunk = index))
+            async move {
+                let started = std::time::Instant::now();
+                let result = self.fetch_chunk(target, blob, index).await;
+                self.metrics.fetch_took(started.elapsed());
+                result
+            }
+            .instrument(info_span!("fetch_chunk", file = %target, chunk = index))
         })
         .await
     }
@@ -232,7 +258,7 @@ impl Fetcher {
         let range = start..(start + entry.chunk_size).min(entry.size);
         let expected = entry.chunks.as_ref().map(|c| c[index as usize]);
         let mut attempts = Vec::new();
-        for location in &entry.locations {
+        for (i, location) in entry.locations.iter().enumerate() {
             let mut writer = RangeWriter {
                 out: blob.as_ref(),
                 range: range.clone(),
@@ -250,6 +276,7 @@ impl Fetcher {
                 Err(AttemptError::Local(e)) => return Err(local(target, e)),
                 Err(e) => {
                     let why = describe(&e);
+                    self.source_failed(location, &why, i + 1 < entry.locations.len());
                     warn!(model = target.model_id(), file = %entry.path, chunk = index, source = %location, error = %why, "source failed; trying the next");
                     attempts.push((location.to_string(), why));
                 }
@@ -299,6 +326,7 @@ impl Fetcher {
                     .await
                     .map_err(|e| local(target, e));
             }
+            self.metrics.verify_failed();
             warn!(model = target.model_id(), file = %entry.path, first_source = %order[0], %actual, "whole file does not match its sha256; fetching again");
             attempts.push((
                 order[0].to_string(),
@@ -320,7 +348,7 @@ impl Fetcher {
         range: Range<u64>,
     ) -> Result<(), FetchError> {
         let mut attempts = Vec::new();
-        for location in order {
+        for (i, location) in order.iter().enumerate() {
             let mut writer = RangeWriter {
                 out: file,
                 range: range.clone(),
@@ -330,7 +358,11 @@ impl Fetcher {
             match self.fetch_range(location, &mut writer, None).await {
                 Ok(()) => return Ok(()),
                 Err(AttemptError::Local(e)) => return Err(local(target, e)),
-                Err(e) => attempts.push((location.to_string(), describe(&e))),
+                Err(e) => {
+                    let why = describe(&e);
+                    self.source_failed(location, &why, i + 1 < order.len());
+                    attempts.push((location.to_string(), why));
+                }
             }
         }
         Err(FetchError::AllSourcesFailed {
@@ -350,6 +382,7 @@ impl Fetcher {
     ) -> Result<(), AttemptError> {
         let mut retry = 0;
         loop {
+            let before = writer.pos;
             let result = {
                 let _permit = self
                     .requests
@@ -360,6 +393,8 @@ impl Fetcher {
                     .fetch(location, writer.pos..writer.range.end, writer)
                     .await
             };
+            self.metrics
+                .fetched(&location.origin(), writer.pos - before);
             let error = match result {
                 Ok(()) => break,
                 Err(StreamError::Sink(e)) => return Err(AttemptError::Local(e)),
@@ -381,6 +416,7 @@ impl Fetcher {
             (Some(expected), Some(hasher)) => {
                 let actual = Digest(hasher.finalize().into());
                 if actual != expected {
+                    self.metrics.verify_failed();
                     return Err(AttemptError::Mismatch { actual });
                 }
                 Ok(())

@@ -112,6 +112,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.core.metrics().fuse_op("lookup");
         let _span = debug_span!("lookup", parent = parent.0, ?name).entered();
         match name_str(name).and_then(|n| self.core.lookup(parent.0, n)) {
             Ok(a) => reply.entry_with_ttls(&ATTR_TTL, &ENTRY_TTL, &self.attr(&a), Generation(0)),
@@ -120,6 +121,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.core.metrics().fuse_op("getattr");
         let _span = debug_span!("getattr", ino = ino.0).entered();
         match self.core.getattr(ino.0) {
             Ok(a) => reply.attr(&ATTR_TTL, &self.attr(&a)),
@@ -135,6 +137,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.core.metrics().fuse_op("readdir");
         let _span = debug_span!("readdir", ino = ino.0, offset).entered();
         match self.core.readdir(ino.0, offset) {
             Ok(entries) => {
@@ -154,6 +157,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.core.metrics().fuse_op("open");
         let _span = debug_span!("open", ino = ino.0).entered();
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.core.open(ino.0, write) {
@@ -189,6 +193,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.core.metrics().fuse_op("read");
         let span = debug_span!("read", ino = ino.0, fh = fh.0, offset, size);
         let now = span.in_scope(|| self.core.read_now(fh.0, offset, size));
         match now {
@@ -222,6 +227,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.core.metrics().fuse_op("release");
         let _span = debug_span!("release", fh = fh.0).entered();
         self.backing
             .lock()
@@ -243,6 +249,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.core.metrics().fuse_op("statfs");
         let (bytes, files) = self.core.totals();
         let blocks = bytes.div_ceil(BLOCK_SIZE as u64);
         reply.statfs(
@@ -258,6 +265,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.core.metrics().fuse_op("getxattr");
         let _span = debug_span!("getxattr", ino = ino.0, ?name).entered();
         match name_str(name).and_then(|n| self.core.getxattr(ino.0, n)) {
             Ok(value) => reply_xattr(reply, &value, size),
@@ -267,6 +275,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.core.metrics().fuse_op("listxattr");
         let _span = debug_span!("listxattr", ino = ino.0).entered();
         match self.core.listxattr(ino.0) {
             Ok(names) => reply_xattr(reply, &names, size),

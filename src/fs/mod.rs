@@ -137,6 +137,10 @@ impl ModelFs {
         }
     }
 
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        self.fetcher.metrics()
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -265,6 +269,7 @@ impl ModelFs {
         self.start_readahead(&h, offset, end - offset);
         let cs = h.blob.chunk_size;
         if (offset / cs..=(end - 1) / cs).all(|c| h.blob.has_chunk(c)) {
+            self.fetcher.metrics().cache_hit(end - offset);
             return Ok(ReadNow::Data(read_blob(&h.blob, offset, end)?));
         }
         Ok(ReadNow::Fetch(h))
@@ -290,6 +295,7 @@ impl ModelFs {
                 .into_iter()
                 .collect::<Result<Vec<()>, _>>()?;
         }
+        self.fetcher.metrics().cache_miss(end - offset);
         Ok(read_blob(blob, offset, end)?)
     }
 

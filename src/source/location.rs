@@ -112,6 +112,22 @@ impl Location {
     }
 }
 
+impl Location {
+    /// Where a location's bytes come from, as a metric label and a key for
+    /// source health: scheme and host (or bucket, or repo), no path.
+    pub fn origin(&self) -> String {
+        match self {
+            Location::File(_) => "file".into(),
+            Location::Http(url) => {
+                let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                format!("{}://{}{port}", url.scheme(), url.host_str().unwrap_or(""))
+            }
+            Location::S3 { bucket, .. } => format!("s3://{bucket}"),
+            Location::Hf { repo, .. } => format!("hf://{repo}"),
+        }
+    }
+}
+
 /// Safe for logs and metric labels: presigned query strings and credentials
 /// in URLs are left out.
 impl fmt::Display for Location {

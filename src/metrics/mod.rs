@@ -1,0 +1,216 @@
+//! Counters shared by every layer, exported in Prometheus text format, and
+//! the last error of each source for `/healthz`. Metric names live here only.
+
+pub mod http;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+// Counters get `_total` appended by the encoder.
+const FETCH_BYTES: &str = "modelfs_fetch_bytes";
+const CACHE_HIT_BYTES: &str = "modelfs_cache_hit_bytes";
+const CACHE_MISS_BYTES: &str = "modelfs_cache_miss_bytes";
+const CHUNK_VERIFY_FAILURES: &str = "modelfs_chunk_verify_failures";
+const SOURCE_FAILOVERS: &str = "modelfs_source_failovers";
+const EVICTIONS: &str = "modelfs_evictions";
+const CACHE_BYTES: &str = "modelfs_cache_bytes";
+const FETCH_DURATION: &str = "modelfs_fetch_duration_seconds";
+const FUSE_OPS: &str = "modelfs_fuse_ops";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+/// The last failure seen from one source.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SourceError {
+    pub error: String,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    fetch_bytes: Family<SourceLabel, Counter>,
+    cache_hit_bytes: Counter,
+    cache_miss_bytes: Counter,
+    verify_failures: Counter,
+    failovers: Counter,
+    cache_bytes: Gauge,
+    fetch_duration: Histogram,
+    fuse_ops: Family<OpLabel, Counter>,
+    last_errors: Mutex<BTreeMap<String, SourceError>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let fetch_bytes = Family::<SourceLabel, Counter>::default();
+        let (cache_hit_bytes, cache_miss_bytes) = (Counter::default(), Counter::default());
+        let (verify_failures, failovers) = (Counter::default(), Counter::default());
+        let evictions = Counter::<u64>::default();
+        let cache_bytes = Gauge::default();
+        // 1 ms .. ~65 s: a chunk from a local disk up to a slow mirror with retries.
+        let fetch_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        let fuse_ops = Family::<OpLabel, Counter>::default();
+        registry.register(
+            FETCH_BYTES,
+            "Bytes received from each source",
+            fetch_bytes.clone(),
+        );
+        registry.register(
+            CACHE_HIT_BYTES,
+            "Bytes read that were already cached",
+            cache_hit_bytes.clone(),
+        );
+        registry.register(
+            CACHE_MISS_BYTES,
+            "Bytes read that had to be fetched first",
+            cache_miss_bytes.clone(),
+        );
+        registry.register(
+            CHUNK_VERIFY_FAILURES,
+            "Chunks or files whose hash did not match",
+            verify_failures.clone(),
+        );
+        registry.register(
+            SOURCE_FAILOVERS,
+            "Times a fetch moved on to the next source",
+            failovers.clone(),
+        );
+        registry.register(EVICTIONS, "Files evicted from the cache", evictions);
+        registry.register(
+            CACHE_BYTES,
+            "Bytes the cache holds on disk",
+            cache_bytes.clone(),
+        );
+        registry.register(
+            FETCH_DURATION,
+            "Time to fetch and verify one chunk",
+            fetch_duration.clone(),
+        );
+        registry.register(FUSE_OPS, "FUSE requests by operation", fuse_ops.clone());
+        Metrics {
+            registry,
+            fetch_bytes,
+            cache_hit_bytes,
+            cache_miss_bytes,
+            verify_failures,
+            failovers,
+            cache_bytes,
+            fetch_duration,
+            fuse_ops,
+            last_errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// `source` is a label safe to export: an origin, never a full URL.
+    pub fn fetched(&self, source: &str, bytes: u64) {
+        let label = SourceLabel {
+            source: source.to_owned(),
+        };
+        self.fetch_bytes.get_or_create(&label).inc_by(bytes);
+    }
+
+    pub fn cache_hit(&self, bytes: u64) {
+        self.cache_hit_bytes.inc_by(bytes);
+    }
+
+    pub fn cache_miss(&self, bytes: u64) {
+        self.cache_miss_bytes.inc_by(bytes);
+    }
+
+    pub fn verify_failed(&self) {
+        self.verify_failures.inc();
+    }
+
+    pub fn failed_over(&self) {
+        self.failovers.inc();
+    }
+
+    pub fn fetch_took(&self, elapsed: Duration) {
+        self.fetch_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn fuse_op(&self, op: &'static str) {
+        self.fuse_ops.get_or_create(&OpLabel { op }).inc();
+    }
+
+    pub fn source_failed(&self, source: &str, error: &str) {
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut errors = self.last_errors.lock().unwrap_or_else(|p| p.into_inner());
+        errors.insert(
+            source.to_owned(),
+            SourceError {
+                error: error.to_owned(),
+                at,
+            },
+        );
+    }
+
+    pub fn last_errors(&self) -> BTreeMap<String, SourceError> {
+        self.last_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The text exposition, with `cache_bytes` as measured now.
+    pub fn encode(&self, cache_bytes: u64) -> String {
+        self.cache_bytes
+            .set(cache_bytes.try_into().unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_the_contract_series() {
+        let m = Metrics::new();
+        m.fetched("http://127.0.0.1:8080", 4096);
+        m.fuse_op("read");
+        m.fetch_took(Duration::from_millis(5));
+        let text = m.encode(123);
+        for series in [
+            "modelfs_fetch_bytes_total{source=\"http://127.0.0.1:8080\"} 4096",
+            "modelfs_cache_hit_bytes_total 0",
+            "modelfs_cache_miss_bytes_total 0",
+            "modelfs_chunk_verify_failures_total 0",
+            "modelfs_source_failovers_total 0",
+            "modelfs_evictions_total 0",
+            "modelfs_cache_bytes 123",
+            "modelfs_fetch_duration_seconds_count 1",
+            "modelfs_fuse_ops_total{op=\"read\"} 1",
+        ] {
+            assert!(text.contains(series), "missing {series} in\n{text}");
+        }
+    }
+}
