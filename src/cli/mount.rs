@@ -42,6 +42,22 @@ pub struct MountArgs {
     /// Serve GET /metrics (Prometheus) and GET /healthz (JSON) on this address, e.g. 127.0.0.1:9100.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Seconds to wait for a connection to a source.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    connect_timeout: Duration,
+    /// Seconds a source may go silent mid-request before the attempt fails.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    read_timeout: Duration,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
 }
 
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -103,7 +119,11 @@ fn serve(
         runtime.spawn(metrics::http::serve(listener, endpoint));
         info!(%addr, "serving /metrics and /healthz");
     }
-    let sources = Sources::new(Timeouts::default()).context("cannot set up HTTP client")?;
+    let timeouts = Timeouts {
+        connect: args.connect_timeout,
+        read: args.read_timeout,
+    };
+    let sources = Sources::new(timeouts).context("cannot set up HTTP client")?;
     let fetcher = Arc::new(Fetcher::new(
         Arc::clone(&cache),
         sources,

@@ -14,22 +14,13 @@ use std::time::Duration;
 
 pub use location::Location;
 
-/// Timeouts for network sources. Every request has a deadline so a stalled
-/// server can never wedge a reader.
+/// Timeouts for network sources (`mount --connect-timeout/--read-timeout`).
+/// Every request has a deadline so a stalled server can never wedge a reader.
 #[derive(Clone, Debug)]
 pub struct Timeouts {
     pub connect: Duration,
     /// Longest silence allowed between two pieces of a response body.
     pub read: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect: Duration::from_secs(10),
-            read: Duration::from_secs(30),
-        }
-    }
 }
 
 /// Why one attempt to read a range from one source failed.

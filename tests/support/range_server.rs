@@ -46,7 +46,7 @@ struct State {
     /// Bytes per second per connection; 0 is unlimited.
     rate: AtomicU64,
     stopping: AtomicBool,
-    /// Requested paths, for tests that check where bytes came from.
+    /// Requests as `PATH [FIRST-LAST]`, for tests that check what was asked.
     log: Mutex<Vec<String>>,
 }
 
@@ -200,7 +200,12 @@ fn serve_connection(conn: TcpStream, root: &Path, state: &State) {
     let mut reader = BufReader::new(conn);
     while let Some(req) = read_request(&mut reader) {
         state.requests.fetch_add(1, Ordering::SeqCst);
-        state.log.lock().unwrap().push(req.path.clone());
+        let entry = match req.range {
+            Some((a, Some(b))) => format!("{} {a}-{b}", req.path),
+            Some((a, None)) => format!("{} {a}-", req.path),
+            None => req.path.clone(),
+        };
+        state.log.lock().unwrap().push(entry);
         let fault = {
             let queued = state.queued.lock().unwrap().pop_front();
             queued.or_else(|| state.always.lock().unwrap().clone())

@@ -1,0 +1,243 @@
+//! Every way a source fails, through a real mount: the reader gets the right
+//! bytes (or EIO within a bound), and the metrics say what happened.
+
+mod support;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use support::range_server::Fault;
+use support::*;
+
+const MIB: u64 = 1 << 20;
+/// Four 1 MiB chunks.
+const SIZE: usize = 4 * MIB as usize;
+const CHUNKS: f64 = 4.0;
+
+/// One model served by two servers (`first` tried first), mounted with
+/// metrics. Fields drop in order: the mount goes before its workspace.
+struct Case {
+    mount: Mount,
+    first: RangeServer,
+    second: RangeServer,
+    data: Vec<u8>,
+    addr: String,
+    _ws: Workspace,
+}
+
+fn case(mount_args: &[&str]) -> Case {
+    case_with_first_url(None, mount_args)
+}
+
+/// `first_url` replaces the first server's base URL (e.g. a closed port).
+fn case_with_first_url(first_url: Option<&str>, mount_args: &[&str]) -> Case {
+    let ws = Workspace::new();
+    let data = sample_bytes(SIZE, 9);
+    ws.add_file("m", "w.bin", &data);
+    let first = RangeServer::start(&ws.models());
+    let second = RangeServer::start(&ws.models());
+    let first_base = first_url.map_or_else(|| format!("{}/m", first.url()), str::to_owned);
+    let sources = [first_base, format!("{}/m", second.url())];
+    ws.write_manifest(&[ws.entry("m", "m", &sources, MIB)]);
+    let addr = free_addr();
+    let mut args = vec!["--metrics-addr", addr.as_str()];
+    args.extend_from_slice(mount_args);
+    let mount = Mount::start(&ws, &args);
+    Case {
+        mount,
+        first,
+        second,
+        data,
+        addr,
+        _ws: ws,
+    }
+}
+
+impl Case {
+    fn read(&self) -> std::io::Result<Vec<u8>> {
+        fs::read(self.mount.path("m/w.bin"))
+    }
+
+    fn read_ok(&self) -> Duration {
+        let started = Instant::now();
+        let got = self.read().expect("read through the mount");
+        assert!(got == self.data, "wrong bytes served");
+        started.elapsed()
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        metric(&http_get(&self.addr, "/metrics").1, series)
+    }
+
+    fn health(&self) -> serde_json::Value {
+        serde_json::from_str(&http_get(&self.addr, "/healthz").1).unwrap()
+    }
+
+    fn log(&self) -> String {
+        self.mount.log_text()
+    }
+}
+
+#[test]
+fn server_errors_are_retried_on_the_same_source() {
+    let c = case(&[]);
+    for code in [500, 502, 503] {
+        c.first.push_fault(Fault::Status(code), 1);
+    }
+    c.read_ok();
+    assert_eq!(c.second.requests(), 0, "no failover for a transient error");
+    assert_eq!(c.metric("modelfs_source_failovers_total"), 0.0);
+    assert!(c.first.requests() >= 4 + 3);
+}
+
+#[test]
+fn too_many_requests_waits_for_retry_after() {
+    let c = case(&[]);
+    c.first.push_fault(Fault::Status(429), 1); // with Retry-After: 1
+    let took = c.read_ok();
+    assert!(
+        took >= Duration::from_secs(1),
+        "Retry-After honoured ({took:?})"
+    );
+    assert_eq!(c.second.requests(), 0);
+}
+
+#[test]
+fn not_found_and_forbidden_fail_over_at_once() {
+    for code in [404, 403] {
+        let c = case(&[]);
+        c.first.set_always(Some(Fault::Status(code)));
+        c.read_ok();
+        assert_eq!(
+            c.first.requests(),
+            4,
+            "one request per chunk, no retries, for {code}"
+        );
+        assert_eq!(c.metric("modelfs_source_failovers_total"), CHUNKS);
+        let origin = c.first.url();
+        let error = c.health()["sources"][origin.as_str()]["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(error.contains(&code.to_string()), "{error}");
+    }
+}
+
+#[test]
+fn a_refused_connection_fails_over() {
+    let c = case_with_first_url(Some("http://127.0.0.1:1/m"), &[]);
+    c.read_ok();
+    assert_eq!(c.metric("modelfs_source_failovers_total"), CHUNKS);
+    let error = c.health()["sources"]["http://127.0.0.1:1"]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+}
+
+#[test]
+fn a_reset_mid_body_resumes_where_it_broke() {
+    let c = case(&[]);
+    c.first.push_fault(Fault::ResetAfter(300_000), 1);
+    c.read_ok();
+    assert_eq!(c.second.requests(), 0);
+    // Resumed after the bytes received, not restarted.
+    assert!(
+        c.first.bytes_sent() <= SIZE as u64 + 300_000,
+        "{}",
+        c.first.bytes_sent()
+    );
+    assert_resumed_mid_chunk(&c.first);
+}
+
+#[test]
+fn a_short_body_resumes() {
+    let c = case(&[]);
+    c.first.push_fault(Fault::ShortBody, 1);
+    c.read_ok();
+    assert_eq!(c.second.requests(), 0);
+    assert!(c.first.bytes_sent() <= SIZE as u64 + MIB / 2);
+    assert_resumed_mid_chunk(&c.first);
+}
+
+#[test]
+fn an_over_long_body_is_refetched() {
+    let c = case(&[]);
+    c.first.push_fault(Fault::LongBody, 1);
+    c.read_ok();
+    assert!(c.log().contains("longer than"));
+}
+
+#[test]
+fn corrupted_bytes_are_never_served() {
+    let c = case(&[]);
+    c.first.set_always(Some(Fault::Corrupt));
+    c.read_ok();
+    assert_eq!(c.metric("modelfs_chunk_verify_failures_total"), CHUNKS);
+    assert_eq!(c.metric("modelfs_source_failovers_total"), CHUNKS);
+}
+
+#[test]
+fn a_200_that_ignores_range_is_a_fault() {
+    let c = case(&[]);
+    c.first.push_fault(Fault::IgnoreRange, 1);
+    c.read_ok();
+    assert!(c.log().contains("ignored the Range header"));
+}
+
+#[test]
+fn a_stalled_source_times_out_and_fails_over() {
+    let c = case(&["--read-timeout", "1"]);
+    c.first.set_always(Some(Fault::Stall));
+    let took = c.read_ok();
+    assert!(c.second.bytes_sent() >= SIZE as u64);
+    assert!(c.metric("modelfs_source_failovers_total") >= 1.0);
+    // 3 attempts of 1 s per chunk, chunks in parallel, plus backoff.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+#[test]
+fn an_object_that_changes_fails_over() {
+    let c = case(&[]);
+    // Every answer carries a new ETag: the object changed between requests.
+    c.first.set_always(Some(Fault::ChangeEtag));
+    c.read_ok();
+    assert!(c.metric("modelfs_source_failovers_total") >= 1.0);
+    assert!(c.log().contains("object changed at the source"));
+}
+
+#[test]
+fn when_every_source_fails_the_reader_gets_eio_promptly_and_the_mount_survives() {
+    let c = case(&[]);
+    c.first.set_always(Some(Fault::Status(500)));
+    c.second.set_always(Some(Fault::Status(503)));
+    let started = Instant::now();
+    let err = c.read().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let log = c.log();
+    assert!(
+        log.contains(&c.first.url()) && log.contains(&c.second.url()),
+        "the log names every source"
+    );
+    // The sources recover; so does the reader, on the same mount.
+    c.first.set_always(None);
+    c.second.set_always(None);
+    c.read_ok();
+}
+
+/// Some request asked for the rest of a chunk: a resume after a broken body
+/// (a fresh fetch always starts at a chunk boundary).
+fn assert_resumed_mid_chunk(server: &RangeServer) {
+    let log = server.request_log();
+    let resumed = log.iter().any(|r| {
+        let start = r
+            .split(' ')
+            .nth(1)
+            .and_then(|range| range.split('-').next());
+        start
+            .and_then(|s| s.parse::<u64>().ok())
+            .is_some_and(|s| s % MIB != 0)
+    });
+    assert!(resumed, "no resumed range in {log:?}");
+}
