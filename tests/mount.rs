@@ -192,7 +192,8 @@ fn a_corrupting_source_is_never_served_and_the_next_completes_it() {
 
     let (status, text) = http_get(&addr, "/metrics");
     assert_eq!(status, 200);
-    let chunks = 8.0;
+    // At least three chunks fail at the bad source; then it is tried last.
+    let chunks = 3.0;
     assert!(
         metric(&text, "modelfs_chunk_verify_failures_total") >= chunks,
         "{text}"

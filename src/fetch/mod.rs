@@ -3,6 +3,7 @@
 //! retries with backoff, failover across a file's sources, and verification
 //! before anything is marked present.
 
+mod health;
 pub mod readahead;
 mod retry;
 
@@ -100,6 +101,7 @@ pub struct Fetcher {
     inflight: Mutex<HashMap<(Digest, u64), Flight>>,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
+    health: health::SourceHealth,
 }
 
 /// Where one attempt's bytes go: hashed as they arrive and written at their
@@ -168,6 +170,7 @@ impl Fetcher {
             inflight: Mutex::new(HashMap::new()),
             cache,
             metrics,
+            health: health::SourceHealth::default(),
         }
     }
 
@@ -178,6 +181,8 @@ impl Fetcher {
     /// Counts a failed attempt at `location`, and the move to the next
     /// source when there is one.
     fn source_failed(&self, location: &Location, why: &str, more: bool) {
+        self.health
+            .failed(&location.origin(), std::time::Instant::now());
         self.metrics.source_failed(&location.origin(), why);
         if more {
             self.metrics.failed_over();
@@ -258,7 +263,10 @@ impl Fetcher {
         let range = start..(start + entry.chunk_size).min(entry.size);
         let expected = entry.chunks.as_ref().map(|c| c[index as usize]);
         let mut attempts = Vec::new();
-        for (i, location) in entry.locations.iter().enumerate() {
+        let order = self
+            .health
+            .order(&entry.locations, std::time::Instant::now());
+        for (i, location) in order.iter().enumerate() {
             let mut writer = RangeWriter {
                 out: blob.as_ref(),
                 range: range.clone(),
@@ -267,6 +275,7 @@ impl Fetcher {
             };
             match self.fetch_range(location, &mut writer, expected).await {
                 Ok(()) => {
+                    self.health.succeeded(&location.origin());
                     blob.mark_verified(index);
                     if blob.all_chunks_verified() {
                         finish_in_background(target, blob);
@@ -276,7 +285,7 @@ impl Fetcher {
                 Err(AttemptError::Local(e)) => return Err(local(target, e)),
                 Err(e) => {
                     let why = describe(&e);
-                    self.source_failed(location, &why, i + 1 < entry.locations.len());
+                    self.source_failed(location, &why, i + 1 < order.len());
                     warn!(model = target.model_id(), file = %entry.path, chunk = index, source = %location, error = %why, "source failed; trying the next");
                     attempts.push((location.to_string(), why));
                 }
@@ -298,7 +307,9 @@ impl Fetcher {
         for round in 0..entry.locations.len() {
             let file = File::create(&tmp).and_then(|f| f.set_len(entry.size).map(|()| f));
             let file = file.map_err(|e| local(target, e))?;
-            let mut order: Vec<&Location> = entry.locations.iter().collect();
+            let mut order = self
+                .health
+                .order(&entry.locations, std::time::Instant::now());
             order.rotate_left(round);
             let parts = (0..entry.chunk_count()).map(|c| {
                 let start = c * entry.chunk_size;
@@ -356,7 +367,10 @@ impl Fetcher {
                 hasher: None,
             };
             match self.fetch_range(location, &mut writer, None).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.health.succeeded(&location.origin());
+                    return Ok(());
+                }
                 Err(AttemptError::Local(e)) => return Err(local(target, e)),
                 Err(e) => {
                     let why = describe(&e);
