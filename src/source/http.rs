@@ -43,12 +43,17 @@ impl HttpSource {
         url: &Url,
         range: Range<u64>,
         sink: &mut (dyn Sink + Send),
+        bearer: Option<&str>,
     ) -> Result<(), StreamError> {
         let want = range.end - range.start;
-        let request = self
+        let mut request = self
             .client
             .get(url.clone())
             .header(RANGE, format!("bytes={}-{}", range.start, range.end - 1));
+        if let Some(token) = bearer {
+            // Dropped by the client on a redirect to another host, port or scheme.
+            request = request.bearer_auth(token);
+        }
         let mut response = tokio::time::timeout(self.read_timeout, request.send())
             .await
             .map_err(|_| SourceError::Timeout(self.read_timeout))?

@@ -5,6 +5,7 @@
 //! failover and verification belong to [`crate::fetch`].
 
 mod file;
+mod hf;
 mod http;
 mod location;
 
@@ -30,6 +31,8 @@ pub enum SourceError {
     NotFound(u16),
     #[error("access denied (HTTP {0})")]
     Denied(u16),
+    #[error("{}", hub_denied(*status, *token_sent))]
+    HubDenied { status: u16, token_sent: bool },
     #[error("server error (HTTP {status})")]
     Status {
         status: u16,
@@ -63,6 +66,7 @@ impl SourceError {
             self,
             SourceError::NotFound(_)
                 | SourceError::Denied(_)
+                | SourceError::HubDenied { .. }
                 | SourceError::Unsupported(_)
                 | SourceError::ObjectChanged { .. }
         )
@@ -74,6 +78,18 @@ impl SourceError {
             SourceError::Status { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+fn hub_denied(status: u16, token_sent: bool) -> String {
+    if token_sent {
+        format!(
+            "Hugging Face denied access (HTTP {status}): HF_TOKEN was sent but has no access to this repo"
+        )
+    } else {
+        format!(
+            "Hugging Face denied access (HTTP {status}): set HF_TOKEN to a token with access to this repo"
+        )
     }
 }
 
@@ -99,12 +115,14 @@ pub trait Sink {
 /// The set of clients for every scheme; cheap to share.
 pub struct Sources {
     http: http::HttpSource,
+    hub: hf::Hub,
 }
 
 impl Sources {
     pub fn new(timeouts: Timeouts) -> Result<Self, SourceError> {
         Ok(Sources {
             http: http::HttpSource::new(&timeouts)?,
+            hub: hf::Hub::from_env()?,
         })
     }
 
@@ -118,9 +136,19 @@ impl Sources {
     ) -> Result<(), StreamError> {
         match location {
             Location::File(path) => file::fetch(path, range, sink).await,
-            Location::Http(url) => self.http.fetch(url, range, sink).await,
+            Location::Http(url) => self.http.fetch(url, range, sink, None).await,
             Location::S3 { .. } => Err(SourceError::Unsupported("s3").into()),
-            Location::Hf { .. } => Err(SourceError::Unsupported("hf").into()),
+            Location::Hf {
+                repo,
+                revision,
+                path,
+            } => {
+                let url = self.hub.resolve_url(repo, revision, path);
+                match self.http.fetch(&url, range, sink, self.hub.token()).await {
+                    Err(StreamError::Source(e)) => Err(StreamError::Source(self.hub.explain(e))),
+                    other => other,
+                }
+            }
         }
     }
 }

@@ -181,6 +181,10 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(ws: &Workspace, extra: &[&str]) -> Mount {
+        Self::start_with_env(ws, extra, &[])
+    }
+
+    pub fn start_with_env(ws: &Workspace, extra: &[&str], env: &[(&str, &str)]) -> Mount {
         static STARTED: AtomicU64 = AtomicU64::new(0);
         let log = ws.path(&format!(
             "mount-{}.log",
@@ -195,6 +199,7 @@ impl Mount {
                 "MODELFS_LOG",
                 "debug,reqwest=info,hyper=info,hyper_util=info",
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()

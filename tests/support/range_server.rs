@@ -46,7 +46,11 @@ struct State {
     /// Bytes per second per connection; 0 is unlimited.
     rate: AtomicU64,
     stopping: AtomicBool,
-    /// Requests as `PATH [FIRST-LAST]`, for tests that check what was asked.
+    /// Answer every request with a 302 to this base URL + the request path.
+    redirect_to: Mutex<Option<String>>,
+    /// Answer 401 unless `Authorization: Bearer <token>` is sent.
+    bearer: Mutex<Option<String>>,
+    /// Requests as `PATH [FIRST-LAST] [auth]`, for tests that check what was asked.
     log: Mutex<Vec<String>>,
 }
 
@@ -120,6 +124,16 @@ impl RangeServer {
         self.state.rate.store(bytes_per_second, Ordering::SeqCst);
     }
 
+    /// Redirects every request to `base` + its path (a hub sending readers to a CDN).
+    pub fn redirect_to(&self, base: Option<String>) {
+        *self.state.redirect_to.lock().unwrap() = base;
+    }
+
+    /// Requires `Authorization: Bearer <token>`.
+    pub fn require_bearer(&self, token: Option<&str>) {
+        *self.state.bearer.lock().unwrap() = token.map(str::to_owned);
+    }
+
     pub fn request_log(&self) -> Vec<String> {
         self.state.log.lock().unwrap().clone()
     }
@@ -141,6 +155,7 @@ struct Request {
     method: String,
     path: String,
     range: Option<(u64, Option<u64>)>,
+    authorization: Option<String>,
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
@@ -152,6 +167,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     let method = parts.next()?.to_owned();
     let path = parts.next()?.to_owned();
     let mut range = None;
+    let mut authorization = None;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).ok()? == 0 {
@@ -162,6 +178,9 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
             break;
         }
         let (name, value) = header.split_once(':')?;
+        if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.trim().to_owned());
+        }
         if name.eq_ignore_ascii_case("range") {
             let spec = value.trim().strip_prefix("bytes=")?;
             let (a, b) = spec.split_once('-')?;
@@ -172,6 +191,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         method,
         path,
         range,
+        authorization,
     })
 }
 
@@ -205,6 +225,11 @@ fn serve_connection(conn: TcpStream, root: &Path, state: &State) {
             Some((a, None)) => format!("{} {a}-", req.path),
             None => req.path.clone(),
         };
+        let entry = if req.authorization.is_some() {
+            format!("{entry} [auth]")
+        } else {
+            entry
+        };
         state.log.lock().unwrap().push(entry);
         let fault = {
             let queued = state.queued.lock().unwrap().pop_front();
@@ -225,6 +250,23 @@ fn respond(
     req: &Request,
     fault: Option<Fault>,
 ) -> bool {
+    if let Some(token) = state.bearer.lock().unwrap().clone()
+        && req.authorization.as_deref() != Some(format!("Bearer {token}").as_str())
+    {
+        let _ = write!(
+            out,
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"
+        );
+        return true;
+    }
+    if let Some(base) = state.redirect_to.lock().unwrap().clone() {
+        let _ = write!(
+            out,
+            "HTTP/1.1 302 Found\r\nLocation: {base}{}\r\nContent-Length: 0\r\n\r\n",
+            req.path
+        );
+        return true;
+    }
     if let Some(Fault::Status(code)) = fault {
         let retry = if code == 429 || code == 503 {
             "Retry-After: 1\r\n"

@@ -1,0 +1,74 @@
+//! `hf://owner/repo[@revision]`: the Hugging Face hub's `resolve` URLs under
+//! `HF_ENDPOINT` (default the public hub), with `Authorization: Bearer
+//! $HF_TOKEN` when set. The hub redirects to a CDN; the HTTP client drops the
+//! token on any redirect to another host, port or scheme.
+
+use reqwest::Url;
+
+use super::SourceError;
+
+pub(super) struct Hub {
+    endpoint: Url,
+    token: Option<String>,
+}
+
+impl Hub {
+    /// Reads `HF_ENDPOINT` and `HF_TOKEN`.
+    pub(super) fn from_env() -> Result<Hub, SourceError> {
+        let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
+        let endpoint = var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into());
+        let endpoint = Url::parse(&endpoint)
+            .map_err(|e| SourceError::Request(format!("HF_ENDPOINT {endpoint:?}: {e}")))?;
+        Ok(Hub {
+            endpoint,
+            token: var("HF_TOKEN"),
+        })
+    }
+
+    /// `ENDPOINT/owner/repo/resolve/REVISION/path`, each segment escaped.
+    pub(super) fn resolve_url(&self, repo: &str, revision: &str, path: &str) -> Url {
+        let mut url = self.endpoint.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments
+                .pop_if_empty()
+                .extend(repo.split('/'))
+                .push("resolve")
+                .push(revision)
+                .extend(path.split('/'));
+        }
+        url
+    }
+
+    pub(super) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// A 401/403 from the hub says what to do about it.
+    pub(super) fn explain(&self, error: SourceError) -> SourceError {
+        match error {
+            SourceError::Denied(status) => SourceError::HubDenied {
+                status,
+                token_sent: self.token.is_some(),
+            },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_resolve_urls() {
+        let hub = Hub {
+            endpoint: Url::parse("http://127.0.0.1:9/mirror/").unwrap(),
+            token: None,
+        };
+        assert_eq!(
+            hub.resolve_url("org/repo", "v1.0", "sub dir/w.bin")
+                .as_str(),
+            "http://127.0.0.1:9/mirror/org/repo/resolve/v1.0/sub%20dir/w.bin"
+        );
+    }
+}
