@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use super::Presence;
@@ -27,6 +27,10 @@ pub struct Blob {
     complete: AtomicBool,
     /// Serializes the final whole-file check: two last chunks may land at once.
     finishing: Mutex<()>,
+    /// Chunks known verified: counted at open and as this process sets
+    /// bits, so checking for completion after each chunk costs nothing
+    /// until the count says every chunk is in.
+    verified: AtomicU64,
 }
 
 impl Blob {
@@ -47,6 +51,7 @@ impl Blob {
             map: None,
             complete: AtomicBool::new(false),
             finishing: Mutex::new(()),
+            verified: AtomicU64::new(0),
         };
         match File::open(&blob.complete_path) {
             Ok(f) if f.metadata()?.len() == entry.size => {
@@ -97,6 +102,7 @@ impl Blob {
                 reverify(&map, &file, entry)?;
             }
             map.mark_dirty(boot)?;
+            blob.verified = AtomicU64::new(map.count());
             blob.map = Some(map);
             *blob.data.get_mut().unwrap() = Some(file);
         }
@@ -166,13 +172,17 @@ impl Blob {
     /// map is dirty while open, so a power loss before the data reaches the
     /// disk makes the next open re-verify instead of trusting the bit.
     pub fn mark_verified(&self, index: u64) {
-        if let Some(map) = &self.map {
-            map.set(index);
+        if let Some(map) = &self.map
+            && map.set(index)
+        {
+            self.verified.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     pub fn all_chunks_verified(&self) -> bool {
-        self.map.as_ref().is_some_and(ChunkMap::all_set)
+        // The count misses bits other processes set; a later open rescans.
+        self.verified.load(Ordering::Acquire) >= self.chunk_count()
+            && self.map.as_ref().is_some_and(ChunkMap::all_set)
     }
 
     /// Once every chunk is verified: checks the whole file against its

@@ -143,9 +143,10 @@ impl ChunkMap {
         self.byte(chunk).load(Ordering::Acquire) & (1 << (chunk % 8)) != 0
     }
 
-    pub fn set(&self, chunk: u64) {
-        self.byte(chunk)
-            .fetch_or(1 << (chunk % 8), Ordering::Release);
+    /// Sets the bit; true if it was clear before.
+    pub fn set(&self, chunk: u64) -> bool {
+        let bit = 1 << (chunk % 8);
+        self.byte(chunk).fetch_or(bit, Ordering::Release) & bit == 0
     }
 
     pub fn clear(&self, chunk: u64) {
@@ -203,7 +204,11 @@ mod tests {
         assert_eq!(map.count(), 2);
         let bits = read_bits(&path, size, 65536).unwrap().unwrap();
         assert_eq!(bits.iter().filter(|b| **b).count(), 2);
-        (0..11).for_each(|c| map.set(c));
+        assert!(!map.set(0), "chunk 0 was already set");
+        assert!(map.set(1), "chunk 1 was not");
+        (2..11).for_each(|c| {
+            map.set(c);
+        });
         assert!(map.all_set());
 
         // Another chunk size, or data known to be new, starts from nothing.
