@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # modelfs against real peers on the same file, same server, same run:
 #   cold read:  modelfs mount  vs  curl, aria2c -x8, rclone mount (VFS full cache)
+#   cold read from S3 (s3s-fs, signed):  modelfs mount  vs  rclone cat, rclone mount
 #   warm read:  modelfs (passthrough)  vs  dd of the cache file, rclone warm
 #   one 4 KiB read deep in the file: bytes fetched
 #   peak RSS of the mount process
@@ -22,9 +23,11 @@ modelfs="$target/release/modelfs"
 work=$(mktemp -d /tmp/modelfs-bench.XXXXXX)
 mkdir -p "$work/srv/m" "$work/mnt" "$work/rmnt" "$work/aria"
 server_pid=
+s3_pid=
 cleanup() {
     for m in "$work/mnt" "$work/rmnt"; do mountpoint -q "$m" && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }; done
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+    [ -n "$s3_pid" ] && kill "$s3_pid" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -85,6 +88,31 @@ dd if="$work/mnt/m/big.bin" of=/dev/null bs=4096 count=1 skip=$(( (size / 4096) 
 random_bytes=$(( $(stats) - before ))
 umount_modelfs
 
+# The same file from a real S3-compatible server (bucket "models"), signed requests.
+mkdir -p "$work/s3/models"
+s3s_fs=$(scripts/ensure-s3s-fs.sh)
+s3_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$s3s_fs" --host 127.0.0.1 --port "$s3_port" --access-key bench --secret-key bench-secret "$work/s3" >/dev/null 2>&1 &
+s3_pid=$!
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$s3_port/" && break; sleep 0.05; done
+export AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port" AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
+rclone_s3=(--s3-provider Other --s3-endpoint "$AWS_ENDPOINT_URL" --s3-access-key-id bench --s3-secret-access-key bench-secret --s3-force-path-style)
+# Uploaded through the S3 API, as users do (s3s-fs then stores the ETag
+# rather than hashing the whole file on every GET). rclone's S3 client
+# rejects AWS_CA_BUNDLE with its own transport; plain HTTP needs none.
+env -u AWS_CA_BUNDLE rclone copyto "$work/srv/m/big.bin" ":s3:models/big.bin" "${rclone_s3[@]}" 2>/dev/null
+sync
+sed "s|^sources = .*|sources = [\"s3://models\"]|" "$work/m.toml" > "$work/m-s3.toml"
+"$modelfs" mount "$work/mnt" -m "$work/m-s3.toml" --cache-dir "$work/cache-s3" --daemon --log-file "$work/mount-s3.log"
+t_s3=$(timed dd if="$work/mnt/m/big.bin" of=/dev/null bs=1M)
+umount_modelfs
+t_s3cat=$(timed env -u AWS_CA_BUNDLE rclone cat ":s3:models/big.bin" "${rclone_s3[@]}")
+env -u AWS_CA_BUNDLE rclone mount ":s3:models" "$work/rmnt" "${rclone_s3[@]}" --vfs-cache-mode full \
+    --cache-dir "$work/rclone-cache-s3" --daemon --daemon-timeout 30s
+for _ in $(seq 200); do [ -e "$work/rmnt/big.bin" ] && break; sleep 0.05; done
+t_s3rclone=$(timed dd if="$work/rmnt/big.bin" of=/dev/null bs=1M)
+fusermount3 -u "$work/rmnt"
+
 echo
 echo "modelfs bench: ${size_mb} MiB file over HTTP on 127.0.0.1, $(nproc) cores, page cache hot"
 printf '%-42s %8s %s\n' "" "MB/s" "modelfs ÷ peer"
@@ -93,6 +121,10 @@ printf '%-42s %8s %s\n' "cold: curl (one stream, to /dev/null)" "$(mbps "$t_curl
 printf '%-42s %8s %s\n' "cold: curl | tee file | sha256sum" "$(mbps "$t_curl_disk")" "$(ratio "$t_curl_disk" "$t_cold")"
 printf '%-42s %8s %s\n' "cold: aria2c -x8 (8 streams, to disk)" "$(mbps "$t_aria")" "$(ratio "$t_aria" "$t_cold")"
 printf '%-42s %8s %s\n' "cold: rclone mount --vfs-cache-mode full" "$(mbps "$t_rcold")" "$(ratio "$t_rcold" "$t_cold")"
+printf '%-42s %8s\n' "cold from S3: modelfs mount" "$(mbps "$t_s3")"
+printf '%-42s %8s %s\n' "cold from S3: rclone cat (to /dev/null)" "$(mbps "$t_s3cat")" "$(ratio "$t_s3cat" "$t_s3")"
+printf '%-42s %8s %s\n' "cold from S3: rclone mount, full cache" "$(mbps "$t_s3rclone")" "$(ratio "$t_s3rclone" "$t_s3")"
+printf '%-42s %8s %s\n' "cold: modelfs from S3 ÷ from HTTP" "" "$(ratio "$t_cold" "$t_s3")"
 printf '%-42s %8s\n' "warm: modelfs, same mount (page cache)" "$(mbps "$t_same")"
 printf '%-42s %8s\n' "warm: modelfs, new mount (passthrough)" "$(mbps "$t_warm")"
 printf '%-42s %8s %s\n' "warm: dd of the cache file" "$(mbps "$t_disk")" "$(ratio "$t_disk" "$t_warm")"

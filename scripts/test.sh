@@ -4,6 +4,10 @@
 # safetensors + numpy for the loader test; .ci/run installs those).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The S3 tests run against s3s-fs, a real S3-compatible server.
+S3S_FS=$(scripts/ensure-s3s-fs.sh)
+export S3S_FS
+
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 # Unit tests, then the end-to-end suites under tests/ (doctests: none).

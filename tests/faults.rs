@@ -217,6 +217,20 @@ fn a_stalled_source_times_out_and_fails_over() {
 }
 
 #[test]
+fn a_trickling_source_hits_the_request_deadline_and_fails_over() {
+    let c = case(&["--read-timeout", "1", "--request-timeout", "1"]);
+    c.first.set_always(Some(Fault::Trickle));
+    let took = c.read_ok();
+    assert!(c.metric("modelfs_source_failovers_total") >= 1.0);
+    assert!(c.log().contains("took longer than 1s in all"));
+    // Each retry resumed after the trickled bytes.
+    assert_resumed_mid_chunk(&c.first);
+    // Trickled whole, one chunk would take 100 s; 3 attempts of 1 s per
+    // chunk, chunks in parallel, plus backoff.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+#[test]
 fn an_object_that_changes_fails_over() {
     let c = case(&[]);
     // Every answer carries a new ETag: the object changed between requests.

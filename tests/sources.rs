@@ -3,8 +3,10 @@
 
 mod support;
 
-use std::fs;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
 
+use support::s3_server::{self, S3Server};
 use support::*;
 
 const MIB: u64 = 1 << 20;
@@ -72,4 +74,125 @@ fn hf_without_access_names_hf_token() {
     let err = fs::read(m.path("repo@main/w.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
     assert!(m.log_text().contains("set HF_TOKEN"), "{}", m.log_text());
+}
+
+/// A model stored as bucket `weights` of a real S3 server, and in plain files
+/// for an HTTP mirror.
+fn s3_model() -> (Workspace, S3Server, Vec<u8>) {
+    let ws = Workspace::new();
+    let data = sample_bytes(3 * MIB as usize + 12_345, 21);
+    ws.add_file("weights", "sub/w.bin", &data);
+    let s3 = S3Server::start(&ws.models());
+    (ws, s3, data)
+}
+
+#[test]
+fn s3_reads_ranges_with_signed_requests() {
+    let (ws, s3, data) = s3_model();
+    ws.write_manifest(&[ws.entry("weights", "w", &["s3://weights".into()], MIB)]);
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let addr = free_addr();
+    let m = Mount::start_with_env(&ws, &["--metrics-addr", &addr], &env);
+
+    let mut piece = vec![0u8; 4096];
+    let at = 2 * MIB + 5;
+    File::open(m.path("w/sub/w.bin"))
+        .unwrap()
+        .read_exact_at(&mut piece, at)
+        .unwrap();
+    assert_eq!(piece, data[at as usize..at as usize + 4096]);
+    assert_eq!(fs::read(m.path("w/sub/w.bin")).unwrap(), data);
+
+    let metrics = http_get(&addr, "/metrics").1;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"modelfs_fetch_bytes_total{source="s3://weights"}"#
+        ),
+        data.len() as f64,
+        "every chunk once, from S3"
+    );
+    let log = m.log_text();
+    for secret in [s3_server::SECRET_KEY, "X-Amz-Signature"] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}
+
+/// Reads through a mount whose S3 credentials are `env`: the S3 server
+/// refuses, the HTTP mirror behind it serves, and the log says why.
+fn s3_refused_then_mirror(env: &[(&str, &str)], expect_in_log: &[&str]) {
+    let (ws, s3, data) = s3_model();
+    let http = RangeServer::start(&ws.models());
+    let sources = ["s3://weights".into(), format!("{}/weights", http.url())];
+    ws.write_manifest(&[ws.entry("weights", "w", &sources, MIB)]);
+    let endpoint = s3.endpoint();
+    let mut env = env.to_vec();
+    env.push(("AWS_ENDPOINT_URL", &endpoint));
+    let m = Mount::start_with_env(&ws, &[], &env);
+    assert_eq!(fs::read(m.path("w/sub/w.bin")).unwrap(), data);
+    let log = m.log_text();
+    for text in expect_in_log {
+        assert!(log.contains(text), "{text:?} not in the log:\n{log}");
+    }
+    for (_, value) in env.iter().filter(|(k, _)| k.contains("SECRET")) {
+        assert!(!log.contains(value), "the secret is in the log");
+    }
+}
+
+#[test]
+fn s3_wrong_secret_names_the_credentials_and_fails_over() {
+    s3_refused_then_mirror(
+        &[
+            ("AWS_ACCESS_KEY_ID", s3_server::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", "not-the-secret-0123"),
+        ],
+        &["HTTP 403 SignatureDoesNotMatch", "check AWS_ACCESS_KEY_ID"],
+    );
+}
+
+#[test]
+fn s3_unsigned_request_says_it_was_unsigned() {
+    s3_refused_then_mirror(&[], &["HTTP 403 AccessDenied", "the request was unsigned"]);
+}
+
+#[test]
+fn proxies_come_from_the_environment_and_no_proxy_is_honoured() {
+    let ws = Workspace::new();
+    let data = sample_bytes(2 * MIB as usize + 7, 31);
+    let other = sample_bytes(MIB as usize, 32);
+    ws.add_file("weights", "w.bin", &data);
+    ws.add_file("local", "w.bin", &other);
+    let proxy = RangeServer::start(&ws.models());
+    let direct = RangeServer::start(&ws.models());
+    // Nothing listens on 127.0.0.2:9: only the proxy can answer for it.
+    let far = ws.entry(
+        "weights",
+        "far",
+        &["http://127.0.0.2:9/weights".into()],
+        MIB,
+    );
+    let near = ws.entry("local", "near", &[format!("{}/local", direct.url())], MIB);
+    ws.write_manifest(&[far, near]);
+    let proxy_url = proxy.url();
+    let m = Mount::start_with_env(
+        &ws,
+        &[],
+        &[("HTTP_PROXY", &proxy_url), ("NO_PROXY", "127.0.0.1")],
+    );
+    assert_eq!(fs::read(m.path("far/w.bin")).unwrap(), data);
+    assert_eq!(fs::read(m.path("near/w.bin")).unwrap(), other);
+    let proxied = proxy.request_log();
+    assert!(
+        !proxied.is_empty()
+            && proxied
+                .iter()
+                .all(|r| r.ends_with("[proxy for 127.0.0.2:9]")),
+        "{proxied:?}"
+    );
+    let direct_log = direct.request_log();
+    assert!(
+        !direct_log.is_empty() && direct_log.iter().all(|r| !r.contains("[proxy")),
+        "{direct_log:?}"
+    );
 }

@@ -48,6 +48,10 @@ pub struct MountArgs {
     /// Seconds a source may go silent mid-request before the attempt fails.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
     read_timeout: Duration,
+    /// Seconds one ranged request may take in all (a source trickling bytes
+    /// is cut off; the retry resumes). Raise it for slow links or big chunks.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
+    request_timeout: Duration,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -122,6 +126,7 @@ fn serve(
     let timeouts = Timeouts {
         connect: args.connect_timeout,
         read: args.read_timeout,
+        request: args.request_timeout,
     };
     let sources = Sources::new(timeouts).context("cannot set up HTTP client")?;
     let fetcher = Arc::new(Fetcher::new(

@@ -23,7 +23,7 @@ pub(super) async fn fetch(
         .await
         .map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
-                SourceError::NotFound(404)
+                SourceError::NotFound("no such file".into())
             } else {
                 SourceError::Io(e)
             }

@@ -43,14 +43,12 @@ impl Hub {
         self.token.as_deref()
     }
 
-    /// A 401/403 from the hub says what to do about it.
-    pub(super) fn explain(&self, error: SourceError) -> SourceError {
-        match error {
-            SourceError::Denied(status) => SourceError::HubDenied {
-                status,
-                token_sent: self.token.is_some(),
-            },
-            other => other,
+    /// What a 401/403 from the hub means.
+    pub(super) fn denied_advice(&self) -> &'static str {
+        if self.token.is_some() {
+            "HF_TOKEN was sent but has no access to this repo"
+        } else {
+            "set HF_TOKEN to a token with access to this repo"
         }
     }
 }

@@ -17,7 +17,9 @@ use super::{Sink, SourceError, StreamError, Timeouts};
 pub(super) struct HttpSource {
     client: Client,
     read_timeout: Duration,
-    /// First `ETag` seen per URL: a later different one means the object
+    request_timeout: Duration,
+    /// First `ETag` seen per object (URL without its query, which may be a
+    /// fresh presignature each time): a later different one means the object
     /// changed under us, and its chunks would not fit together.
     etags: Mutex<HashMap<String, String>>,
 }
@@ -34,11 +36,27 @@ impl HttpSource {
         Ok(HttpSource {
             client,
             read_timeout: timeouts.read,
+            request_timeout: timeouts.request,
             etags: Mutex::new(HashMap::new()),
         })
     }
 
+    /// Streams `range` of `url` into `sink`, within the request deadline;
+    /// what reached the sink before a failure stays there for a resume.
     pub(super) async fn fetch(
+        &self,
+        url: &Url,
+        range: Range<u64>,
+        sink: &mut (dyn Sink + Send),
+        bearer: Option<&str>,
+    ) -> Result<(), StreamError> {
+        let request = self.fetch_within(url, range, sink, bearer);
+        tokio::time::timeout(self.request_timeout, request)
+            .await
+            .unwrap_or(Err(SourceError::Deadline(self.request_timeout).into()))
+    }
+
+    async fn fetch_within(
         &self,
         url: &Url,
         range: Range<u64>,
@@ -58,7 +76,7 @@ impl HttpSource {
             .await
             .map_err(|_| SourceError::Timeout(self.read_timeout))?
             .map_err(|e| classify(&e, self.read_timeout))?;
-        check_status(&response, &range)?;
+        check_status(&mut response, &range, self.read_timeout).await?;
         self.check_etag(url, &response)?;
 
         let mut got = 0u64;
@@ -88,7 +106,13 @@ impl HttpSource {
         };
         let mut etags = self.etags.lock().unwrap_or_else(|p| p.into_inner());
         let was = etags
-            .entry(url.as_str().to_owned())
+            .entry(
+                url.as_str()
+                    .split(['?', '#'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
             .or_insert_with(|| now.to_owned());
         if was != now {
             return Err(SourceError::ObjectChanged {
@@ -100,7 +124,11 @@ impl HttpSource {
     }
 }
 
-fn check_status(response: &Response, range: &Range<u64>) -> Result<(), SourceError> {
+async fn check_status(
+    response: &mut Response,
+    range: &Range<u64>,
+    read_timeout: Duration,
+) -> Result<(), SourceError> {
     let status = response.status();
     match status {
         StatusCode::PARTIAL_CONTENT => {
@@ -124,23 +152,62 @@ fn check_status(response: &Response, range: &Range<u64>) -> Result<(), SourceErr
             Ok(())
         }
         StatusCode::OK => Err(SourceError::IgnoredRange),
-        StatusCode::NOT_FOUND | StatusCode::GONE => Err(SourceError::NotFound(status.as_u16())),
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            Err(SourceError::Denied(status.as_u16()))
-        }
-        _ if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() => {
-            Err(SourceError::Status {
-                status: status.as_u16(),
-                retry_after: response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse().ok())
-                    .map(Duration::from_secs),
+        _ => {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+                .map(Duration::from_secs);
+            let reply = reply(response, read_timeout).await;
+            Err(match status {
+                StatusCode::NOT_FOUND | StatusCode::GONE => SourceError::NotFound(reply),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::Denied {
+                    reply,
+                    advice: None,
+                },
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
+                    SourceError::Status { reply, retry_after }
+                }
+                _ if status.is_server_error() => SourceError::Status { reply, retry_after },
+                // Other 4xx, or a redirect not followed: asking again won't help.
+                _ => SourceError::Rejected(reply),
             })
         }
-        _ => Err(SourceError::Request(format!("unexpected HTTP {status}"))),
     }
+}
+
+/// Error bodies worth reading are small (S3's XML); anything past this is ignored.
+const ERROR_BODY_MAX: usize = 4096;
+
+/// "HTTP 403", plus the S3-style error code of the body when there is one
+/// ("HTTP 403 SignatureDoesNotMatch"): it says which of many causes it was.
+async fn reply(response: &mut Response, read_timeout: Duration) -> String {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_MAX {
+        match tokio::time::timeout(read_timeout, response.chunk()).await {
+            Ok(Ok(Some(piece))) => body.extend_from_slice(&piece),
+            _ => break,
+        }
+    }
+    let status = response.status().as_u16();
+    match error_code(&body) {
+        Some(code) => format!("HTTP {status} {code}"),
+        None => format!("HTTP {status}"),
+    }
+}
+
+/// The `<Code>` of an S3 error body, if it looks like one (it goes into logs:
+/// only short alphanumeric codes are taken).
+fn error_code(body: &[u8]) -> Option<&str> {
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&body[..e.valid_up_to()]).ok()?,
+    };
+    let start = text.find("<Code>")? + "<Code>".len();
+    let code = &text[start..start + text[start..].find("</Code>")?];
+    let plain = (1..=64).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_alphanumeric());
+    plain.then_some(code)
 }
 
 fn classify(error: &reqwest::Error, read_timeout: Duration) -> SourceError {
@@ -165,4 +232,19 @@ fn describe(error: &reqwest::Error) -> String {
         next = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_s3_error_codes_and_nothing_else() {
+        let xml =
+            b"<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>x</Message></Error>";
+        assert_eq!(error_code(xml), Some("NoSuchKey"));
+        assert_eq!(error_code(b"<html>not found</html>"), None);
+        assert_eq!(error_code(b"<Code>a b\nc</Code>"), None);
+        assert_eq!(error_code(b"<Code>Truncated"), None);
+    }
 }

@@ -8,6 +8,7 @@ mod file;
 mod hf;
 mod http;
 mod location;
+mod s3;
 
 use std::io;
 use std::ops::Range;
@@ -22,26 +23,36 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Longest silence allowed between two pieces of a response body.
     pub read: Duration,
+    /// Longest one ranged request may take in all, so a source that trickles
+    /// bytes inside the silence timeout cannot hold a chunk; a retry resumes.
+    pub request: Duration,
 }
 
-/// Why one attempt to read a range from one source failed.
+/// Why one attempt to read a range from one source failed. Texts name
+/// status codes and S3 error codes, never URLs (they may be presigned).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("not found (HTTP {0})")]
-    NotFound(u16),
-    #[error("access denied (HTTP {0})")]
-    Denied(u16),
-    #[error("{}", hub_denied(*status, *token_sent))]
-    HubDenied { status: u16, token_sent: bool },
-    #[error("server error (HTTP {status})")]
+    #[error("not found ({0})")]
+    NotFound(String),
+    #[error("access denied ({reply}){}", advice.map(|a| format!(": {a}")).unwrap_or_default())]
+    Denied {
+        reply: String,
+        /// What to check, from the scheme that knows its credentials.
+        advice: Option<&'static str>,
+    },
+    #[error("request rejected ({0})")]
+    Rejected(String),
+    #[error("server error ({reply})")]
     Status {
-        status: u16,
+        reply: String,
         retry_after: Option<Duration>,
     },
     #[error("request failed: {0}")]
     Request(String),
     #[error("timed out: no data for {0:?}")]
     Timeout(Duration),
+    #[error("timed out: the request took longer than {0:?} in all")]
+    Deadline(Duration),
     #[error("server ignored the Range header (HTTP 200 for a partial range)")]
     IgnoredRange,
     #[error("server answered range {got:?} for requested {want:?}")]
@@ -54,20 +65,17 @@ pub enum SourceError {
     ObjectChanged { was: String, now: String },
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
-    #[error("{0} sources are not supported yet")]
-    Unsupported(&'static str),
 }
 
 impl SourceError {
-    /// Whether trying the same source again may help. A 404, 403 or an
-    /// unsupported scheme moves on to the next source at once.
+    /// Whether trying the same source again may help. An answer that
+    /// asking again won't change (404, 403, other 4xx) moves on at once.
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
             SourceError::NotFound(_)
-                | SourceError::Denied(_)
-                | SourceError::HubDenied { .. }
-                | SourceError::Unsupported(_)
+                | SourceError::Denied { .. }
+                | SourceError::Rejected(_)
                 | SourceError::ObjectChanged { .. }
         )
     }
@@ -78,18 +86,6 @@ impl SourceError {
             SourceError::Status { retry_after, .. } => *retry_after,
             _ => None,
         }
-    }
-}
-
-fn hub_denied(status: u16, token_sent: bool) -> String {
-    if token_sent {
-        format!(
-            "Hugging Face denied access (HTTP {status}): HF_TOKEN was sent but has no access to this repo"
-        )
-    } else {
-        format!(
-            "Hugging Face denied access (HTTP {status}): set HF_TOKEN to a token with access to this repo"
-        )
     }
 }
 
@@ -116,6 +112,7 @@ pub trait Sink {
 pub struct Sources {
     http: http::HttpSource,
     hub: hf::Hub,
+    s3: s3::S3,
 }
 
 impl Sources {
@@ -123,6 +120,7 @@ impl Sources {
         Ok(Sources {
             http: http::HttpSource::new(&timeouts)?,
             hub: hf::Hub::from_env()?,
+            s3: s3::S3::from_env()?,
         })
     }
 
@@ -137,18 +135,35 @@ impl Sources {
         match location {
             Location::File(path) => file::fetch(path, range, sink).await,
             Location::Http(url) => self.http.fetch(url, range, sink, None).await,
-            Location::S3 { .. } => Err(SourceError::Unsupported("s3").into()),
+            Location::S3 { bucket, key } => {
+                let url = self.s3.object_url(bucket, key)?;
+                let result = self.http.fetch(&url, range, sink, None).await;
+                advise_if_denied(result, self.s3.denied_advice())
+            }
             Location::Hf {
                 repo,
                 revision,
                 path,
             } => {
                 let url = self.hub.resolve_url(repo, revision, path);
-                match self.http.fetch(&url, range, sink, self.hub.token()).await {
-                    Err(StreamError::Source(e)) => Err(StreamError::Source(self.hub.explain(e))),
-                    other => other,
-                }
+                let result = self.http.fetch(&url, range, sink, self.hub.token()).await;
+                advise_if_denied(result, self.hub.denied_advice())
             }
         }
+    }
+}
+
+/// Adds what to check to an access-denied answer; the scheme knows its credentials.
+fn advise_if_denied(
+    result: Result<(), StreamError>,
+    advice: &'static str,
+) -> Result<(), StreamError> {
+    match result {
+        Err(StreamError::Source(SourceError::Denied { reply, .. })) => Err(SourceError::Denied {
+            reply,
+            advice: Some(advice),
+        }
+        .into()),
+        other => other,
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod range_server;
+pub mod s3_server;
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -59,6 +60,19 @@ pub fn require_root() {
         "/dev/fuse is missing: FUSE is required"
     );
 }
+
+const INHERITED_ENV_CLEARED: [&str; 10] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "HF_TOKEN",
+    "HF_ENDPOINT",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+];
 
 /// A scratch area: model files under `models/`, a cache, a mountpoint.
 pub struct Workspace {
@@ -121,6 +135,10 @@ impl Workspace {
         c.env("MODELFS_CACHE_DIR", self.cache())
             .env("MODELFS_MANIFEST", self.path("manifest.toml"))
             .stdin(Stdio::null());
+        // Only what a test sets: never the developer's credentials or proxy.
+        for var in INHERITED_ENV_CLEARED {
+            c.env_remove(var).env_remove(var.to_lowercase());
+        }
         c
     }
 

@@ -33,6 +33,8 @@ pub enum Fault {
     Stall,
     /// Answer with a different ETag than the file's.
     ChangeEtag,
+    /// Send 1 KiB every 100 ms: never silent long enough for a read timeout.
+    Trickle,
 }
 
 #[derive(Default)]
@@ -156,6 +158,9 @@ struct Request {
     path: String,
     range: Option<(u64, Option<u64>)>,
     authorization: Option<String>,
+    /// The origin named by an absolute-form request line: the client took
+    /// this server for its HTTP proxy.
+    proxied_for: Option<String>,
 }
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
@@ -165,7 +170,17 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     }
     let mut parts = line.split_whitespace();
     let method = parts.next()?.to_owned();
-    let path = parts.next()?.to_owned();
+    let target = parts.next()?;
+    let (proxied_for, path) = match target.strip_prefix("http://") {
+        Some(rest) => {
+            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            (
+                Some(host.to_owned()),
+                format!("/{}", path.trim_start_matches('/')),
+            )
+        }
+        None => (None, target.to_owned()),
+    };
     let mut range = None;
     let mut authorization = None;
     loop {
@@ -192,6 +207,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         path,
         range,
         authorization,
+        proxied_for,
     })
 }
 
@@ -229,6 +245,10 @@ fn serve_connection(conn: TcpStream, root: &Path, state: &State) {
             format!("{entry} [auth]")
         } else {
             entry
+        };
+        let entry = match &req.proxied_for {
+            Some(origin) => format!("{entry} [proxy for {origin}]"),
+            None => entry,
         };
         state.log.lock().unwrap().push(entry);
         let fault = {
@@ -351,8 +371,7 @@ fn respond(
         Some(Fault::Stall) => 0,
         _ => len,
     };
-    let corrupt = fault == Some(Fault::Corrupt);
-    if !send_range(out, &file, start, send, corrupt, state) {
+    if !send_range(out, &file, start, send, fault.as_ref(), state) {
         return false;
     }
     match fault {
@@ -413,17 +432,19 @@ fn list_directory(out: &mut TcpStream, dir: &Path, rel: &str) -> bool {
 }
 
 /// Streams `len` bytes of `file` from `start`, paced by the rate limit;
-/// `corrupt` flips the first byte of every 4 KiB.
+/// `Corrupt` flips the first byte of every 4 KiB, `Trickle` slows it down.
 fn send_range(
     out: &mut TcpStream,
     file: &File,
     start: u64,
     len: u64,
-    corrupt: bool,
+    fault: Option<&Fault>,
     state: &State,
 ) -> bool {
     let began = Instant::now();
-    let mut buf = vec![0u8; 256 << 10];
+    let corrupt = fault == Some(&Fault::Corrupt);
+    let trickle = fault == Some(&Fault::Trickle);
+    let mut buf = vec![0u8; if trickle { 1 << 10 } else { 256 << 10 }];
     let mut sent = 0u64;
     while sent < len {
         let n = buf.len().min((len - sent) as usize);
@@ -439,7 +460,12 @@ fn send_range(
                 .for_each(|b| *b ^= 0x5a);
         }
         let rate = state.rate.load(Ordering::SeqCst);
-        if rate > 0 {
+        if trickle {
+            if state.stopping.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        } else if rate > 0 {
             let due = Duration::from_secs_f64(sent as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(began.elapsed()) {
                 std::thread::sleep(wait);
