@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::Presence;
 use super::chunk_map::ChunkMap;
@@ -179,6 +179,22 @@ impl Blob {
         }
     }
 
+    /// Waits until no other process fetches chunk `index`, then claims it
+    /// for this one until the claim drops. Blocking.
+    pub fn claim_chunk(self: Arc<Self>, index: u64) -> io::Result<ChunkClaim> {
+        if let Some(map) = &self.map {
+            map.claim(index)?;
+        }
+        Ok(ChunkClaim { blob: self, index })
+    }
+
+    /// Takes in the bits other processes set; after waiting on a claim.
+    pub fn recount_verified(&self) {
+        if let Some(map) = &self.map {
+            self.verified.fetch_max(map.count(), Ordering::AcqRel);
+        }
+    }
+
     pub fn all_chunks_verified(&self) -> bool {
         // The count misses bits other processes set; a later open rescans.
         self.verified.load(Ordering::Acquire) >= self.chunk_count()
@@ -202,6 +218,7 @@ impl Blob {
         if actual != self.digest {
             return Ok(Err(actual));
         }
+        let _others_wait = self.lock_dir()?;
         self.publish(&self.partial_path)?;
         let _ = fs::remove_file(&self.map_path);
         self.complete.store(true, Ordering::Release);
@@ -210,6 +227,7 @@ impl Blob {
 
     /// Adopts a verified whole-file download at `path`. Blocking.
     pub fn finish_whole(&self, path: &std::path::Path) -> io::Result<()> {
+        let _others_wait = self.lock_dir()?;
         self.publish(path)?;
         let file = File::open(&self.complete_path)?;
         *self.data.write().unwrap_or_else(|p| p.into_inner()) = Some(file);
@@ -217,14 +235,43 @@ impl Blob {
         Ok(())
     }
 
-    /// Renames verified data to its complete name, durably.
+    fn lock_dir(&self) -> io::Result<File> {
+        super::lock_dir(
+            self.complete_path
+                .parent()
+                .expect("blob paths have a parent"),
+        )
+    }
+
+    /// Renames verified data to its complete name, durably. Another
+    /// process may have published the same partial file first.
     fn publish(&self, from: &std::path::Path) -> io::Result<()> {
         File::open(from)?.sync_all()?;
-        fs::rename(from, &self.complete_path)?;
+        match fs::rename(from, &self.complete_path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.complete_path.exists() => {}
+            other => other?,
+        }
         if let Some(dir) = self.complete_path.parent() {
             File::open(dir)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// One process's claim on one chunk: others wait for it to drop before
+/// they look at the chunk's bit, so a chunk is fetched once.
+pub struct ChunkClaim {
+    blob: Arc<Blob>,
+    index: u64,
+}
+
+impl Drop for ChunkClaim {
+    fn drop(&mut self) {
+        if let Some(map) = &self.blob.map
+            && let Err(e) = map.release(self.index)
+        {
+            tracing::warn!(chunk = self.index, error = %e, "cannot release a chunk claim");
+        }
     }
 }
 

@@ -12,6 +12,11 @@
 //! data was synced. A dirty map from another boot may hold bits newer than its
 //! data: those chunks are re-verified before they are trusted (see
 //! [`super::Blob`]).
+//!
+//! The map file also carries the claims of fetchers: an OFD write lock on
+//! byte `CLAIMS_AT + i` while some process fetches chunk `i`. The kernel
+//! drops it when the holder's file closes, so a killed process leaves no
+//! stale claim behind.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -26,6 +31,9 @@ const HEADER_LEN: usize = 64;
 const IDENTITY_LEN: usize = 24;
 const BOOT_ID_AT: usize = 24;
 const DIRTY_AT: usize = 40;
+/// Where claim locks start: far past the bitmap of any file, so they never
+/// meet a lock on the map's content.
+const CLAIMS_AT: u64 = 1 << 40;
 
 pub struct ChunkMap {
     mmap: MmapMut,
@@ -161,6 +169,48 @@ impl ChunkMap {
     pub fn all_set(&self) -> bool {
         (0..self.chunks).all(|c| self.is_set(c))
     }
+
+    /// Waits until no other process fetches chunk `chunk`, then claims it
+    /// until [`ChunkMap::release`]. Blocking. Claims are per open map file:
+    /// within a process, single flight keeps two tasks off one chunk.
+    pub fn claim(&self, chunk: u64) -> io::Result<()> {
+        self.claim_lock(chunk, libc::F_WRLCK, libc::F_OFD_SETLKW)
+            .map(drop)
+    }
+
+    pub fn release(&self, chunk: u64) -> io::Result<()> {
+        self.claim_lock(chunk, libc::F_UNLCK, libc::F_OFD_SETLK)
+            .map(drop)
+    }
+
+    #[cfg(test)]
+    fn try_claim(&self, chunk: u64) -> io::Result<bool> {
+        self.claim_lock(chunk, libc::F_WRLCK, libc::F_OFD_SETLK)
+    }
+
+    /// One `fcntl` on the claim byte of `chunk`; false if another holds it.
+    fn claim_lock(&self, chunk: u64, kind: i32, cmd: i32) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        assert!(chunk < self.chunks, "chunk {chunk} out of {}", self.chunks);
+        // SAFETY: a zeroed flock is valid; l_pid must be 0 for OFD locks.
+        let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+        lock.l_type = kind as libc::c_short;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        lock.l_start = (CLAIMS_AT + chunk) as libc::off_t;
+        lock.l_len = 1;
+        loop {
+            // SAFETY: a valid fd and a pointer to a live, initialized flock.
+            if unsafe { libc::fcntl(self.file.as_raw_fd(), cmd, &mut lock) } == 0 {
+                return Ok(true);
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN | libc::EACCES) => return Ok(false),
+                _ => return Err(e),
+            }
+        }
+    }
 }
 
 /// Which chunks a map file records, read without mapping or changing it;
@@ -226,6 +276,23 @@ mod tests {
             ChunkMap::open(&path, size, 131072, true).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn a_claim_excludes_other_openers_of_the_map_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.map");
+        // Two opens are two open file descriptions: they contend like two processes.
+        let a = ChunkMap::open(&path, 1 << 20, 65536, false).unwrap();
+        let b = ChunkMap::open(&path, 1 << 20, 65536, false).unwrap();
+        a.claim(3).unwrap();
+        assert!(!b.try_claim(3).unwrap(), "chunk 3 is a's");
+        assert!(b.try_claim(4).unwrap(), "other chunks are free");
+        a.release(3).unwrap();
+        assert!(b.try_claim(3).unwrap());
+        drop(b);
+        // Closing the file drops its claims, as a killed process's are.
+        assert!(a.try_claim(4).unwrap());
     }
 
     #[test]

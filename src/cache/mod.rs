@@ -161,7 +161,9 @@ impl Cache {
             return Ok(blob);
         }
         let dir = self.blob_base(&entry.sha256);
-        fs::create_dir_all(dir.parent().expect("blob paths have a parent"))?;
+        let dir = dir.parent().expect("blob paths have a parent");
+        fs::create_dir_all(dir)?;
+        let _other_processes_wait = lock_dir(dir)?;
         let blob = Arc::new(Blob::open(
             entry,
             self.complete_path(&entry.sha256),
@@ -208,6 +210,16 @@ impl Cache {
         }
         Ok(removed)
     }
+}
+
+/// Opening, publishing and (later) removing a blob happen under an exclusive
+/// lock on its `blobs/ab/` directory, so no process ever finds a blob half
+/// made (a partial file without its map) or half gone. Held while the
+/// returned file is open.
+fn lock_dir(dir: &Path) -> io::Result<fs::File> {
+    let file = fs::File::open(dir)?;
+    file.lock()?;
+    Ok(file)
 }
 
 /// Length of chunk `index` of a file: `chunk_size`, except maybe the last.

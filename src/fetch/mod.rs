@@ -262,6 +262,22 @@ impl Fetcher {
         let start = index * entry.chunk_size;
         let range = start..(start + entry.chunk_size).min(entry.size);
         let expected = entry.chunks.as_ref().map(|c| c[index as usize]);
+        // Held until the bit is set: another process that wants this chunk
+        // waits here, then finds it present.
+        let _claim = {
+            let blob = Arc::clone(blob);
+            blocking(move || blob.claim_chunk(index))
+                .await
+                .map_err(|e| local(target, e))?
+        };
+        if blob.has_chunk(index) {
+            debug!(file = %target, chunk = index, "fetched by another process");
+            blob.recount_verified();
+            if blob.all_chunks_verified() {
+                finish_in_background(target, blob);
+            }
+            return Ok(());
+        }
         let mut attempts = Vec::new();
         let order = self
             .health

@@ -203,6 +203,17 @@ impl Mount {
     }
 
     pub fn start_with_env(ws: &Workspace, extra: &[&str], env: &[(&str, &str)]) -> Mount {
+        Self::start_on(ws, &ws.mnt(), extra, env)
+    }
+
+    /// A mount at `mountpoint` (created if missing) on the workspace's cache.
+    pub fn start_on(
+        ws: &Workspace,
+        mountpoint: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mount {
+        fs::create_dir_all(mountpoint).unwrap();
         static STARTED: AtomicU64 = AtomicU64::new(0);
         let log = ws.path(&format!(
             "mount-{}.log",
@@ -211,7 +222,7 @@ impl Mount {
         let child = ws
             .modelfs()
             .arg("mount")
-            .arg(ws.mnt())
+            .arg(mountpoint)
             .args(extra)
             .env(
                 "MODELFS_LOG",
@@ -224,7 +235,7 @@ impl Mount {
             .unwrap();
         let mut m = Mount {
             child: Some(child),
-            mountpoint: ws.mnt(),
+            mountpoint: mountpoint.to_owned(),
             log,
         };
         let start = Instant::now();
