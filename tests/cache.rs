@@ -68,17 +68,103 @@ fn eight_processes_reading_one_cold_file_fetch_it_once() {
 }
 
 #[test]
-fn two_mounts_on_one_cache_fetch_each_chunk_once() {
+fn two_mounts_and_a_prefetch_on_one_cache_fetch_each_chunk_once() {
     let size = 32 * MIB as usize;
     let (ws, server, data) = one_file(size);
     server.set_rate(16 * MIB);
     let a = ws.mount();
     let b = Mount::start_on(&ws, &ws.path("mnt2"), &[], &[]);
+    let prefetch = ws
+        .modelfs()
+        .args(["prefetch", "m"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let paths = [a.path("m/w.bin"), b.path("m/w.bin")];
     let digests = sha256sum_all(&[paths.to_vec(), paths.to_vec()].concat());
     assert!(
         digests.iter().all(|d| *d == sha256_hex(&data)),
         "{digests:?}"
     );
-    assert!(fetched_ratio("2 mounts", &server, size) <= 1.1);
+    let out = prefetch.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(fetched_ratio("2 mounts + prefetch", &server, size) <= 1.1);
+}
+
+#[test]
+fn prefetch_makes_models_complete_and_prints_their_trees() {
+    let ws = Workspace::new();
+    let a = sample_bytes(3 * MIB as usize + 5, 1);
+    let b = sample_bytes(MIB as usize, 2);
+    ws.add_file("a", "sub/w.bin", &a);
+    ws.add_file("a", "config.json", b"{}");
+    ws.add_file("b", "w.bin", &b);
+    let server = RangeServer::start(&ws.models());
+    let entries = ["a", "b"].map(|m| ws.entry(m, m, &[format!("{}/{m}", server.url())], MIB));
+    ws.write_manifest(&entries);
+
+    let out = ws.modelfs().args(["prefetch", "a"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = ws.cache().canonicalize().unwrap().join("models/a");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        tree.to_str().unwrap()
+    );
+    assert_eq!(std::fs::read(tree.join("sub/w.bin")).unwrap(), a);
+    assert_eq!(std::fs::read(tree.join("config.json")).unwrap(), b"{}");
+    let status = ws.status();
+    let state = |id: &str| {
+        status["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state("a"), "complete");
+    assert_eq!(state("b"), "absent");
+
+    // Again: nothing to fetch, same answer.
+    let before = server.bytes_sent();
+    let again = ws.modelfs().args(["prefetch", "a"]).output().unwrap();
+    assert!(again.status.success());
+    assert_eq!(again.stdout, out.stdout);
+    assert_eq!(
+        server.bytes_sent(),
+        before,
+        "a second prefetch fetched bytes"
+    );
+
+    let all = ws.modelfs().args(["prefetch", "--all"]).output().unwrap();
+    assert!(all.status.success());
+    assert_eq!(String::from_utf8_lossy(&all.stdout).lines().count(), 2);
+    assert_eq!(std::fs::read(ws.cache().join("models/b/w.bin")).unwrap(), b);
+
+    let unknown = ws.modelfs().args(["prefetch", "nope"]).output().unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("no model \"nope\"") && err.contains("models: a, b"),
+        "{err}"
+    );
+}
+
+#[test]
+fn prefetch_names_the_model_and_sources_when_it_fails() {
+    let ws = Workspace::new();
+    ws.add_file("m", "w.bin", &sample_bytes(MIB as usize, 3));
+    ws.write_manifest(&[ws.entry("m", "m", &["http://127.0.0.1:1/m".into()], MIB)]);
+    let out = ws.modelfs().args(["prefetch", "m"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "no ready path for a failed model");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("prefetch m") && err.contains("m/w.bin") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
 }

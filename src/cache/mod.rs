@@ -7,6 +7,7 @@
 //! CACHE/blobs/ab/<sha256>.partial  a sparse file being filled chunk by chunk
 //! CACHE/blobs/ab/<sha256>.map   which chunks of the .partial are verified
 //! CACHE/tmp/<sha256>.<pid>.<n>  whole-file downloads (files without chunk hashes)
+//! CACHE/models/<id>/<path>      for complete models: relative symlinks to blobs
 //! ```
 
 mod blob;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex, Weak};
 pub use blob::Blob;
 
 use crate::hash::Digest;
-use crate::manifest::FileEntry;
+use crate::manifest::{FileEntry, Model};
 
 pub const LAYOUT_VERSION: &str = "1";
 
@@ -173,6 +174,37 @@ impl Cache {
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(entry.sha256, Arc::downgrade(&blob));
         Ok(blob)
+    }
+
+    /// Writes `CACHE/models/<id>/` for a complete model: its files as
+    /// relative symlinks into `blobs/`, usable without FUSE and valid
+    /// wherever the cache directory is mounted. Replaces an older tree.
+    pub fn link_model(&self, model: &Model) -> io::Result<PathBuf> {
+        let models = self.root.join("models");
+        let dest = models.join(&model.id);
+        let tmp = models.join(format!(".{}.{}", model.id, std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        for file in &model.files {
+            let link = tmp.join(&file.path);
+            fs::create_dir_all(link.parent().expect("a file path has a parent"))?;
+            // From models/<id>/<dirs...>/ back up to CACHE.
+            let depth = 2 + file.path.matches('/').count();
+            let hex = file.sha256.to_hex();
+            let target = format!("{}blobs/{}/{hex}", "../".repeat(depth), &hex[..2]);
+            std::os::unix::fs::symlink(target, &link)?;
+        }
+        if dest.exists() {
+            fs::remove_dir_all(&dest)?;
+        }
+        match fs::rename(&tmp, &dest) {
+            // Another process linked the same model meanwhile: same tree.
+            Err(e) if dest.is_dir() => {
+                tracing::debug!(error = %e, "model tree made by another process");
+                fs::remove_dir_all(&tmp)?;
+            }
+            other => other?,
+        }
+        Ok(dest)
     }
 
     /// Bytes the stored files take on disk (partial files count what they hold).

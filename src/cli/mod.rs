@@ -3,13 +3,18 @@
 
 mod daemon;
 mod mount;
+mod prefetch;
 mod report;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::manifest::{BuildOptions, Manifest, ManifestError, build_entry};
+use crate::source::{Sources, Timeouts};
 use crate::units::parse_size;
 
 #[derive(Parser)]
@@ -62,6 +67,42 @@ impl CacheArg {
     }
 }
 
+/// How patient to be with sources (mount, prefetch).
+#[derive(Args, Clone)]
+struct SourceArgs {
+    /// Seconds to wait for a connection to a source.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    connect_timeout: Duration,
+    /// Seconds a source may go silent mid-request before the attempt fails.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
+    read_timeout: Duration,
+    /// Seconds one ranged request may take in all (a source trickling bytes
+    /// is cut off; the retry resumes). Raise it for slow links or big chunks.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
+    request_timeout: Duration,
+}
+
+impl SourceArgs {
+    fn build(&self) -> anyhow::Result<Sources> {
+        Sources::new(Timeouts {
+            connect: self.connect_timeout,
+            read: self.read_timeout,
+            request: self.request_timeout,
+        })
+        .context("cannot set up the clients for sources")
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Mount the models of a manifest at MOUNTPOINT (foreground unless --daemon).
@@ -90,6 +131,12 @@ enum Command {
         #[command(flatten)]
         cache: CacheArg,
     },
+    /// Fetch and verify whole models now, with progress; print each one's ready path.
+    ///
+    /// The path, CACHE/models/<id>/, is a tree of links to the cached files that
+    /// loaders can use without a mount. Models already complete cost nothing;
+    /// safe to run while mounts use the same cache (each chunk is fetched once).
+    Prefetch(prefetch::PrefetchArgs),
     /// Write and check manifests.
     #[command(subcommand)]
     Manifest(ManifestCommand),
@@ -153,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Mount(args) => mount::mount(args).map(|()| 0),
         Command::Umount { mountpoint } => mount::umount(&mountpoint).map(|()| 0),
+        Command::Prefetch(args) => prefetch::prefetch(args),
         Command::Ls {
             model,
             manifest,
@@ -205,6 +253,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// The index of model `id`, or a usage error that lists the models there are.
+fn model_index(manifest: &Manifest, id: &str) -> Result<usize, UsageError> {
+    manifest.model_index(id).ok_or_else(|| {
+        let known: Vec<_> = manifest.models.iter().map(|m| m.id.as_str()).collect();
+        UsageError(format!(
+            "no model {id:?} in {} (models: {})",
+            manifest.path.display(),
+            known.join(", ")
+        ))
+    })
 }
 
 fn load(path: &Path) -> anyhow::Result<Manifest> {

@@ -13,14 +13,13 @@ use fuser::{MountOption, Session, SessionACL};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use super::{CacheArg, ManifestArg, UsageError, daemon, init_logging};
+use super::{CacheArg, ManifestArg, SourceArgs, UsageError, daemon, init_logging};
 use crate::cache::Cache;
 use crate::fetch::{Fetcher, RetryPolicy};
 use crate::fs::ModelFs;
 use crate::fs::fuse::FuseAdapter;
 use crate::manifest::Manifest;
 use crate::metrics::{self, Metrics, http::Endpoint};
-use crate::source::{Sources, Timeouts};
 
 #[derive(Args)]
 pub struct MountArgs {
@@ -42,26 +41,8 @@ pub struct MountArgs {
     /// Serve GET /metrics (Prometheus) and GET /healthz (JSON) on this address, e.g. 127.0.0.1:9100.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
-    /// Seconds to wait for a connection to a source.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
-    connect_timeout: Duration,
-    /// Seconds a source may go silent mid-request before the attempt fails.
-    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
-    read_timeout: Duration,
-    /// Seconds one ranged request may take in all (a source trickling bytes
-    /// is cut off; the retry resumes). Raise it for slow links or big chunks.
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
-    request_timeout: Duration,
-}
-
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
+    #[command(flatten)]
+    sources: SourceArgs,
 }
 
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -123,12 +104,7 @@ fn serve(
         runtime.spawn(metrics::http::serve(listener, endpoint));
         info!(%addr, "serving /metrics and /healthz");
     }
-    let timeouts = Timeouts {
-        connect: args.connect_timeout,
-        read: args.read_timeout,
-        request: args.request_timeout,
-    };
-    let sources = Sources::new(timeouts).context("cannot set up HTTP client")?;
+    let sources = args.sources.build()?;
     let fetcher = Arc::new(Fetcher::new(
         Arc::clone(&cache),
         sources,

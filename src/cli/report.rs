@@ -80,9 +80,7 @@ pub fn ls(manifest: &Manifest, cache_root: &Path, model: Option<&str>) -> anyhow
             }
         }
         Some(id) => {
-            let m = manifest.model(id).ok_or_else(|| {
-                super::UsageError(format!("no model {id:?} in {}", manifest.path.display()))
-            })?;
+            let m = &manifest.models[super::model_index(manifest, id)?];
             println!("{:<50} {:>11} {:>7}  SHA256", "FILE", "SIZE", "CACHED");
             for (f, p) in m.files.iter().zip(model_presence(cache.as_ref(), m)) {
                 println!(

@@ -15,6 +15,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt as _;
 use futures::future::join_all;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{OnceCell, Semaphore};
@@ -77,6 +78,10 @@ pub enum FetchError {
         target: String,
         attempts: Arc<Vec<(String, String)>>,
     },
+    #[error(
+        "{target}: every chunk matches its hash but the whole file hashes to {actual}: the manifest is inconsistent"
+    )]
+    Inconsistent { target: String, actual: Digest },
     #[error("{target}: cache: {source}")]
     Local {
         target: String,
@@ -452,6 +457,52 @@ impl Fetcher {
                 Ok(())
             }
             _ => Ok(()),
+        }
+    }
+}
+
+impl Fetcher {
+    /// Makes one file complete: fetches every chunk not yet verified (as
+    /// many at once as requests allowed), then checks the whole file and
+    /// publishes it. `progress` gets the byte count of each chunk fetched
+    /// or found fetched by another process.
+    pub async fn prefetch_file(
+        &self,
+        target: &Target,
+        blob: &Arc<Blob>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), FetchError> {
+        if blob.is_complete() {
+            return Ok(());
+        }
+        let entry = target.entry();
+        if entry.chunks.is_none() {
+            self.ensure_whole(target, blob).await?;
+            progress(entry.size);
+            return Ok(());
+        }
+        let missing = (0..blob.chunk_count()).filter(|&c| !blob.has_chunk(c));
+        let mut fetches = futures::stream::iter(missing)
+            .map(|c| async move {
+                self.ensure_chunk(target, blob, c).await?;
+                progress(crate::cache::chunk_len(entry.size, entry.chunk_size, c));
+                Ok::<_, FetchError>(())
+            })
+            .buffer_unordered(MAX_CONCURRENT_REQUESTS);
+        while let Some(done) = fetches.next().await {
+            done?;
+        }
+        blob.recount_verified();
+        let finished = {
+            let blob = Arc::clone(blob);
+            blocking(move || blob.finish_chunked()).await
+        };
+        match finished.map_err(|e| local(target, e))? {
+            Ok(()) => Ok(()),
+            Err(actual) => Err(FetchError::Inconsistent {
+                target: target.to_string(),
+                actual,
+            }),
         }
     }
 }

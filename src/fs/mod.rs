@@ -55,7 +55,9 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::NoAttr => libc::ENODATA,
             FsError::Fetch(FetchError::Local { source, .. }) => local_errno(source),
-            FsError::Fetch(FetchError::AllSourcesFailed { .. }) => libc::EIO,
+            FsError::Fetch(
+                FetchError::AllSourcesFailed { .. } | FetchError::Inconsistent { .. },
+            ) => libc::EIO,
             FsError::Cache(e) => local_errno(e),
         }
     }

@@ -75,8 +75,8 @@ impl Manifest {
             .map_err(|e| e.locate(path, text))
     }
 
-    pub fn model(&self, id: &str) -> Option<&Model> {
-        self.models.iter().find(|m| m.id == id)
+    pub fn model_index(&self, id: &str) -> Option<usize> {
+        self.models.iter().position(|m| m.id == id)
     }
 }
 

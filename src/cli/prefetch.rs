@@ -1,0 +1,113 @@
+//! `modelfs prefetch`: whole models into the cache now, in parallel, with a
+//! progress bar per model; then each model's ready path.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use futures::future::join_all;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use super::{CacheArg, ManifestArg, SourceArgs, init_logging, model_index};
+use crate::cache::Cache;
+use crate::fetch::{FetchError, Fetcher, RetryPolicy, Target};
+use crate::manifest::Manifest;
+use crate::metrics::Metrics;
+
+#[derive(Args)]
+pub struct PrefetchArgs {
+    /// Model ids to fetch (or --all).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    models: Vec<String>,
+    /// Fetch every model of the manifest.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    manifest: ManifestArg,
+    #[command(flatten)]
+    cache: CacheArg,
+    #[command(flatten)]
+    sources: SourceArgs,
+}
+
+pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
+    init_logging("warn");
+    let manifest = Arc::new(Manifest::load(&args.manifest.manifest)?);
+    let models = if args.all {
+        (0..manifest.models.len()).collect()
+    } else {
+        args.models
+            .iter()
+            .map(|id| model_index(&manifest, id))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let root = args.cache.resolve()?;
+    let cache = Arc::new(Cache::open(&root).with_context(|| format!("cache {}", root.display()))?);
+    let fetcher = Fetcher::new(
+        Arc::clone(&cache),
+        args.sources.build()?,
+        RetryPolicy::default(),
+        Arc::new(Metrics::new()),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let bars = MultiProgress::new();
+    let results = runtime.block_on(join_all(
+        models
+            .iter()
+            .map(|&m| prefetch_model(&fetcher, &cache, &manifest, m, &bars)),
+    ));
+    let mut failed = 0;
+    for (&m, result) in models.iter().zip(results) {
+        match result {
+            Ok(path) => println!("{}", path.display()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("modelfs: prefetch {}: {e:#}", manifest.models[m].id);
+            }
+        }
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// Every file of one model, complete and verified, then its link tree.
+async fn prefetch_model(
+    fetcher: &Fetcher,
+    cache: &Cache,
+    manifest: &Arc<Manifest>,
+    model: usize,
+    bars: &MultiProgress,
+) -> anyhow::Result<std::path::PathBuf> {
+    let spec = &manifest.models[model];
+    let total: u64 = spec.files.iter().map(|f| f.size).sum();
+    let bar = bars.add(ProgressBar::new(total));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:20!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(spec.id.clone());
+    let files = (0..spec.files.len()).map(|f| {
+        let bar = bar.clone();
+        async move {
+            let target = Target::new(Arc::clone(manifest), model, f);
+            let entry = target.entry();
+            let blob = cache.open_blob(entry).map_err(|e| FetchError::Local {
+                target: target.to_string(),
+                source: Arc::new(e),
+            })?;
+            bar.inc(blob.presence().bytes(entry.size));
+            fetcher.prefetch_file(&target, &blob, &|n| bar.inc(n)).await
+        }
+    });
+    let results = join_all(files).await;
+    bar.finish();
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e.into());
+    }
+    Ok(cache.link_model(spec)?)
+}
