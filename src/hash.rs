@@ -42,6 +42,20 @@ impl Digest {
         }
     }
 
+    /// Hashes a whole file with positional reads: the descriptor's offset
+    /// (shared with its clones) is neither used nor moved.
+    pub fn of_file(file: &std::fs::File) -> io::Result<Self> {
+        struct At<'a>(&'a std::fs::File, u64);
+        impl Read for At<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = std::os::unix::fs::FileExt::read_at(self.0, buf, self.1)?;
+                self.1 += n as u64;
+                Ok(n)
+            }
+        }
+        Self::of_reader(At(file, 0))
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

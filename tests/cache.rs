@@ -168,3 +168,97 @@ fn prefetch_names_the_model_and_sources_when_it_fails() {
         "{err}"
     );
 }
+
+/// Which chunks the cache holds verified, read from the chunk map file.
+fn verified_chunks(ws: &Workspace, data: &[u8]) -> Vec<bool> {
+    let hex = sha256_hex(data);
+    let map = ws.cache().join(format!("blobs/{}/{hex}.map", &hex[..2]));
+    let chunks = (data.len() as u64).div_ceil(MIB) as usize;
+    if ws
+        .cache()
+        .join(format!("blobs/{}/{hex}", &hex[..2]))
+        .exists()
+    {
+        return vec![true; chunks];
+    }
+    modelfs::cache::chunk_map::read_bits(&map, data.len() as u64, MIB)
+        .unwrap()
+        .unwrap_or_else(|| vec![false; chunks])
+}
+
+/// Files in the cache that are neither a blob, its map, nor bookkeeping.
+fn strays(ws: &Workspace) -> Vec<String> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path.display().to_string());
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&ws.cache().join("blobs"), &mut files);
+    walk(&ws.cache().join("tmp"), &mut files);
+    files.retain(|f| {
+        let name = f.rsplit('/').next().unwrap();
+        let hex = name.split('.').next().unwrap();
+        let known = name == hex || name == format!("{hex}.partial") || name == format!("{hex}.map");
+        !(known && hex.len() == 64 && f.contains("/blobs/"))
+    });
+    files
+}
+
+#[test]
+fn kills_at_a_dozen_moments_lose_no_verified_chunk() {
+    const TRIALS: u64 = 12;
+    let size = 32 * MIB as usize;
+    let (ws, server, data) = one_file(size);
+    let expected = sha256_hex(&data);
+    let mut worst_waste = 0;
+    for trial in 0..TRIALS {
+        std::fs::remove_dir_all(ws.cache()).unwrap();
+        server.reset_counters();
+        // Slow per request, so a readahead window of chunks is in flight at the kill.
+        server.set_rate(4 * MIB);
+        let mut m = ws.mount();
+        let path = m.path("m/w.bin");
+        let reader = std::thread::spawn(move || std::fs::read(path));
+        // From right after the read starts to after it is nearly done.
+        let kill_at = trial * size as u64 / TRIALS;
+        wait_for("the kill point", || ws.cached_bytes("m") >= kill_at);
+        m.kill9();
+        let _ = reader.join().unwrap(); // fails, or done if the kill came late
+        let verified = verified_chunks(&ws, &data);
+
+        server.set_rate(0);
+        let requests_before = server.request_log().len();
+        let m = ws.mount();
+        let got = std::fs::read(m.path("m/w.bin")).unwrap();
+        assert!(sha256_hex(&got) == expected, "trial {trial}: wrong bytes");
+        for entry in &server.request_log()[requests_before..] {
+            let start: u64 = entry.split([' ', '-']).nth(1).unwrap().parse().unwrap();
+            assert!(
+                !verified[(start / MIB) as usize],
+                "trial {trial}: chunk {} was verified before the kill but fetched again",
+                start / MIB
+            );
+        }
+        drop(m);
+        let strays = strays(&ws);
+        assert!(strays.is_empty(), "trial {trial}: stray files {strays:?}");
+        // Bytes sent beyond the file: chunks in flight at the kill, lost half-done.
+        let waste = server.bytes_sent().saturating_sub(size as u64);
+        worst_waste = worst_waste.max(waste);
+        assert!(
+            waste <= 17 * MIB,
+            "trial {trial}: {waste} bytes fetched twice (more than a readahead window)"
+        );
+    }
+    eprintln!(
+        "kill trials: worst refetch {:.2} MiB ({:.2} chunks) over {TRIALS} kills",
+        worst_waste as f64 / MIB as f64,
+        worst_waste as f64 / MIB as f64
+    );
+}

@@ -277,43 +277,6 @@ fn transient_faults_are_retried_and_resumed() {
 }
 
 #[test]
-fn a_kill_mid_read_loses_no_verified_chunk() {
-    let size = 32 * MIB as usize;
-    let (ws, server, data) = single_model(size, MIB);
-    // Per connection: slow enough to kill mid-read (readahead opens several).
-    server.set_rate(2 * MIB);
-    let mut m = ws.mount();
-    let path = m.path("m@1/weights.bin");
-    let reader = std::thread::spawn(move || fs::read(path));
-    wait_for("a few verified chunks", || {
-        ws.cached_bytes("m@1") >= 6 * MIB
-    });
-    m.kill9();
-    let _ = reader.join().unwrap(); // fails: the mount went away
-    let verified = ws.cached_bytes("m@1");
-    assert!(verified >= 6 * MIB);
-    assert!(
-        verified < size as u64,
-        "the kill came after the read finished"
-    );
-    assert!(is_mounted(&ws.mnt()), "a killed mount is left stale");
-
-    server.set_rate(0);
-    server.reset_counters();
-    // The new mount clears the stale one itself.
-    let m = ws.mount();
-    assert_eq!(
-        sha256_hex(&fs::read(m.path("m@1/weights.bin")).unwrap()),
-        sha256_hex(&data)
-    );
-    let refetched = server.bytes_sent();
-    assert!(
-        refetched <= size as u64 - verified + 2 * MIB,
-        "refetched {refetched} of {size} with {verified} verified before the kill"
-    );
-}
-
-#[test]
 fn writes_creates_renames_and_deletes_get_erofs() {
     let (ws, _server, _) = single_model(1000, 1 << 16);
     let m = ws.mount();

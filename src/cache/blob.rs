@@ -39,6 +39,7 @@ impl Blob {
         complete_path: PathBuf,
         partial_path: PathBuf,
         map_path: PathBuf,
+        tmp_path: PathBuf,
     ) -> io::Result<Blob> {
         let mut blob = Blob {
             digest: entry.sha256,
@@ -94,7 +95,13 @@ impl Blob {
                 file.set_len(entry.size)?;
             }
             // A new partial file holds no data, whatever an old map says.
-            let map = ChunkMap::open(&blob.map_path, entry.size, entry.chunk_size, fresh)?;
+            let map = ChunkMap::open(
+                &blob.map_path,
+                &tmp_path,
+                entry.size,
+                entry.chunk_size,
+                fresh,
+            )?;
             // Shared while we may set bits; the last writer out marks it clean.
             map.file().lock_shared()?;
             let boot = boot_id();
@@ -214,21 +221,18 @@ impl Blob {
                 .ok_or_else(|| io::Error::other("no partial file"))?
                 .try_clone()?
         };
-        let actual = Digest::of_reader(io::BufReader::with_capacity(1 << 20, &file))?;
+        let actual = Digest::of_file(&file)?;
         if actual != self.digest {
             return Ok(Err(actual));
         }
-        let _others_wait = self.lock_dir()?;
-        self.publish(&self.partial_path)?;
-        let _ = fs::remove_file(&self.map_path);
+        self.publish(&self.partial_path, Some(&self.map_path))?;
         self.complete.store(true, Ordering::Release);
         Ok(Ok(()))
     }
 
     /// Adopts a verified whole-file download at `path`. Blocking.
     pub fn finish_whole(&self, path: &std::path::Path) -> io::Result<()> {
-        let _others_wait = self.lock_dir()?;
-        self.publish(path)?;
+        self.publish(path, None)?;
         let file = File::open(&self.complete_path)?;
         *self.data.write().unwrap_or_else(|p| p.into_inner()) = Some(file);
         self.complete.store(true, Ordering::Release);
@@ -243,13 +247,23 @@ impl Blob {
         )
     }
 
-    /// Renames verified data to its complete name, durably. Another
-    /// process may have published the same partial file first.
-    fn publish(&self, from: &std::path::Path) -> io::Result<()> {
-        File::open(from)?.sync_all()?;
-        match fs::rename(from, &self.complete_path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && self.complete_path.exists() => {}
-            other => other?,
+    /// Renames verified data to its complete name, durably, and drops its
+    /// chunk map. Another process may have published the same partial file
+    /// first: then there is nothing left to do.
+    fn publish(&self, from: &std::path::Path, map: Option<&std::path::Path>) -> io::Result<()> {
+        // Synced before the lock: it may take seconds, and others wait on the lock.
+        match File::open(from) {
+            Ok(f) => f.sync_all()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let _others_wait = self.lock_dir()?;
+        if !from.exists() && self.complete_path.exists() {
+            return Ok(());
+        }
+        fs::rename(from, &self.complete_path)?;
+        if let Some(map) = map {
+            let _ = fs::remove_file(map);
         }
         if let Some(dir) = self.complete_path.parent() {
             File::open(dir)?.sync_all()?;
@@ -411,7 +425,8 @@ mod tests {
         assert!(blob.map.as_ref().unwrap().dirty_since().is_some());
         drop(blob);
         let map_path = cache.with_suffix(&entry.sha256, ".map");
-        let map = ChunkMap::open(&map_path, entry.size, 65536, false).unwrap();
+        let map =
+            ChunkMap::open(&map_path, &dir.path().join("tmp"), entry.size, 65536, false).unwrap();
         assert_eq!(map.dirty_since(), None);
         assert!(map.is_set(0));
     }

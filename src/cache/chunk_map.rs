@@ -57,9 +57,16 @@ fn file_len(size: u64, chunk_size: u64) -> u64 {
 impl ChunkMap {
     /// Opens the map at `path`, or creates an empty one when it is missing,
     /// was written for another chunking, or `fresh` says the data it describes
-    /// is new. Creation goes through a temporary file and an atomic rename, so
-    /// no process ever maps a half-written header.
-    pub fn open(path: &Path, size: u64, chunk_size: u64, fresh: bool) -> io::Result<ChunkMap> {
+    /// is new. Creation goes through the temporary file `tmp` (on the same
+    /// file system; where a crash's leftovers get swept) and an atomic
+    /// rename, so no process ever maps a half-written header.
+    pub fn open(
+        path: &Path,
+        tmp: &Path,
+        size: u64,
+        chunk_size: u64,
+        fresh: bool,
+    ) -> io::Result<ChunkMap> {
         let want_len = file_len(size, chunk_size);
         if !fresh && let Ok(file) = OpenOptions::new().read(true).write(true).open(path) {
             if file.metadata()?.len() == want_len {
@@ -75,14 +82,13 @@ impl ChunkMap {
             }
             tracing::warn!(path = %path.display(), "chunk map does not match this file; starting it afresh");
         }
-        let tmp = path.with_extension(format!("map.tmp{}", std::process::id()));
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = File::create(tmp)?;
             f.write_all(&header(size, chunk_size))?;
             f.set_len(want_len)?;
             f.sync_all()?;
         }
-        std::fs::rename(&tmp, path)?;
+        std::fs::rename(tmp, path)?;
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         // SAFETY: the mapping is only accessed through atomics (bits) or
         // read-only (header), so concurrent writers in other processes cannot
@@ -244,13 +250,13 @@ mod tests {
         let path = dir.path().join("x.map");
         let size = 10 * 65536 + 1; // 11 chunks: the last byte is partly used
         {
-            let map = ChunkMap::open(&path, size, 65536, false).unwrap();
+            let map = ChunkMap::open(&path, &dir.path().join("tmp"), size, 65536, false).unwrap();
             assert_eq!(map.count(), 0);
             map.set(0);
             map.set(10);
             assert!(map.is_set(10) && !map.is_set(9));
         }
-        let map = ChunkMap::open(&path, size, 65536, false).unwrap();
+        let map = ChunkMap::open(&path, &dir.path().join("tmp"), size, 65536, false).unwrap();
         assert_eq!(map.count(), 2);
         let bits = read_bits(&path, size, 65536).unwrap().unwrap();
         assert_eq!(bits.iter().filter(|b| **b).count(), 2);
@@ -263,17 +269,21 @@ mod tests {
 
         // Another chunk size, or data known to be new, starts from nothing.
         assert_eq!(
-            ChunkMap::open(&path, size, 131072, false).unwrap().count(),
+            ChunkMap::open(&path, &dir.path().join("tmp"), size, 131072, false)
+                .unwrap()
+                .count(),
             0
         );
         assert_eq!(read_bits(&path, size, 65536).unwrap(), None);
-        let again = ChunkMap::open(&path, size, 131072, false).unwrap();
+        let again = ChunkMap::open(&path, &dir.path().join("tmp"), size, 131072, false).unwrap();
         again.set(1);
         again.set(2);
         again.clear(1);
         assert_eq!(again.count(), 1);
         assert_eq!(
-            ChunkMap::open(&path, size, 131072, true).unwrap().count(),
+            ChunkMap::open(&path, &dir.path().join("tmp"), size, 131072, true)
+                .unwrap()
+                .count(),
             0
         );
     }
@@ -283,8 +293,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.map");
         // Two opens are two open file descriptions: they contend like two processes.
-        let a = ChunkMap::open(&path, 1 << 20, 65536, false).unwrap();
-        let b = ChunkMap::open(&path, 1 << 20, 65536, false).unwrap();
+        let a = ChunkMap::open(&path, &dir.path().join("tmp"), 1 << 20, 65536, false).unwrap();
+        let b = ChunkMap::open(&path, &dir.path().join("tmp"), 1 << 20, 65536, false).unwrap();
         a.claim(3).unwrap();
         assert!(!b.try_claim(3).unwrap(), "chunk 3 is a's");
         assert!(b.try_claim(4).unwrap(), "other chunks are free");
@@ -299,12 +309,12 @@ mod tests {
     fn dirty_flag_and_boot_id_persist() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.map");
-        let map = ChunkMap::open(&path, 1 << 20, 65536, false).unwrap();
+        let map = ChunkMap::open(&path, &dir.path().join("tmp"), 1 << 20, 65536, false).unwrap();
         assert_eq!(map.dirty_since(), None);
         map.mark_dirty([7; 16]).unwrap();
         map.set(3);
         drop(map);
-        let map = ChunkMap::open(&path, 1 << 20, 65536, false).unwrap();
+        let map = ChunkMap::open(&path, &dir.path().join("tmp"), 1 << 20, 65536, false).unwrap();
         assert_eq!(map.dirty_since(), Some([7; 16]));
         assert!(map.is_set(3));
         map.mark_clean().unwrap();

@@ -6,7 +6,8 @@
 //! CACHE/blobs/ab/<sha256>       a complete file, verified whole; immutable
 //! CACHE/blobs/ab/<sha256>.partial  a sparse file being filled chunk by chunk
 //! CACHE/blobs/ab/<sha256>.map   which chunks of the .partial are verified
-//! CACHE/tmp/<sha256>.<pid>.<n>  whole-file downloads (files without chunk hashes)
+//! CACHE/tmp/<sha256>.<pid>.<n>  whole-file downloads (files without chunk
+//!                               hashes) and chunk maps being made
 //! CACHE/models/<id>/<path>      for complete models: relative symlinks to blobs
 //! ```
 
@@ -170,6 +171,7 @@ impl Cache {
             self.complete_path(&entry.sha256),
             self.with_suffix(&entry.sha256, ".partial"),
             self.with_suffix(&entry.sha256, ".map"),
+            self.temp_path(&entry.sha256),
         )?);
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(entry.sha256, Arc::downgrade(&blob));
@@ -226,7 +228,8 @@ impl Cache {
         walk(&self.root.join("blobs"))
     }
 
-    /// Removes whole-file downloads left by processes that no longer run.
+    /// Removes temporary files (downloads, maps being made) left by
+    /// processes that no longer run.
     pub fn sweep_temp(&self) -> io::Result<usize> {
         let mut removed = 0;
         for entry in fs::read_dir(self.root.join("tmp"))? {

@@ -43,6 +43,7 @@ pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
     };
     let root = args.cache.resolve()?;
     let cache = Arc::new(Cache::open(&root).with_context(|| format!("cache {}", root.display()))?);
+    cache.sweep_temp()?;
     let fetcher = Fetcher::new(
         Arc::clone(&cache),
         args.sources.build()?,

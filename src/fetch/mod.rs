@@ -347,11 +347,9 @@ impl Fetcher {
                 return Err(e);
             }
             let path = tmp.clone();
-            let actual = blocking(move || {
-                Digest::of_reader(io::BufReader::with_capacity(1 << 20, File::open(path)?))
-            })
-            .await
-            .map_err(|e| local(target, e))?;
+            let actual = blocking(move || Digest::of_file(&File::open(path)?))
+                .await
+                .map_err(|e| local(target, e))?;
             if actual == blob.digest {
                 let (b, path) = (Arc::clone(blob), tmp.clone());
                 return blocking(move || b.finish_whole(&path))

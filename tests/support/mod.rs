@@ -213,7 +213,8 @@ impl Mount {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Mount {
-        fs::create_dir_all(mountpoint).unwrap();
+        // May fail on a stale mount (a killed process's): the mount clears it.
+        let _ = fs::create_dir_all(mountpoint);
         static STARTED: AtomicU64 = AtomicU64::new(0);
         let log = ws.path(&format!(
             "mount-{}.log",
