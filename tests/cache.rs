@@ -262,3 +262,156 @@ fn kills_at_a_dozen_moments_lose_no_verified_chunk() {
         worst_waste as f64 / MIB as f64
     );
 }
+
+/// Bytes the cache takes on disk, as the quota counts them.
+fn cache_disk_bytes(ws: &Workspace) -> u64 {
+    modelfs::cache::Cache::open(&ws.cache())
+        .unwrap()
+        .disk_usage()
+}
+
+/// Reads `path` whole while sampling the cache's size; the largest seen.
+fn read_watching_size(ws: &Workspace, path: &std::path::Path) -> (std::io::Result<Vec<u8>>, u64) {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut most = cache_disk_bytes(ws);
+            let started = std::time::Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < DEADLINE {
+                most = most.max(cache_disk_bytes(ws));
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            most.max(cache_disk_bytes(ws))
+        });
+        let got = std::fs::read(path);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (got, watcher.join().unwrap())
+    })
+}
+
+fn states(ws: &Workspace) -> Vec<(String, String)> {
+    ws.status()["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits for the models' states to be `want` (a file is complete once its
+/// whole-file check, which runs in the background, is done).
+fn wait_for_states(ws: &Workspace, want: &[(&str, &str)]) {
+    let want: Vec<_> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let mut last = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < DEADLINE {
+        last = states(ws);
+        if last == want {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("states are {last:?}, not {want:?}");
+}
+
+/// Whether some process has the blob of `data` open (its shared flock).
+fn blob_in_use(ws: &Workspace, data: &[u8]) -> bool {
+    let hex = sha256_hex(data);
+    let path = ws.cache().join(format!("blobs/{}/{hex}", &hex[..2]));
+    std::fs::File::open(path).is_ok_and(|f| f.try_lock().is_err())
+}
+
+#[test]
+fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
+    const QUOTA: u64 = 10 * MIB;
+    let ws = Workspace::new();
+    let data: Vec<_> = (0..3)
+        .map(|i| sample_bytes(4 * MIB as usize, 50 + i))
+        .collect();
+    for (m, d) in ["a", "b", "c"].iter().zip(&data) {
+        ws.add_file(m, "w.bin", d);
+    }
+    let server = RangeServer::start(&ws.models());
+    let entries = ["a", "b", "c"].map(|m| ws.entry(m, m, &[format!("{}/{m}", server.url())], MIB));
+    ws.write_manifest(&entries);
+    let quota = ["--max-cache-size", "10M"];
+    let mut most = 0;
+
+    // a, then b; the order survives the restart (atimes).
+    {
+        let m = Mount::start(&ws, &quota);
+        for id in ["a", "b"] {
+            std::fs::read(m.path(&format!("{id}/w.bin"))).unwrap();
+        }
+    }
+    let m = Mount::start(&ws, &quota);
+    let (got, seen) = read_watching_size(&ws, &m.path("c/w.bin"));
+    assert!(got.unwrap() == data[2]);
+    most = most.max(seen);
+    wait_for_states(
+        &ws,
+        &[("a", "absent"), ("b", "complete"), ("c", "complete")],
+    );
+
+    // c pinned, b open: nothing can go, and the reader is told so.
+    let pin = ws.modelfs().args(["pin", "c"]).output().unwrap();
+    assert!(pin.status.success());
+    let held = std::fs::File::open(m.path("b/w.bin")).unwrap();
+    let err = std::fs::read(m.path("a/w.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(
+        m.log_text().contains("cache full"),
+        "the log says what holds the space"
+    );
+
+    // Once b is closed, it is the one to go.
+    drop(held);
+    wait_for("b released", || !blob_in_use(&ws, &data[1]));
+    let (got, seen) = read_watching_size(&ws, &m.path("a/w.bin"));
+    assert!(got.unwrap() == data[0]);
+    most = most.max(seen);
+    wait_for_states(
+        &ws,
+        &[("a", "complete"), ("b", "absent"), ("c", "complete")],
+    );
+    drop(m);
+
+    // A dry run changes nothing; a real one keeps the pinned model.
+    let before = cache_disk_bytes(&ws);
+    let dry = ws
+        .modelfs()
+        .args(["gc", "--dry-run", "--max-cache-size", "5M"])
+        .output()
+        .unwrap();
+    assert!(dry.status.success());
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("would evict"));
+    assert_eq!(cache_disk_bytes(&ws), before);
+    assert_eq!(states(&ws)[0].1, "complete");
+    let gc = ws
+        .modelfs()
+        .args(["gc", "--max-cache-size", "5M"])
+        .output()
+        .unwrap();
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    wait_for_states(&ws, &[("a", "absent"), ("b", "absent"), ("c", "complete")]);
+
+    eprintln!(
+        "quota: largest size seen {:.2} MiB under a {:.0} MiB quota (overshoot {:.2} MiB)",
+        most as f64 / MIB as f64,
+        QUOTA as f64 / MIB as f64,
+        most.saturating_sub(QUOTA) as f64 / MIB as f64
+    );
+    assert!(most <= QUOTA + MIB, "the quota held within one chunk");
+}

@@ -56,7 +56,7 @@ impl Blob {
         };
         match File::open(&blob.complete_path) {
             Ok(f) if f.metadata()?.len() == entry.size => {
-                *blob.data.get_mut().unwrap() = Some(f);
+                *blob.data.get_mut().unwrap() = Some(in_use(f)?);
                 blob.complete = AtomicBool::new(true);
                 return Ok(blob);
             }
@@ -70,7 +70,7 @@ impl Blob {
         if entry.size == 0 {
             // Nothing to fetch: the empty file is complete by definition.
             fs::write(&blob.complete_path, b"")?;
-            *blob.data.get_mut().unwrap() = Some(File::open(&blob.complete_path)?);
+            *blob.data.get_mut().unwrap() = Some(in_use(File::open(&blob.complete_path)?)?);
             blob.complete = AtomicBool::new(true);
             return Ok(blob);
         }
@@ -111,7 +111,7 @@ impl Blob {
             map.mark_dirty(boot)?;
             blob.verified = AtomicU64::new(map.count());
             blob.map = Some(map);
-            *blob.data.get_mut().unwrap() = Some(file);
+            *blob.data.get_mut().unwrap() = Some(in_use(file)?);
         }
         Ok(blob)
     }
@@ -233,7 +233,7 @@ impl Blob {
     /// Adopts a verified whole-file download at `path`. Blocking.
     pub fn finish_whole(&self, path: &std::path::Path) -> io::Result<()> {
         self.publish(path, None)?;
-        let file = File::open(&self.complete_path)?;
+        let file = in_use(File::open(&self.complete_path)?)?;
         *self.data.write().unwrap_or_else(|p| p.into_inner()) = Some(file);
         self.complete.store(true, Ordering::Release);
         Ok(())
@@ -272,6 +272,23 @@ impl Blob {
     }
 }
 
+/// Marks a data file as used by this process for as long as it stays open:
+/// a shared `flock` that eviction respects, and the atime it orders by.
+fn in_use(file: File) -> io::Result<File> {
+    file.lock_shared()?;
+    touch(&file);
+    Ok(file)
+}
+
+/// Records a use in the atime, which outlives the process. Best effort: a
+/// read-only cache still serves.
+fn touch(file: &File) {
+    let now = fs::FileTimes::new().set_accessed(std::time::SystemTime::now());
+    if let Err(e) = file.set_times(now) {
+        tracing::debug!(error = %e, "cannot record the access time");
+    }
+}
+
 /// One process's claim on one chunk: others wait for it to drop before
 /// they look at the chunk's bit, so a chunk is fetched once.
 pub struct ChunkClaim {
@@ -289,14 +306,18 @@ impl Drop for ChunkClaim {
     }
 }
 
+/// When this process lets go of a file, the time is recorded for eviction.
 /// When the last user of a partial file lets go, its data is made durable
 /// and then its map marked clean. The sync may take seconds, so inside a
 /// runtime it runs on the blocking pool, never on the FUSE thread or an
 /// async worker.
 impl Drop for Blob {
     fn drop(&mut self) {
-        let Some(map) = self.map.take() else { return };
         let data = self.data.get_mut().map_or(None, Option::take);
+        if let Some(file) = &data {
+            touch(file);
+        }
+        let Some(map) = self.map.take() else { return };
         let complete = self.is_complete();
         let path = self.partial_path.clone();
         let work = move || {

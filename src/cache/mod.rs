@@ -9,10 +9,12 @@
 //! CACHE/tmp/<sha256>.<pid>.<n>  whole-file downloads (files without chunk
 //!                               hashes) and chunk maps being made
 //! CACHE/models/<id>/<path>      for complete models: relative symlinks to blobs
+//! CACHE/pins/<id>               digests of a pinned model's files
 //! ```
 
 mod blob;
 pub mod chunk_map;
+mod evict;
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 pub use blob::Blob;
+pub use evict::{Catalog, MIN_FREE_PERCENT, Plan, Quota, Stored};
 
 use crate::hash::Digest;
 use crate::manifest::{FileEntry, Model};
@@ -61,6 +64,10 @@ pub struct Cache {
     /// Open blobs by content, so that two manifest entries with one sha256
     /// share chunk state and fetches.
     open: Mutex<HashMap<Digest, Weak<Blob>>>,
+    quota: Quota,
+    catalog: Catalog,
+    /// Bytes on disk as last measured (plus reservations since), and when.
+    usage: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 impl Cache {
@@ -92,6 +99,9 @@ impl Cache {
         Ok(Cache {
             root,
             open: Mutex::new(HashMap::new()),
+            quota: Quota::default(),
+            catalog: Catalog::default(),
+            usage: Mutex::new(None),
         })
     }
 
@@ -209,7 +219,8 @@ impl Cache {
         Ok(dest)
     }
 
-    /// Bytes the stored files take on disk (partial files count what they hold).
+    /// Bytes the cache takes on disk: stored files (partial files count what
+    /// they hold) and downloads in progress.
     pub fn disk_usage(&self) -> u64 {
         fn walk(dir: &Path) -> u64 {
             use std::os::unix::fs::MetadataExt;
@@ -225,7 +236,7 @@ impl Cache {
                 })
                 .sum()
         }
-        walk(&self.root.join("blobs"))
+        walk(&self.root.join("blobs")) + walk(&self.root.join("tmp"))
     }
 
     /// Removes temporary files (downloads, maps being made) left by

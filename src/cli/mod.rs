@@ -2,6 +2,7 @@
 //! messages and exit codes (0 ok, 1 runtime failure, 2 usage or manifest error).
 
 mod daemon;
+mod gc;
 mod mount;
 mod prefetch;
 mod report;
@@ -13,6 +14,7 @@ use anyhow::Context as _;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cache::{Cache, Catalog, Quota};
 use crate::manifest::{BuildOptions, Manifest, ManifestError, build_entry};
 use crate::source::{Sources, Timeouts};
 use crate::units::parse_size;
@@ -64,6 +66,37 @@ impl CacheArg {
                 UsageError("no cache directory: pass --cache-dir or set MODELFS_CACHE_DIR".into())
                     .into()
             })
+    }
+}
+
+/// The cache's size limit (mount, prefetch, gc).
+#[derive(Args, Clone)]
+struct QuotaArg {
+    /// Most bytes the cache may take on disk, e.g. 500G [default: the smallest
+    /// quota of the live mounts of this cache, else none]. A free-space floor
+    /// of 5% of the file system holds either way.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_cache_size: Option<u64>,
+}
+
+impl QuotaArg {
+    /// For commands that neither fetch nor evict.
+    fn none() -> QuotaArg {
+        QuotaArg {
+            max_cache_size: None,
+        }
+    }
+
+    fn resolve(&self, cache_root: &Path) -> Quota {
+        let from_mounts = || {
+            report::live_mounts(cache_root)
+                .iter()
+                .filter_map(|m| m["max_cache_size"].as_u64())
+                .min()
+        };
+        Quota {
+            max_bytes: self.max_cache_size.or_else(from_mounts),
+        }
     }
 }
 
@@ -137,6 +170,13 @@ enum Command {
     /// loaders can use without a mount. Models already complete cost nothing;
     /// safe to run while mounts use the same cache (each chunk is fetched once).
     Prefetch(prefetch::PrefetchArgs),
+    /// Evict least recently used models that no process uses and nobody
+    /// pinned, until the cache fits its quota and leaves 5% of its file system free.
+    Gc(gc::GcArgs),
+    /// Keep a model's files from eviction (recorded in the cache, for every manifest).
+    Pin(gc::PinArgs),
+    /// Let a pinned model be evicted again.
+    Unpin(gc::PinArgs),
     /// Write and check manifests.
     #[command(subcommand)]
     Manifest(ManifestCommand),
@@ -201,6 +241,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Mount(args) => mount::mount(args).map(|()| 0),
         Command::Umount { mountpoint } => mount::umount(&mountpoint).map(|()| 0),
         Command::Prefetch(args) => prefetch::prefetch(args),
+        Command::Gc(args) => gc::gc(args),
+        Command::Pin(args) => gc::pin(args, true),
+        Command::Unpin(args) => gc::pin(args, false),
         Command::Ls {
             model,
             manifest,
@@ -265,6 +308,28 @@ fn model_index(manifest: &Manifest, id: &str) -> Result<usize, UsageError> {
             known.join(", ")
         ))
     })
+}
+
+/// Opens (creating) the cache for a command that fetches or evicts: with
+/// the manifest's models and the quota, and without a crashed process's
+/// temporary files.
+fn open_cache(
+    cache: &CacheArg,
+    quota: &QuotaArg,
+    manifest: &Manifest,
+) -> anyhow::Result<std::sync::Arc<Cache>> {
+    let root = cache.resolve()?;
+    let cache = Cache::open(&root)
+        .with_context(|| format!("cache {}", root.display()))?
+        .with_quota(quota.resolve(&root))
+        .with_catalog(Catalog::new(manifest));
+    let swept = cache
+        .sweep_temp()
+        .with_context(|| format!("cannot sweep {}", cache.root().join("tmp").display()))?;
+    if swept > 0 {
+        tracing::info!(removed = swept, "removed temporary files of dead processes");
+    }
+    Ok(std::sync::Arc::new(cache))
 }
 
 fn load(path: &Path) -> anyhow::Result<Manifest> {

@@ -13,7 +13,9 @@ use fuser::{MountOption, Session, SessionACL};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use super::{CacheArg, ManifestArg, SourceArgs, UsageError, daemon, init_logging};
+use super::{
+    CacheArg, ManifestArg, QuotaArg, SourceArgs, UsageError, daemon, init_logging, open_cache,
+};
 use crate::cache::Cache;
 use crate::fetch::{Fetcher, RetryPolicy};
 use crate::fs::ModelFs;
@@ -42,6 +44,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
+    quota: QuotaArg,
+    #[command(flatten)]
     sources: SourceArgs,
 }
 
@@ -50,8 +54,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     init_logging("info");
     let manifest = Arc::new(Manifest::load(&args.manifest.manifest)?);
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
-    let cache_root = args.cache.resolve()?;
-    let cache = Arc::new(Cache::open(&cache_root)?);
+    let cache = open_cache(&args.cache, &args.quota, &manifest)?;
     let ready = if args.daemon {
         let log = args
             .log_file
@@ -86,10 +89,11 @@ fn serve(
         .thread_name("modelfs-io")
         .build()
         .context("cannot start the async runtime")?;
-    match cache.sweep_temp() {
+    // A quota lowered since the last mount applies now, not at the next fetch.
+    match cache.reserve(0) {
         Ok(0) => {}
-        Ok(n) => info!(removed = n, "removed downloads left by dead processes"),
-        Err(e) => warn!(error = %e, "cannot sweep the cache's tmp directory"),
+        Ok(n) => info!(evicted = n, "evicted files to fit the cache's quota"),
+        Err(e) => warn!(error = %e, "the cache is over its quota"),
     }
     let metrics = Arc::new(Metrics::new());
     if let Some(addr) = args.metrics_addr {
@@ -284,6 +288,7 @@ impl MountRecord {
         let dir = cache.root().join("mounts");
         let path = dir.join(std::process::id().to_string());
         let body = serde_json::json!({
+            "max_cache_size": cache.quota().max_bytes,
             "pid": std::process::id(),
             "mountpoint": mountpoint,
             "manifest": std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned()),

@@ -8,7 +8,7 @@ use clap::Args;
 use futures::future::join_all;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::{CacheArg, ManifestArg, SourceArgs, init_logging, model_index};
+use super::{CacheArg, ManifestArg, QuotaArg, SourceArgs, init_logging, model_index, open_cache};
 use crate::cache::Cache;
 use crate::fetch::{FetchError, Fetcher, RetryPolicy, Target};
 use crate::manifest::Manifest;
@@ -27,6 +27,8 @@ pub struct PrefetchArgs {
     #[command(flatten)]
     cache: CacheArg,
     #[command(flatten)]
+    quota: QuotaArg,
+    #[command(flatten)]
     sources: SourceArgs,
 }
 
@@ -41,9 +43,7 @@ pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
             .map(|id| model_index(&manifest, id))
             .collect::<Result<Vec<_>, _>>()?
     };
-    let root = args.cache.resolve()?;
-    let cache = Arc::new(Cache::open(&root).with_context(|| format!("cache {}", root.display()))?);
-    cache.sweep_temp()?;
+    let cache = open_cache(&args.cache, &args.quota, &manifest)?;
     let fetcher = Fetcher::new(
         Arc::clone(&cache),
         args.sources.build()?,

@@ -51,6 +51,10 @@ fn existing_cache(root: &Path) -> anyhow::Result<Option<Cache>> {
     ))
 }
 
+fn pinned(cache: Option<&Cache>, model: &Model) -> bool {
+    cache.map_or(model.pinned, |c| c.is_pinned(model))
+}
+
 /// Rounded down, so that only a complete model shows 100%.
 fn percent(cached: u64, size: u64) -> String {
     if size == 0 || cached >= size {
@@ -75,7 +79,11 @@ pub fn ls(manifest: &Manifest, cache_root: &Path, model: Option<&str>) -> anyhow
                     m.files.len(),
                     format_size(size),
                     percent(cached, size),
-                    if m.pinned { "yes" } else { "no" }
+                    if pinned(cache.as_ref(), m) {
+                        "yes"
+                    } else {
+                        "no"
+                    }
                 );
             }
         }
@@ -112,7 +120,8 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
                 .collect();
             let complete = presence.iter().filter(|p| **p == Presence::Complete).count();
             json!({"id": m.id, "state": state, "size": size, "cached_bytes": cached,
-                   "files_complete": complete, "pinned": m.pinned, "files": files})
+                   "files_complete": complete, "pinned": pinned(cache.as_ref(), m),
+                   "files": files})
         })
         .collect();
     let cache_bytes = cache.as_ref().map_or(0, Cache::disk_usage);
@@ -120,11 +129,15 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
         .as_ref()
         .map(|c| live_mounts(c.root()))
         .unwrap_or_default();
+    let quota = mounts
+        .iter()
+        .filter_map(|m| m["max_cache_size"].as_u64())
+        .min();
     if as_json {
         let doc = json!({
             "cache_dir": cache_root,
             "cache_bytes": cache_bytes,
-            "quota_bytes": null,
+            "quota_bytes": quota,
             "models": models,
             "mounts": mounts,
         });
@@ -132,9 +145,13 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
         return Ok(());
     }
     println!(
-        "cache {}: {} on disk, no quota",
+        "cache {}: {} on disk, {}",
         cache_root.display(),
-        format_size(cache_bytes)
+        format_size(cache_bytes),
+        quota.map_or("no quota".to_owned(), |q| format!(
+            "quota {} (of the mounts)",
+            format_size(q)
+        ))
     );
     for m in &models {
         let (size, cached) = (
@@ -165,7 +182,8 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
     Ok(())
 }
 
-fn live_mounts(root: &Path) -> Vec<serde_json::Value> {
+/// The records of mounts of the cache at `root` whose process still runs.
+pub(super) fn live_mounts(root: &Path) -> Vec<serde_json::Value> {
     let Ok(entries) = std::fs::read_dir(root.join("mounts")) else {
         return Vec::new();
     };

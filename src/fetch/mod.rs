@@ -183,6 +183,22 @@ impl Fetcher {
         &self.metrics
     }
 
+    /// Evicts what the quota and free-space floor need before `len` bytes
+    /// are written; a full cache is a local error (ENOSPC), not a source's.
+    async fn make_room(&self, target: &Target, len: u64) -> Result<(), FetchError> {
+        let cache = Arc::clone(&self.cache);
+        match blocking(move || cache.reserve(len)).await {
+            Ok(evicted) => {
+                self.metrics.evicted(evicted);
+                Ok(())
+            }
+            Err(e) => {
+                warn!(model = target.model_id(), file = %target.entry().path, error = %e, "cannot make room in the cache");
+                Err(local(target, e))
+            }
+        }
+    }
+
     /// Counts a failed attempt at `location`, and the move to the next
     /// source when there is one.
     fn source_failed(&self, location: &Location, why: &str, more: bool) {
@@ -283,6 +299,7 @@ impl Fetcher {
             }
             return Ok(());
         }
+        self.make_room(target, range.end - range.start).await?;
         let mut attempts = Vec::new();
         let order = self
             .health
@@ -324,6 +341,7 @@ impl Fetcher {
     async fn fetch_whole(&self, target: &Target, blob: &Arc<Blob>) -> Result<(), FetchError> {
         let entry = target.entry();
         let tmp = self.cache.temp_path(&blob.digest);
+        self.make_room(target, entry.size).await?;
         let mut attempts = Vec::new();
         for round in 0..entry.locations.len() {
             let file = File::create(&tmp).and_then(|f| f.set_len(entry.size).map(|()| f));

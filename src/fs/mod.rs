@@ -63,10 +63,11 @@ impl FsError {
     }
 }
 
-/// A full cache disk is worth telling the reader about; anything else local is EIO.
+/// A full cache (disk or quota) is worth telling the reader about; anything
+/// else local is EIO.
 fn local_errno(e: &io::Error) -> i32 {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) => libc::ENOSPC,
+    match e.kind() {
+        io::ErrorKind::StorageFull => libc::ENOSPC,
         _ => libc::EIO,
     }
 }

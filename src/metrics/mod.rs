@@ -50,6 +50,7 @@ pub struct Metrics {
     cache_miss_bytes: Counter,
     verify_failures: Counter,
     failovers: Counter,
+    evictions: Counter,
     cache_bytes: Gauge,
     fetch_duration: Histogram,
     fuse_ops: Family<OpLabel, Counter>,
@@ -98,7 +99,7 @@ impl Metrics {
             "Times a fetch moved on to the next source",
             failovers.clone(),
         );
-        registry.register(EVICTIONS, "Files evicted from the cache", evictions);
+        registry.register(EVICTIONS, "Files evicted from the cache", evictions.clone());
         registry.register(
             CACHE_BYTES,
             "Bytes the cache holds on disk",
@@ -117,6 +118,7 @@ impl Metrics {
             cache_miss_bytes,
             verify_failures,
             failovers,
+            evictions,
             cache_bytes,
             fetch_duration,
             fuse_ops,
@@ -146,6 +148,10 @@ impl Metrics {
 
     pub fn failed_over(&self) {
         self.failovers.inc();
+    }
+
+    pub fn evicted(&self, files: u64) {
+        self.evictions.inc_by(files);
     }
 
     pub fn fetch_took(&self, elapsed: Duration) {

@@ -1,0 +1,396 @@
+//! Keeping the cache to its size: an optional quota (`--max-cache-size`) and,
+//! always, a floor of free space on its file system. Room is made by evicting
+//! whole files of the least recently used models that no process has open and
+//! nobody pinned.
+//!
+//! - In use: every process holding a blob open holds a shared `flock` on its
+//!   data file; eviction takes it exclusively without waiting, under the
+//!   `blobs/ab/` directory lock, so a file being read or fetched anywhere is
+//!   never evicted and no process opens a file while it goes.
+//! - Last used: the data file's atime, set when a process opens or lets go of
+//!   it, so it persists across restarts. A model was used when its most
+//!   recently used file was; a file shared by models goes with the most recent.
+//! - Pinned: models marked `pinned` in the manifest, and `CACHE/pins/<id>`
+//!   (the digests of a model's files, written by `modelfs pin`).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use super::Cache;
+use crate::hash::Digest;
+use crate::manifest::{Manifest, Model};
+use crate::units::format_size;
+
+/// The free-space floor: like mountpoint-s3, leave 5% of the file system.
+pub const MIN_FREE_PERCENT: u64 = 5;
+
+/// How long a usage figure is trusted before the cache is walked again;
+/// other processes add to it meanwhile.
+const USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Quota {
+    /// Bytes the cache may take on disk; `None` for no quota (the free-space
+    /// floor still holds).
+    pub max_bytes: Option<u64>,
+}
+
+/// Which models a process knows (from its manifest), to group files and
+/// to honour `pinned = true`.
+#[derive(Default)]
+pub struct Catalog {
+    models: Vec<(String, Vec<Digest>, bool)>,
+}
+
+impl Catalog {
+    pub fn new(manifest: &Manifest) -> Catalog {
+        Catalog {
+            models: manifest
+                .models
+                .iter()
+                .map(|m| (m.id.clone(), digests(m), m.pinned))
+                .collect(),
+        }
+    }
+}
+
+fn digests(model: &Model) -> Vec<Digest> {
+    model.files.iter().map(|f| f.sha256).collect()
+}
+
+/// One stored file, as eviction sees it.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub digest: Digest,
+    /// On disk: data (what a sparse partial file holds) and chunk map.
+    pub bytes: u64,
+    pub last_used: SystemTime,
+    /// Models known to have this file.
+    pub models: Vec<String>,
+    pub pinned: bool,
+    pub in_use: bool,
+}
+
+/// What eviction would free, and what it must leave.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Least recently used first.
+    pub evict: Vec<Stored>,
+    /// Bytes still missing after evicting all of `evict` (0 if it suffices).
+    pub short: u64,
+    pub in_use: (usize, u64),
+    pub pinned: (usize, u64),
+}
+
+impl Cache {
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    pub fn with_catalog(mut self, catalog: Catalog) -> Self {
+        self.catalog = catalog;
+        self
+    }
+
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// Makes room for `len` more bytes, evicting if needed; the number of
+    /// files evicted. When nothing more can go, a `StorageFull` error that
+    /// says what holds the space.
+    pub fn reserve(&self, len: u64) -> io::Result<u64> {
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        // A recent figure will do while far from the limit.
+        if let Some((bytes, at)) = *usage
+            && at.elapsed() < USAGE_TTL
+            && self.shortfall(bytes, len + bytes / 8)? == 0
+        {
+            *usage = Some((bytes + len, at));
+            return Ok(0);
+        }
+        let mut bytes = self.disk_usage();
+        let short = self.shortfall(bytes, len)?;
+        let mut evicted = 0;
+        if short > 0 {
+            let plan = self.plan(short)?;
+            for victim in &plan.evict {
+                if self.evict(victim)? {
+                    evicted += 1;
+                }
+            }
+            bytes = self.disk_usage();
+            let short = self.shortfall(bytes, len)?;
+            if short > 0 {
+                *usage = Some((bytes, Instant::now()));
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "cache full: {} more needed and nothing else can be evicted \
+                         ({} on disk; in use: {} files, {}; pinned: {} files, {})",
+                        format_size(short),
+                        format_size(bytes),
+                        plan.in_use.0,
+                        format_size(plan.in_use.1),
+                        plan.pinned.0,
+                        format_size(plan.pinned.1),
+                    ),
+                ));
+            }
+        }
+        *usage = Some((bytes + len, Instant::now()));
+        Ok(evicted)
+    }
+
+    /// Bytes over the quota or under the free-space floor if `len` more
+    /// were added to a cache of `bytes`.
+    fn shortfall(&self, bytes: u64, len: u64) -> io::Result<u64> {
+        let over_quota = self
+            .quota
+            .max_bytes
+            .map_or(0, |max| (bytes + len).saturating_sub(max));
+        let (avail, total) = free_space(&self.root)?;
+        let floor = total / 100 * MIN_FREE_PERCENT;
+        let under_floor = (floor + len).saturating_sub(avail);
+        Ok(over_quota.max(under_floor))
+    }
+
+    /// Bytes to free so the cache fits its quota and floor now.
+    pub fn excess(&self) -> io::Result<u64> {
+        self.shortfall(self.disk_usage(), 0)
+    }
+
+    /// Every stored file, with what eviction needs to know of it.
+    pub fn stored(&self) -> io::Result<Vec<Stored>> {
+        let pinned = self.pinned_digests()?;
+        let mut by_digest: HashMap<Digest, Stored> = HashMap::new();
+        for dir in read_dir_or_empty(&self.root.join("blobs"))? {
+            for file in read_dir_or_empty(&dir)? {
+                let name = file.file_name().unwrap_or_default().to_string_lossy();
+                let Some(digest) = name
+                    .split('.')
+                    .next()
+                    .and_then(|h| Digest::from_hex(h).ok())
+                else {
+                    continue;
+                };
+                let Ok(meta) = fs::symlink_metadata(&file) else {
+                    continue;
+                };
+                let stored = by_digest.entry(digest).or_insert_with(|| Stored {
+                    digest,
+                    bytes: 0,
+                    last_used: SystemTime::UNIX_EPOCH,
+                    models: Vec::new(),
+                    pinned: pinned.contains(&digest),
+                    in_use: false,
+                });
+                stored.bytes += std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+                if !name.ends_with(".map") {
+                    stored.last_used = stored.last_used.max(meta.accessed()?);
+                    stored.in_use |= is_locked(&file)?;
+                }
+            }
+        }
+        for (id, model_digests, _) in &self.catalog.models {
+            for d in model_digests {
+                if let Some(s) = by_digest.get_mut(d) {
+                    s.models.push(id.clone());
+                }
+            }
+        }
+        Ok(by_digest.into_values().collect())
+    }
+
+    /// What to evict to free `need` bytes: least recently used models first.
+    pub fn plan(&self, need: u64) -> io::Result<Plan> {
+        let stored = self.stored()?;
+        // A model was used when its most recently used file was.
+        let mut model_used: HashMap<&str, SystemTime> = HashMap::new();
+        for s in &stored {
+            for m in &s.models {
+                let t = model_used.entry(m).or_insert(s.last_used);
+                *t = (*t).max(s.last_used);
+            }
+        }
+        let recency = |s: &Stored| {
+            s.models
+                .iter()
+                .map(|m| model_used[m.as_str()])
+                .max()
+                .unwrap_or(s.last_used)
+        };
+        let mut plan = Plan::default();
+        let mut candidates = Vec::new();
+        for s in &stored {
+            if s.pinned {
+                plan.pinned.0 += 1;
+                plan.pinned.1 += s.bytes;
+            } else if s.in_use {
+                plan.in_use.0 += 1;
+                plan.in_use.1 += s.bytes;
+            } else {
+                candidates.push((recency(s), s));
+            }
+        }
+        candidates.sort_by_key(|(t, s)| (*t, s.digest.0));
+        let mut freed = 0;
+        for (_, s) in candidates {
+            if freed >= need {
+                break;
+            }
+            freed += s.bytes;
+            plan.evict.push(s.clone());
+        }
+        plan.short = need.saturating_sub(freed);
+        Ok(plan)
+    }
+
+    /// Removes a stored file unless a process has started using it since
+    /// it was planned; true if it went. Model trees that linked to it go too.
+    pub fn evict(&self, victim: &Stored) -> io::Result<bool> {
+        let complete = self.complete_path(&victim.digest);
+        let dir = complete.parent().expect("blob paths have a parent");
+        {
+            let _others_wait = super::lock_dir(dir)?;
+            let partial = self.with_suffix(&victim.digest, ".partial");
+            let data = if complete.exists() {
+                &complete
+            } else {
+                &partial
+            };
+            match File::open(data) {
+                Ok(f) => match f.try_lock() {
+                    Ok(()) => {}
+                    Err(fs::TryLockError::WouldBlock) => return Ok(false),
+                    Err(fs::TryLockError::Error(e)) => return Err(e),
+                },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            for path in [
+                &complete,
+                &partial,
+                &self.with_suffix(&victim.digest, ".map"),
+            ] {
+                match fs::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        tracing::info!(
+            digest = %victim.digest,
+            bytes = victim.bytes,
+            models = ?victim.models,
+            "evicted from the cache"
+        );
+        self.prune_model_trees()?;
+        Ok(true)
+    }
+
+    /// Removes `CACHE/models/<id>/` trees with a link to a file no longer stored.
+    fn prune_model_trees(&self) -> io::Result<()> {
+        fn dangling(dir: &Path) -> io::Result<bool> {
+            for entry in read_dir_or_empty(dir)? {
+                let meta = fs::symlink_metadata(&entry)?;
+                if meta.is_dir() {
+                    if dangling(&entry)? {
+                        return Ok(true);
+                    }
+                } else if meta.is_symlink() && !entry.exists() {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        for tree in read_dir_or_empty(&self.root.join("models"))? {
+            if dangling(&tree)? {
+                fs::remove_dir_all(&tree)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pins_dir(&self) -> PathBuf {
+        self.root.join("pins")
+    }
+
+    /// Keeps `model`'s files from eviction, whatever manifest a process uses.
+    pub fn pin(&self, model: &Model) -> io::Result<()> {
+        fs::create_dir_all(self.pins_dir())?;
+        let body: String = digests(model).iter().map(|d| format!("{d}\n")).collect();
+        let path = self.pins_dir().join(&model.id);
+        let tmp = self.temp_path(&model.files.first().map_or(Digest([0; 32]), |f| f.sha256));
+        fs::write(&tmp, body)?;
+        fs::rename(tmp, path)
+    }
+
+    /// False if the model was not pinned here.
+    pub fn unpin(&self, id: &str) -> io::Result<bool> {
+        match fs::remove_file(self.pins_dir().join(id)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn is_pinned(&self, model: &Model) -> bool {
+        model.pinned || self.pins_dir().join(&model.id).exists()
+    }
+
+    fn pinned_digests(&self) -> io::Result<HashSet<Digest>> {
+        let mut pinned: HashSet<Digest> = self
+            .catalog
+            .models
+            .iter()
+            .filter(|(_, _, pinned)| *pinned)
+            .flat_map(|(_, d, _)| d.iter().copied())
+            .collect();
+        for pin in read_dir_or_empty(&self.pins_dir())? {
+            let text = fs::read_to_string(&pin)?;
+            pinned.extend(text.lines().filter_map(|l| Digest::from_hex(l.trim()).ok()));
+        }
+        Ok(pinned)
+    }
+}
+
+/// Whether some process holds the file open as a blob (a shared flock).
+fn is_locked(path: &Path) -> io::Result<bool> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(fs::TryLockError::WouldBlock) => Ok(true),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// (available to unprivileged users, total) bytes of the file system at `path`.
+fn free_space(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid C string and a buffer of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs filled it when it returned 0.
+    let st = unsafe { st.assume_init() };
+    Ok((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
+}
+
+fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map(|e| e.path())).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
