@@ -329,9 +329,8 @@ fn blob_in_use(ws: &Workspace, data: &[u8]) -> bool {
     std::fs::File::open(path).is_ok_and(|f| f.try_lock().is_err())
 }
 
-#[test]
-fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
-    const QUOTA: u64 = 10 * MIB;
+/// Models a, b, c: one 4 MiB file each (w.bin, 1 MiB chunks), one server.
+fn three_models() -> (Workspace, RangeServer, Vec<Vec<u8>>) {
     let ws = Workspace::new();
     let data: Vec<_> = (0..3)
         .map(|i| sample_bytes(4 * MIB as usize, 50 + i))
@@ -342,6 +341,13 @@ fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
     let server = RangeServer::start(&ws.models());
     let entries = ["a", "b", "c"].map(|m| ws.entry(m, m, &[format!("{}/{m}", server.url())], MIB));
     ws.write_manifest(&entries);
+    (ws, server, data)
+}
+
+#[test]
+fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
+    const QUOTA: u64 = 10 * MIB;
+    let (ws, _server, data) = three_models();
     let quota = ["--max-cache-size", "10M"];
     let mut most = 0;
 
@@ -414,4 +420,86 @@ fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
         most.saturating_sub(QUOTA) as f64 / MIB as f64
     );
     assert!(most <= QUOTA + MIB, "the quota held within one chunk");
+}
+
+/// Flips one byte of a file in the cache.
+fn flip_byte(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+}
+
+#[test]
+fn verify_drops_what_is_bad_and_status_shows_corruption() {
+    let (ws, _server, data) = three_models();
+    let blob = |d: &[u8]| {
+        let hex = sha256_hex(d);
+        ws.cache().join(format!("blobs/{}/{hex}", &hex[..2]))
+    };
+    let verify = |models: &[&str]| {
+        let out = ws.modelfs().arg("verify").args(models).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+
+    assert!(
+        ws.modelfs()
+            .args(["prefetch", "a", "b"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // c partly: two chunks, read far apart so that no readahead joins them.
+    {
+        use std::os::unix::fs::FileExt;
+        let m = ws.mount();
+        let f = std::fs::File::open(m.path("c/w.bin")).unwrap();
+        let mut piece = [0u8; 4096];
+        for at in [3 * MIB + 5, 0] {
+            f.read_exact_at(&mut piece, at).unwrap();
+        }
+    }
+    assert_eq!(ws.status()["models"][2]["cached_bytes"], 2 * MIB);
+    let (code, out) = verify(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("a: ok, 4.0 MiB checked"), "{out}");
+
+    flip_byte(&blob(&data[0]), 12_345);
+    let mut partial = blob(&data[2]).into_os_string();
+    partial.push(".partial");
+    flip_byte(std::path::Path::new(&partial), 3 * MIB + 7);
+    let (code, out) = verify(&["a", "c"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("a: BAD: w.bin: does not match its sha256, removed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("c: BAD: w.bin: 1 chunks did not match"),
+        "{out}"
+    );
+    let status = ws.status();
+    let model = |i: usize| status["models"][i].clone();
+    assert_eq!(model(0)["state"], "absent");
+    assert_eq!(model(2)["cached_bytes"], MIB, "only the good chunk is kept");
+    assert_eq!(verify(&["a", "c"]).0, Some(0), "nothing bad is left");
+
+    // A complete file of the wrong size shows as corrupt; a mount heals it.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(blob(&data[1]))
+        .unwrap();
+    f.set_len(MIB).unwrap();
+    assert_eq!(ws.status()["models"][1]["state"], "corrupt");
+    let m = ws.mount();
+    assert!(std::fs::read(m.path("b/w.bin")).unwrap() == data[1]);
+    assert!(std::fs::read(m.path("c/w.bin")).unwrap() == data[2]);
 }

@@ -12,6 +12,17 @@ use super::chunk_map::ChunkMap;
 use crate::hash::Digest;
 use crate::manifest::FileEntry;
 
+/// What [`Blob::verify`] found.
+#[derive(Debug, Default)]
+pub struct Verified {
+    /// Bytes re-hashed (whole chunks).
+    pub bytes: u64,
+    /// Chunks whose data did not match; their bits are cleared.
+    pub bad_chunks: u64,
+    /// A complete file that did not match; it is removed.
+    pub bad_file: bool,
+}
+
 pub struct Blob {
     pub digest: Digest,
     pub size: u64,
@@ -106,7 +117,8 @@ impl Blob {
             map.file().lock_shared()?;
             let boot = boot_id();
             if map.dirty_since().is_some_and(|b| b != boot) {
-                reverify(&map, &file, entry)?;
+                let (kept, dropped) = reverify(&map, &file, entry)?;
+                tracing::warn!(file = %entry.path, kept, dropped, "re-verified chunks cached before an unclean shutdown");
             }
             map.mark_dirty(boot)?;
             blob.verified = AtomicU64::new(map.count());
@@ -152,8 +164,7 @@ impl Blob {
         if !self.is_complete() {
             return None;
         }
-        let data = self.data.read().unwrap_or_else(|p| p.into_inner());
-        data.as_ref()?.try_clone().ok()
+        self.data_file()
     }
 
     /// Reads verified bytes; the caller has checked that the chunks are present.
@@ -206,6 +217,39 @@ impl Blob {
         // The count misses bits other processes set; a later open rescans.
         self.verified.load(Ordering::Acquire) >= self.chunk_count()
             && self.map.as_ref().is_some_and(ChunkMap::all_set)
+    }
+
+    /// Re-hashes what is cached: a complete file whole (removed if it does
+    /// not match), a partial one chunk by chunk (bad chunks dropped).
+    /// Blocking.
+    pub fn verify(&self, entry: &FileEntry) -> io::Result<Verified> {
+        if let Some(file) = self.complete_file() {
+            let good = Digest::of_file(&file)? == self.digest;
+            if !good {
+                let _others_wait = self.lock_dir()?;
+                fs::remove_file(&self.complete_path)?;
+            }
+            return Ok(Verified {
+                bytes: self.size,
+                bad_chunks: 0,
+                bad_file: !good,
+            });
+        }
+        let (Some(map), Some(file)) = (&self.map, self.data_file()) else {
+            return Ok(Verified::default());
+        };
+        let (kept, dropped) = reverify(map, &file, entry)?;
+        self.verified.fetch_sub(dropped, Ordering::AcqRel);
+        Ok(Verified {
+            bytes: (kept + dropped) * self.chunk_size,
+            bad_chunks: dropped,
+            bad_file: false,
+        })
+    }
+
+    fn data_file(&self) -> Option<File> {
+        let data = self.data.read().unwrap_or_else(|p| p.into_inner());
+        data.as_ref()?.try_clone().ok()
     }
 
     /// Once every chunk is verified: checks the whole file against its
@@ -356,11 +400,11 @@ fn boot_id() -> [u8; 16] {
     id
 }
 
-/// Re-hashes every chunk a dirty map from another boot claims, and clears
-/// the bits whose data did not survive. Blocking; rare (after a power loss).
-fn reverify(map: &ChunkMap, file: &File, entry: &FileEntry) -> io::Result<()> {
+/// Re-hashes every chunk the map claims, and clears the bits whose data
+/// does not match: (kept, dropped). Blocking.
+fn reverify(map: &ChunkMap, file: &File, entry: &FileEntry) -> io::Result<(u64, u64)> {
     let Some(hashes) = &entry.chunks else {
-        return Ok(());
+        return Ok((0, 0));
     };
     let (mut kept, mut dropped) = (0, 0);
     let mut buf = vec![0u8; entry.chunk_size as usize];
@@ -381,8 +425,7 @@ fn reverify(map: &ChunkMap, file: &File, entry: &FileEntry) -> io::Result<()> {
             dropped += 1;
         }
     }
-    tracing::warn!(file = %entry.path, kept, dropped, "re-verified chunks cached before an unclean shutdown");
-    Ok(())
+    Ok((kept, dropped))
 }
 
 #[cfg(test)]

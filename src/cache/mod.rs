@@ -45,14 +45,19 @@ pub enum CacheError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Presence {
     Absent,
-    Partial { bytes: u64 },
+    Partial {
+        bytes: u64,
+    },
     Complete,
+    /// A complete file of the wrong size: it cannot be right, and the next
+    /// open discards it. (`modelfs verify` finds subtler damage.)
+    Corrupt,
 }
 
 impl Presence {
     pub fn bytes(self, size: u64) -> u64 {
         match self {
-            Presence::Absent => 0,
+            Presence::Absent | Presence::Corrupt => 0,
             Presence::Partial { bytes } => bytes,
             Presence::Complete => size,
         }
@@ -142,8 +147,12 @@ impl Cache {
             return Ok(blob.presence());
         }
         drop(open);
-        if fs::metadata(self.complete_path(&entry.sha256)).is_ok_and(|m| m.len() == entry.size) {
-            return Ok(Presence::Complete);
+        if let Ok(meta) = fs::metadata(self.complete_path(&entry.sha256)) {
+            return Ok(if meta.len() == entry.size {
+                Presence::Complete
+            } else {
+                Presence::Corrupt
+            });
         }
         if entry.chunks.is_none() {
             return Ok(Presence::Absent);

@@ -6,6 +6,7 @@ mod gc;
 mod mount;
 mod prefetch;
 mod report;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -177,6 +178,8 @@ enum Command {
     Pin(gc::PinArgs),
     /// Let a pinned model be evicted again.
     Unpin(gc::PinArgs),
+    /// Re-hash what the cache holds of models; drop what is bad (exit 1 if anything was).
+    Verify(verify::VerifyArgs),
     /// Write and check manifests.
     #[command(subcommand)]
     Manifest(ManifestCommand),
@@ -244,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Gc(args) => gc::gc(args),
         Command::Pin(args) => gc::pin(args, true),
         Command::Unpin(args) => gc::pin(args, false),
+        Command::Verify(args) => verify::verify(args),
         Command::Ls {
             model,
             manifest,
@@ -330,6 +334,14 @@ fn open_cache(
         tracing::info!(removed = swept, "removed temporary files of dead processes");
     }
     Ok(std::sync::Arc::new(cache))
+}
+
+/// The indexes of models `ids`, or of every model when there are none.
+fn model_indices(manifest: &Manifest, ids: &[String]) -> Result<Vec<usize>, UsageError> {
+    if ids.is_empty() {
+        return Ok((0..manifest.models.len()).collect());
+    }
+    ids.iter().map(|id| model_index(manifest, id)).collect()
 }
 
 fn load(path: &Path) -> anyhow::Result<Manifest> {

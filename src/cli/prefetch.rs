@@ -8,7 +8,7 @@ use clap::Args;
 use futures::future::join_all;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::{CacheArg, ManifestArg, QuotaArg, SourceArgs, init_logging, model_index, open_cache};
+use super::{CacheArg, ManifestArg, QuotaArg, SourceArgs, init_logging, model_indices, open_cache};
 use crate::cache::Cache;
 use crate::fetch::{FetchError, Fetcher, RetryPolicy, Target};
 use crate::manifest::Manifest;
@@ -35,14 +35,8 @@ pub struct PrefetchArgs {
 pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
     init_logging("warn");
     let manifest = Arc::new(Manifest::load(&args.manifest.manifest)?);
-    let models = if args.all {
-        (0..manifest.models.len()).collect()
-    } else {
-        args.models
-            .iter()
-            .map(|id| model_index(&manifest, id))
-            .collect::<Result<Vec<_>, _>>()?
-    };
+    // Without --all, clap requires at least one id.
+    let models = model_indices(&manifest, &args.models)?;
     let cache = open_cache(&args.cache, &args.quota, &manifest)?;
     let fetcher = Fetcher::new(
         Arc::clone(&cache),

@@ -31,7 +31,9 @@ fn model_state(model: &Model, presence: &[Presence]) -> (&'static str, u64, u64)
         .zip(presence)
         .map(|(f, p)| p.bytes(f.size))
         .sum();
-    let state = if presence.iter().all(|p| *p == Presence::Complete) {
+    let state = if presence.contains(&Presence::Corrupt) {
+        "corrupt"
+    } else if presence.iter().all(|p| *p == Presence::Complete) {
         "complete"
     } else if cached == 0 {
         "absent"
@@ -120,6 +122,7 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
                 .collect();
             let complete = presence.iter().filter(|p| **p == Presence::Complete).count();
             json!({"id": m.id, "state": state, "size": size, "cached_bytes": cached,
+                   "needed_bytes": size - cached,
                    "files_complete": complete, "pinned": pinned(cache.as_ref(), m),
                    "files": files})
         })

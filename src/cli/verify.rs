@@ -1,0 +1,61 @@
+//! `modelfs verify`: re-hash what the cache holds, drop what is bad.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::{CacheArg, ManifestArg, QuotaArg, init_logging, load, model_indices, open_cache};
+use crate::units::format_size;
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Model ids to check [default: every model of the manifest].
+    models: Vec<String>,
+    #[command(flatten)]
+    manifest: ManifestArg,
+    #[command(flatten)]
+    cache: CacheArg,
+}
+
+/// Exit code 1 if anything was bad (and has been dropped).
+pub fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
+    init_logging("warn");
+    let manifest = load(&args.manifest.manifest)?;
+    let models = model_indices(&manifest, &args.models)?;
+    let cache: Arc<_> = open_cache(&args.cache, &QuotaArg::none(), &manifest)?;
+    let mut bad_models = 0;
+    for m in models {
+        let model = &manifest.models[m];
+        let (mut checked, mut problems) = (0, Vec::new());
+        for entry in &model.files {
+            if cache.presence(entry)?.bytes(entry.size) == 0 {
+                continue;
+            }
+            let blob = cache.open_blob(entry)?;
+            let found = blob
+                .verify(entry)
+                .with_context(|| format!("{}/{}", model.id, entry.path))?;
+            checked += found.bytes.min(entry.size);
+            if found.bad_file {
+                problems.push(format!(
+                    "{}: does not match its sha256, removed",
+                    entry.path
+                ));
+            }
+            if found.bad_chunks > 0 {
+                problems.push(format!(
+                    "{}: {} chunks did not match their hashes, dropped",
+                    entry.path, found.bad_chunks
+                ));
+            }
+        }
+        if problems.is_empty() {
+            println!("{}: ok, {} checked", model.id, format_size(checked));
+        } else {
+            bad_models += 1;
+            println!("{}: BAD: {}", model.id, problems.join("; "));
+        }
+    }
+    Ok(if bad_models == 0 { 0 } else { 1 })
+}
