@@ -325,7 +325,7 @@ impl Cache {
         fs::create_dir_all(self.pins_dir())?;
         let body: String = digests(model).iter().map(|d| format!("{d}\n")).collect();
         let path = self.pins_dir().join(&model.id);
-        let tmp = self.temp_path(&model.files.first().map_or(Digest([0; 32]), |f| f.sha256));
+        let tmp = self.temp_path(&Digest([0; 32]));
         fs::write(&tmp, body)?;
         fs::rename(tmp, path)
     }

@@ -203,8 +203,8 @@ impl Cache {
     pub fn link_model(&self, model: &Model) -> io::Result<PathBuf> {
         let models = self.root.join("models");
         let dest = models.join(&model.id);
-        let tmp = models.join(format!(".{}.{}", model.id, std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
+        // Built in tmp/ so that a crash's half tree is swept like any download.
+        let tmp = self.temp_path(&model.files.first().map_or(Digest([0; 32]), |f| f.sha256));
         for file in &model.files {
             let link = tmp.join(&file.path);
             fs::create_dir_all(link.parent().expect("a file path has a parent"))?;
@@ -214,6 +214,7 @@ impl Cache {
             let target = format!("{}blobs/{}/{hex}", "../".repeat(depth), &hex[..2]);
             std::os::unix::fs::symlink(target, &link)?;
         }
+        fs::create_dir_all(&models)?;
         if dest.exists() {
             fs::remove_dir_all(&dest)?;
         }
@@ -259,8 +260,14 @@ impl Cache {
                 .to_str()
                 .and_then(|n| n.split('.').nth(1))
                 .and_then(|p| p.parse::<i32>().ok());
-            if pid.is_some_and(|p| !process_alive(p)) && fs::remove_file(entry.path()).is_ok() {
-                removed += 1;
+            if pid.is_some_and(|p| !process_alive(p)) {
+                let path = entry.path();
+                let gone = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                removed += usize::from(gone.is_ok());
             }
         }
         Ok(removed)
