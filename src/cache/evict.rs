@@ -394,3 +394,71 @@ fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<PathBuf>> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A complete blob of 4 KiB last used `age` seconds ago.
+    fn stored_blob(cache: &Cache, seed: u8, age: u64) -> (Digest, File) {
+        let digest = Digest([seed; 32]);
+        let path = cache.complete_path(&digest);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, [seed; 4096]).unwrap();
+        let file = File::open(&path).unwrap();
+        let at = SystemTime::now() - std::time::Duration::from_secs(age);
+        file.set_times(fs::FileTimes::new().set_accessed(at))
+            .unwrap();
+        (digest, file)
+    }
+
+    #[test]
+    fn plans_least_recent_models_first_and_skips_pinned_and_open_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let (orphan, _) = stored_blob(&cache, 1, 500);
+        let (old_only, _) = stored_blob(&cache, 2, 400);
+        let (shared, _) = stored_blob(&cache, 3, 300);
+        let (new_only, _) = stored_blob(&cache, 4, 100);
+        let (pinned, _) = stored_blob(&cache, 5, 900);
+        let (open, held) = stored_blob(&cache, 6, 900);
+        held.lock_shared().unwrap();
+        let cache = cache.with_catalog(Catalog {
+            models: vec![
+                ("old".into(), vec![old_only, shared], false),
+                ("new".into(), vec![shared, new_only], false),
+                ("p".into(), vec![pinned], true),
+            ],
+        });
+
+        let all = cache.plan(u64::MAX).unwrap();
+        let order: Vec<_> = all.evict.iter().map(|s| s.digest).collect();
+        // "old" was last used with `shared` (300 s ago), but `shared` goes with "new" (100 s).
+        assert_eq!(order[..2], [orphan, old_only]);
+        assert_eq!(order.len(), 4);
+        assert!(order[2..].contains(&shared) && order[2..].contains(&new_only));
+        assert_eq!((all.pinned.0, all.in_use.0), (1, 1));
+        assert!(all.short > 0, "pinned and open files cannot be freed");
+        assert!(!order.contains(&pinned) && !order.contains(&open));
+
+        let some = cache.plan(4097).unwrap();
+        assert_eq!(some.evict.len(), 2, "just enough, oldest first");
+        assert_eq!(some.short, 0);
+
+        assert!(
+            !cache
+                .evict(
+                    &cache
+                        .stored()
+                        .unwrap()
+                        .into_iter()
+                        .find(|s| s.digest == open)
+                        .unwrap()
+                )
+                .unwrap(),
+            "a file opened since the plan stays"
+        );
+        assert!(cache.evict(&some.evict[0]).unwrap());
+        assert!(!cache.complete_path(&orphan).exists());
+    }
+}
