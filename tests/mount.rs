@@ -360,3 +360,33 @@ fn xattr(path: &std::path::Path, name: &str) -> String {
     buf.truncate(len as usize);
     String::from_utf8(buf).unwrap()
 }
+
+#[test]
+fn an_ephemeral_cache_is_gone_after_unmount() {
+    let (ws, _server, data) = single_model(3 * MIB as usize, MIB);
+    let eph = ws.path("ephemeral-cache");
+    let m = Mount::start(&ws, &["--ephemeral", "--cache-dir", eph.to_str().unwrap()]);
+    assert!(fs::read(m.path("m@1/weights.bin")).unwrap() == data);
+    assert!(
+        eph.join("blobs").is_dir(),
+        "the mount caches in its own directory"
+    );
+    drop(m);
+    assert!(!eph.exists(), "the ephemeral cache outlived its mount");
+    assert!(
+        !ws.cache().join("VERSION").exists(),
+        "the shared cache was not touched"
+    );
+
+    // It never adopts, and so never deletes, a directory that exists.
+    let out = ws
+        .modelfs()
+        .args(["mount", "--ephemeral", "--cache-dir"])
+        .arg(ws.cache())
+        .arg(ws.mnt())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must not exist yet"));
+    assert!(ws.cache().is_dir());
+}

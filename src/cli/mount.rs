@@ -31,6 +31,10 @@ pub struct MountArgs {
     manifest: ManifestArg,
     #[command(flatten)]
     cache: CacheArg,
+    /// Use a new cache that is deleted at unmount: in $TMPDIR, or at
+    /// --cache-dir DIR, which must not exist yet.
+    #[arg(long)]
+    ephemeral: bool,
     /// Return once the mount is ready and keep serving in the background.
     #[arg(long)]
     daemon: bool,
@@ -54,7 +58,14 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     init_logging("info");
     let manifest = Arc::new(Manifest::load(&args.manifest.manifest)?);
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
-    let cache = open_cache(&args.cache, &args.quota, &manifest)?;
+    let ephemeral = args
+        .ephemeral
+        .then(|| EphemeralCache::create(&args.cache))
+        .transpose()?;
+    let cache_arg = ephemeral
+        .as_ref()
+        .map_or_else(|| args.cache.clone(), EphemeralCache::arg);
+    let cache = open_cache(&cache_arg, &args.quota, &manifest)?;
     let ready = if args.daemon {
         let log = args
             .log_file
@@ -277,6 +288,58 @@ fn is_mounted(path: &Path) -> bool {
     let want = path.to_string_lossy().replace(' ', "\\040");
     info.lines()
         .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// `--ephemeral`: a cache directory of this mount's own, removed when it
+/// ends (after everything in it was closed). A `kill -9` leaves it behind,
+/// in $TMPDIR unless --cache-dir put it elsewhere. A daemon's default log
+/// is in it too: pass --log-file to keep the log.
+struct EphemeralCache(PathBuf);
+
+impl EphemeralCache {
+    fn create(given: &CacheArg) -> anyhow::Result<EphemeralCache> {
+        let dir = match &given.cache_dir {
+            Some(dir) if dir.exists() => {
+                return Err(UsageError(format!(
+                    "--ephemeral deletes its cache at unmount, so --cache-dir {} must not exist yet",
+                    dir.display()
+                ))
+                .into());
+            }
+            Some(dir) => dir.clone(),
+            None => {
+                let nanos = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                std::env::temp_dir()
+                    .join(format!("modelfs-ephemeral-{}-{nanos}", std::process::id()))
+            }
+        };
+        // create_dir, not create_dir_all: never adopt (and later delete) an existing directory.
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(EphemeralCache(dir))
+    }
+
+    fn arg(&self) -> CacheArg {
+        CacheArg {
+            cache_dir: Some(self.0.clone()),
+        }
+    }
+}
+
+impl Drop for EphemeralCache {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Ok(()) => info!(cache = %self.0.display(), "removed the ephemeral cache"),
+            Err(e) => {
+                warn!(cache = %self.0.display(), error = %e, "cannot remove the ephemeral cache")
+            }
+        }
+    }
 }
 
 /// `CACHE/mounts/<pid>`: tells `modelfs status` which mounts use the cache.
