@@ -107,5 +107,10 @@ say "unmount (the cache stays for the next mount)"
 "$modelfs" umount "$work/mnt"
 for _ in $(seq 100); do mountpoint -q "$work/mnt" || break; sleep 0.05; done
 "$modelfs" ls
+
+say "prefetch every model; each ready tree works without FUSE"
+"$modelfs" prefetch --all
+ls -l "$("$modelfs" prefetch tiny-gpt@fp32)"
+"$modelfs" verify
 echo
 echo "demo done: work dir $work"
