@@ -358,10 +358,17 @@ fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
             std::fs::read(m.path(&format!("{id}/w.bin"))).unwrap();
         }
     }
-    let m = Mount::start(&ws, &quota);
+    let addr = free_addr();
+    let m = Mount::start(&ws, &[&quota[..], &["--metrics-addr", &addr]].concat());
     let (got, seen) = read_watching_size(&ws, &m.path("c/w.bin"));
     assert!(got.unwrap() == data[2]);
     most = most.max(seen);
+    assert_eq!(
+        metric(&http_get(&addr, "/metrics").1, "modelfs_evictions_total"),
+        1.0
+    );
+    let health: serde_json::Value = serde_json::from_str(&http_get(&addr, "/healthz").1).unwrap();
+    assert_eq!(health["quota_bytes"], QUOTA);
     wait_for_states(
         &ws,
         &[("a", "absent"), ("b", "complete"), ("c", "complete")],

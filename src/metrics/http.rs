@@ -89,7 +89,7 @@ async fn answer(
         "mounted": true,
         "cache_dir": endpoint.cache.root(),
         "cache_bytes": cache_bytes,
-        "quota_bytes": null,
+        "quota_bytes": endpoint.cache.quota().max_bytes,
         "models": endpoint.models,
         "sources": endpoint.metrics.last_errors(),
     });
