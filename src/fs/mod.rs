@@ -225,11 +225,8 @@ impl ModelFs {
         }
         let target = self.target(model, file);
         let blob = self.cache.open_blob(target.entry())?;
-        if blob.all_chunks_verified() && !blob.is_complete() {
-            // A previous run verified every chunk but stopped before the final check.
-            let _runtime = self.runtime.enter();
-            crate::fetch::finish_in_background(&target, &blob);
-        }
+        // A previous run may have verified every chunk but stopped before the final check.
+        self.finish_if_verified(&target, &blob);
         let handle = Arc::new(OpenFile {
             readahead: Mutex::new(Readahead::new(blob.chunk_size)),
             target,
@@ -249,10 +246,27 @@ impl ModelFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
+        if let Some(h) = &handle {
+            self.finish_if_verified(&h.target, &h.blob);
+        }
         // Dropping the last handle on a partial file syncs it: let that
         // happen on the runtime's blocking pool, not on the caller's thread.
         let _runtime = self.runtime.enter();
         drop(handle);
+    }
+
+    /// Publishes a partial file whose chunks are all verified, counting the
+    /// bits other processes set: when processes share the work, the one that
+    /// sets the last bit may not know the others did theirs.
+    fn finish_if_verified(&self, target: &Target, blob: &Arc<Blob>) {
+        if blob.is_complete() {
+            return;
+        }
+        blob.recount_verified();
+        if blob.all_chunks_verified() {
+            let _runtime = self.runtime.enter();
+            crate::fetch::finish_in_background(target, blob);
+        }
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<OpenFile>, FsError> {
