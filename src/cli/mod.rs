@@ -171,8 +171,10 @@ enum Command {
     /// loaders can use without a mount. Models already complete cost nothing;
     /// safe to run while mounts use the same cache (each chunk is fetched once).
     Prefetch(prefetch::PrefetchArgs),
-    /// Evict least recently used models that no process uses and nobody
-    /// pinned, until the cache fits its quota and leaves 5% of its file system free.
+    /// Evict least recently used, unpinned, unused models until the cache fits its quota.
+    ///
+    /// Files open in any process and files of pinned models stay. The cache must
+    /// also leave 5% of its file system free. --dry-run shows what would go.
     Gc(gc::GcArgs),
     /// Keep a model's files from eviction (recorded in the cache, for every manifest).
     Pin(gc::PinArgs),
