@@ -329,17 +329,20 @@ fn blob_in_use(ws: &Workspace, data: &[u8]) -> bool {
     std::fs::File::open(path).is_ok_and(|f| f.try_lock().is_err())
 }
 
-/// Models a, b, c: one 4 MiB file each (w.bin, 1 MiB chunks), one server.
-fn three_models() -> (Workspace, RangeServer, Vec<Vec<u8>>) {
+/// Models a, b, c, ... (`ids`): one 4 MiB file each (w.bin, 1 MiB chunks), one server.
+fn models(ids: &[&str]) -> (Workspace, RangeServer, Vec<Vec<u8>>) {
     let ws = Workspace::new();
-    let data: Vec<_> = (0..3)
-        .map(|i| sample_bytes(4 * MIB as usize, 50 + i))
+    let data: Vec<_> = (0..ids.len())
+        .map(|i| sample_bytes(4 * MIB as usize, 50 + i as u64))
         .collect();
-    for (m, d) in ["a", "b", "c"].iter().zip(&data) {
+    for (m, d) in ids.iter().zip(&data) {
         ws.add_file(m, "w.bin", d);
     }
     let server = RangeServer::start(&ws.models());
-    let entries = ["a", "b", "c"].map(|m| ws.entry(m, m, &[format!("{}/{m}", server.url())], MIB));
+    let entries: Vec<_> = ids
+        .iter()
+        .map(|m| ws.entry(m, m, &[format!("{}/{m}", server.url())], MIB))
+        .collect();
     ws.write_manifest(&entries);
     (ws, server, data)
 }
@@ -347,7 +350,7 @@ fn three_models() -> (Workspace, RangeServer, Vec<Vec<u8>>) {
 #[test]
 fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
     const QUOTA: u64 = 10 * MIB;
-    let (ws, _server, data) = three_models();
+    let (ws, _server, data) = models(&["a", "b", "c"]);
     let quota = ["--max-cache-size", "10M"];
     let mut most = 0;
 
@@ -444,7 +447,7 @@ fn flip_byte(path: &std::path::Path, at: u64) {
 
 #[test]
 fn verify_drops_what_is_bad_and_status_shows_corruption() {
-    let (ws, _server, data) = three_models();
+    let (ws, _server, data) = models(&["a", "b", "c"]);
     let blob = |d: &[u8]| {
         let hex = sha256_hex(d);
         ws.cache().join(format!("blobs/{}/{hex}", &hex[..2]))
@@ -535,4 +538,50 @@ fn a_file_filled_by_two_mounts_is_completed_when_they_close_it() {
     drop(files);
     wait_for_states(&ws, &[("m", "complete")]);
     assert_eq!(server.bytes_sent(), data.len() as u64, "each chunk once");
+}
+
+#[test]
+fn two_mounts_filling_one_quota_overshoot_by_at_most_a_chunk_each() {
+    const QUOTA: u64 = 10 * MIB;
+    let (ws, server, data) = models(&["a", "b", "c", "d"]);
+    let quota = ["--max-cache-size", "10M"];
+    let first = Mount::start(&ws, &quota);
+    for id in ["a", "b"] {
+        std::fs::read(first.path(&format!("{id}/w.bin"))).unwrap();
+    }
+    wait_for_states(
+        &ws,
+        &[
+            ("a", "complete"),
+            ("b", "complete"),
+            ("c", "absent"),
+            ("d", "absent"),
+        ],
+    );
+    // c and d at once, one per mount, slow enough to interleave: a and b must go.
+    server.set_rate(8 * MIB);
+    let second = Mount::start_on(&ws, &ws.path("mnt2"), &quota, &[]);
+    let (c, d) = (first.path("c/w.bin"), second.path("d/w.bin"));
+    let (reads, most) = std::thread::scope(|s| {
+        let other = s.spawn(|| std::fs::read(&d));
+        let (got, most) = read_watching_size(&ws, &c);
+        ((got, other.join().unwrap()), most)
+    });
+    assert!(reads.0.unwrap() == data[2] && reads.1.unwrap() == data[3]);
+    wait_for_states(
+        &ws,
+        &[
+            ("a", "absent"),
+            ("b", "absent"),
+            ("c", "complete"),
+            ("d", "complete"),
+        ],
+    );
+    eprintln!(
+        "quota: two mounts at once: largest size seen {:.2} MiB under {:.0} MiB (overshoot {:.2} MiB)",
+        most as f64 / MIB as f64,
+        QUOTA as f64 / MIB as f64,
+        most.saturating_sub(QUOTA) as f64 / MIB as f64
+    );
+    assert!(most <= QUOTA + 2 * MIB, "within a chunk per stream");
 }

@@ -186,6 +186,31 @@ impl Blob {
         file.write_all_at(data, offset)
     }
 
+    /// Allocates disk blocks for a range of the partial file before it is
+    /// fetched, so that the space is counted (by every process, through the
+    /// file system) from the moment it is reserved. A file system without
+    /// `fallocate` just fills the blocks as they are written.
+    pub fn allocate(&self, range: std::ops::Range<u64>) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let guard = self.data.read().unwrap_or_else(|p| p.into_inner());
+        let Some(file) = guard.as_ref() else {
+            return Ok(());
+        };
+        let (offset, len) = (
+            range.start as libc::off_t,
+            (range.end - range.start) as libc::off_t,
+        );
+        // SAFETY: a valid descriptor; mode 0 allocates within the file's size.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, len) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => Ok(()),
+            _ => Err(e),
+        }
+    }
+
     /// Records chunk `index` as verified, once its bytes are written. The
     /// map is dirty while open, so a power loss before the data reaches the
     /// disk makes the next open re-verify instead of trusting the bit.

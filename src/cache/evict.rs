@@ -27,9 +27,19 @@ use crate::units::format_size;
 /// The free-space floor: like mountpoint-s3, leave 5% of the file system.
 pub const MIN_FREE_PERCENT: u64 = 5;
 
-/// How long a usage figure is trusted before the cache is walked again;
-/// other processes add to it meanwhile.
-const USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a measured usage is the base of estimates before the cache is
+/// walked again (estimates err on the high side; this only bounds drift).
+const RECALIBRATE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The cache walked (bytes) and the file system's used bytes at that moment:
+/// the cache's usage now is at most `walked` plus what the file system
+/// gained since, whoever wrote it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Calibration {
+    walked: u64,
+    fs_used: u64,
+    at: Instant,
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Quota {
@@ -100,50 +110,84 @@ impl Cache {
         self.quota
     }
 
-    /// Makes room for `len` more bytes, evicting if needed; the number of
-    /// files evicted. When nothing more can go, a `StorageFull` error that
-    /// says what holds the space.
-    pub fn reserve(&self, len: u64) -> io::Result<u64> {
-        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        // A recent figure will do while far from the limit.
-        if let Some((bytes, at)) = *usage
-            && at.elapsed() < USAGE_TTL
-            && self.shortfall(bytes, len + bytes / 8)? == 0
-        {
-            *usage = Some((bytes + len, at));
-            return Ok(0);
-        }
-        let mut bytes = self.disk_usage();
-        let short = self.shortfall(bytes, len)?;
-        let mut evicted = 0;
-        if short > 0 {
-            let plan = self.plan(short)?;
-            for victim in &plan.evict {
-                if self.evict(victim)? {
-                    evicted += 1;
-                }
+    /// Makes room for `len` more bytes, evicting if needed, then runs
+    /// `allocate` (which should allocate them on disk) before any other
+    /// process may reserve: reservations are serialized across processes by
+    /// an `flock` on `CACHE/quota.lock`, and each sees the others' space in
+    /// the file system's counts. Returns the number of files evicted. When
+    /// nothing more can go, a `StorageFull` error that says what holds the space.
+    pub fn reserve(&self, len: u64, allocate: impl FnOnce() -> io::Result<()>) -> io::Result<u64> {
+        // The process lock first: threads sharing the lock file's descriptor
+        // would all hold its flock at once.
+        let mut calibration = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let _other_processes_wait = self.quota_lock()?;
+        let fs = fs_space(&self.root)?;
+        let estimate = match *calibration {
+            Some(c) if c.at.elapsed() < RECALIBRATE_AFTER => {
+                c.walked + fs.used.saturating_sub(c.fs_used)
             }
-            bytes = self.disk_usage();
+            _ => self.calibrate(&mut calibration)?,
+        };
+        let mut evicted = 0;
+        if self.shortfall(estimate, len)? > 0 {
+            let bytes = self.calibrate(&mut calibration)?;
             let short = self.shortfall(bytes, len)?;
             if short > 0 {
-                *usage = Some((bytes, Instant::now()));
-                return Err(io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    format!(
-                        "cache full: {} more needed and nothing else can be evicted \
-                         ({} on disk; in use: {} files, {}; pinned: {} files, {})",
-                        format_size(short),
-                        format_size(bytes),
-                        plan.in_use.0,
-                        format_size(plan.in_use.1),
-                        plan.pinned.0,
-                        format_size(plan.pinned.1),
-                    ),
-                ));
+                let plan = self.plan(short)?;
+                for victim in &plan.evict {
+                    if self.evict(victim)? {
+                        evicted += 1;
+                    }
+                }
+                let bytes = self.calibrate(&mut calibration)?;
+                let short = self.shortfall(bytes, len)?;
+                if short > 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        format!(
+                            "cache full: {} more needed and nothing else can be evicted \
+                             ({} on disk; in use: {} files, {}; pinned: {} files, {})",
+                            format_size(short),
+                            format_size(bytes),
+                            plan.in_use.0,
+                            format_size(plan.in_use.1),
+                            plan.pinned.0,
+                            format_size(plan.pinned.1),
+                        ),
+                    ));
+                }
             }
         }
-        *usage = Some((bytes + len, Instant::now()));
+        allocate()?;
         Ok(evicted)
+    }
+
+    /// Walks the cache and records it with the file system's count.
+    fn calibrate(&self, calibration: &mut Option<Calibration>) -> io::Result<u64> {
+        let fs_used = fs_space(&self.root)?.used;
+        let walked = self.disk_usage();
+        *calibration = Some(Calibration {
+            walked,
+            fs_used,
+            at: Instant::now(),
+        });
+        Ok(walked)
+    }
+
+    fn quota_lock(&self) -> io::Result<Unlocks<'_>> {
+        let file = match self.quota_lock.get() {
+            Some(f) => f,
+            None => {
+                let f = fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(self.root.join("quota.lock"))?;
+                self.quota_lock.get_or_init(|| f)
+            }
+        };
+        file.lock()?;
+        Ok(Unlocks(file))
     }
 
     /// Bytes over the quota or under the free-space floor if `len` more
@@ -153,9 +197,9 @@ impl Cache {
             .quota
             .max_bytes
             .map_or(0, |max| (bytes + len).saturating_sub(max));
-        let (avail, total) = free_space(&self.root)?;
-        let floor = total / 100 * MIN_FREE_PERCENT;
-        let under_floor = (floor + len).saturating_sub(avail);
+        let fs = fs_space(&self.root)?;
+        let floor = fs.total / 100 * MIN_FREE_PERCENT;
+        let under_floor = (floor + len).saturating_sub(fs.avail);
         Ok(over_quota.max(under_floor))
     }
 
@@ -373,8 +417,23 @@ fn is_locked(path: &Path) -> io::Result<bool> {
     }
 }
 
-/// (available to unprivileged users, total) bytes of the file system at `path`.
-fn free_space(path: &Path) -> io::Result<(u64, u64)> {
+/// Holds a file's `flock` until dropped.
+struct Unlocks<'a>(&'a File);
+
+impl Drop for Unlocks<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+struct FsSpace {
+    /// Available to unprivileged users.
+    avail: u64,
+    used: u64,
+    total: u64,
+}
+
+fn fs_space(path: &Path) -> io::Result<FsSpace> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
@@ -384,7 +443,11 @@ fn free_space(path: &Path) -> io::Result<(u64, u64)> {
     }
     // SAFETY: statvfs filled it when it returned 0.
     let st = unsafe { st.assume_init() };
-    Ok((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
+    Ok(FsSpace {
+        avail: st.f_bavail * st.f_frsize,
+        used: (st.f_blocks - st.f_bfree) * st.f_frsize,
+        total: st.f_blocks * st.f_frsize,
+    })
 }
 
 fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<PathBuf>> {

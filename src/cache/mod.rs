@@ -71,8 +71,10 @@ pub struct Cache {
     open: Mutex<HashMap<Digest, Weak<Blob>>>,
     quota: Quota,
     catalog: Catalog,
-    /// Bytes on disk as last measured (plus reservations since), and when.
-    usage: Mutex<Option<(u64, std::time::Instant)>>,
+    /// The last walk of the cache, the base of usage estimates.
+    usage: Mutex<Option<evict::Calibration>>,
+    /// `CACHE/quota.lock`, opened at the first reservation.
+    quota_lock: std::sync::OnceLock<fs::File>,
 }
 
 impl Cache {
@@ -107,6 +109,7 @@ impl Cache {
             quota: Quota::default(),
             catalog: Catalog::default(),
             usage: Mutex::new(None),
+            quota_lock: std::sync::OnceLock::new(),
         })
     }
 

@@ -101,7 +101,7 @@ fn serve(
         .build()
         .context("cannot start the async runtime")?;
     // A quota lowered since the last mount applies now, not at the next fetch.
-    match cache.reserve(0) {
+    match cache.reserve(0, || Ok(())) {
         Ok(0) => {}
         Ok(n) => info!(evicted = n, "evicted files to fit the cache's quota"),
         Err(e) => warn!(error = %e, "the cache is over its quota"),

@@ -184,10 +184,16 @@ impl Fetcher {
     }
 
     /// Evicts what the quota and free-space floor need before `len` bytes
-    /// are written; a full cache is a local error (ENOSPC), not a source's.
-    async fn make_room(&self, target: &Target, len: u64) -> Result<(), FetchError> {
+    /// are written, then `allocate`s them; a full cache is a local error
+    /// (ENOSPC), not a source's.
+    async fn make_room(
+        &self,
+        target: &Target,
+        len: u64,
+        allocate: impl FnOnce() -> io::Result<()> + Send + 'static,
+    ) -> Result<(), FetchError> {
         let cache = Arc::clone(&self.cache);
-        match blocking(move || cache.reserve(len)).await {
+        match blocking(move || cache.reserve(len, allocate)).await {
             Ok(evicted) => {
                 self.metrics.evicted(evicted);
                 Ok(())
@@ -299,7 +305,11 @@ impl Fetcher {
             }
             return Ok(());
         }
-        self.make_room(target, range.end - range.start).await?;
+        let (for_chunk, chunk) = (Arc::clone(blob), range.clone());
+        self.make_room(target, range.end - range.start, move || {
+            for_chunk.allocate(chunk)
+        })
+        .await?;
         let mut attempts = Vec::new();
         let order = self
             .health
@@ -341,7 +351,7 @@ impl Fetcher {
     async fn fetch_whole(&self, target: &Target, blob: &Arc<Blob>) -> Result<(), FetchError> {
         let entry = target.entry();
         let tmp = self.cache.temp_path(&blob.digest);
-        self.make_room(target, entry.size).await?;
+        self.make_room(target, entry.size, || Ok(())).await?;
         let mut attempts = Vec::new();
         for round in 0..entry.locations.len() {
             let file = File::create(&tmp).and_then(|f| f.set_len(entry.size).map(|()| f));
