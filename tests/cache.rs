@@ -103,17 +103,9 @@ fn prefetch_makes_models_complete_and_prints_their_trees() {
     let entries = ["a", "b"].map(|m| ws.entry(m, m, &[format!("{}/{m}", server.url())], MIB));
     ws.write_manifest(&entries);
 
-    let out = ws.modelfs().args(["prefetch", "a"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = ws.run_ok(&["prefetch".as_ref(), "a".as_ref()]);
     let tree = ws.cache().canonicalize().unwrap().join("models/a");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        tree.to_str().unwrap()
-    );
+    assert_eq!(out.trim(), tree.to_str().unwrap());
     assert_eq!(std::fs::read(tree.join("sub/w.bin")).unwrap(), a);
     assert_eq!(std::fs::read(tree.join("config.json")).unwrap(), b"{}");
     let status = ws.status();
@@ -131,9 +123,7 @@ fn prefetch_makes_models_complete_and_prints_their_trees() {
 
     // Again: nothing to fetch, same answer.
     let before = server.bytes_sent();
-    let again = ws.modelfs().args(["prefetch", "a"]).output().unwrap();
-    assert!(again.status.success());
-    assert_eq!(again.stdout, out.stdout);
+    assert_eq!(ws.run_ok(&["prefetch".as_ref(), "a".as_ref()]), out);
     assert_eq!(
         server.bytes_sent(),
         before,
@@ -411,16 +401,7 @@ fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
     assert!(String::from_utf8_lossy(&dry.stdout).contains("would evict"));
     assert_eq!(cache_disk_bytes(&ws), before);
     assert_eq!(states(&ws)[0].1, "complete");
-    let gc = ws
-        .modelfs()
-        .args(["gc", "--max-cache-size", "5M"])
-        .output()
-        .unwrap();
-    assert!(
-        gc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gc.stderr)
-    );
+    ws.run_ok(&["gc", "--max-cache-size", "5M"].map(AsRef::as_ref));
     wait_for_states(&ws, &[("a", "absent"), ("b", "absent"), ("c", "complete")]);
 
     eprintln!(

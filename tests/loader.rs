@@ -46,20 +46,38 @@ with safe_open(sys.argv[1], framework="np") as f:
         print(name, t.shape, t.dtype, hashlib.sha256(t.tobytes()).hexdigest())
 "#;
 
-#[test]
-fn safetensors_safe_open_reads_the_right_tensors() {
-    let ws = Workspace::new();
-    let original = ws.models().join("m/model.safetensors");
+/// Model `tiny@fp32`: a safetensors file at `rel` under it, written by
+/// Python, served in 64 KiB chunks. Returns the tensors' summary.
+fn tiny_model(ws: &Workspace, rel: &str) -> (RangeServer, String) {
+    let original = ws.models().join("m").join(rel);
     std::fs::create_dir_all(original.parent().unwrap()).unwrap();
     python(WRITE, &[&original]);
     let expected = python(SUMMARY, &[&original]);
     assert_eq!(expected.lines().count(), 3);
-
     let server = RangeServer::start(&ws.models());
     // 64 KiB chunks: the tensors span many, read out of order by mmap faults.
     ws.write_manifest(&[ws.entry("m", "tiny@fp32", &[format!("{}/m", server.url())], 1 << 16)]);
+    (server, expected)
+}
+
+#[test]
+fn safetensors_safe_open_reads_the_right_tensors() {
+    let ws = Workspace::new();
+    let (server, expected) = tiny_model(&ws, "model.safetensors");
     let m = ws.mount();
     let mounted = m.path("tiny@fp32/model.safetensors");
     assert_eq!(python(SUMMARY, &[&mounted]), expected);
     assert!(server.bytes_sent() > 0);
+}
+
+#[test]
+fn safetensors_loads_from_a_prefetched_tree_without_a_mount() {
+    let ws = Workspace::new();
+    let (_server, expected) = tiny_model(&ws, "sub/model.safetensors");
+    let out = ws.run_ok(&["prefetch".as_ref(), "tiny@fp32".as_ref()]);
+    let tree = std::path::PathBuf::from(out.trim());
+    assert_eq!(
+        python(SUMMARY, &[&tree.join("sub/model.safetensors")]),
+        expected
+    );
 }

@@ -312,18 +312,7 @@ fn sigterm_and_sigint_unmount_cleanly() {
 #[test]
 fn daemon_returns_when_ready_and_umount_ends_it() {
     let (ws, _server, data) = single_model(100_000, 1 << 16);
-    let out = ws
-        .modelfs()
-        .arg("mount")
-        .arg(ws.mnt())
-        .arg("--daemon")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ws.run_ok(&["mount".as_ref(), ws.mnt().as_os_str(), "--daemon".as_ref()]);
     assert!(
         is_mounted(&ws.mnt()),
         "mounted by the time --daemon returns"
@@ -333,12 +322,7 @@ fn daemon_returns_when_ready_and_umount_ends_it() {
     assert_eq!(mounts.len(), 1);
     let pid = mounts[0]["pid"].as_i64().unwrap() as i32;
 
-    let out = ws.modelfs().arg("umount").arg(ws.mnt()).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ws.run_ok(&["umount".as_ref(), ws.mnt().as_os_str()]);
     assert!(!is_mounted(&ws.mnt()));
     // SAFETY: signal 0 only probes for the process.
     wait_for("the daemon to exit", || unsafe { libc::kill(pid, 0) } != 0);

@@ -142,6 +142,17 @@ impl Workspace {
         c
     }
 
+    /// Runs `modelfs ARGS...`, which must succeed; its standard output.
+    pub fn run_ok(&self, args: &[&std::ffi::OsStr]) -> String {
+        let out = self.modelfs().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "modelfs {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// `modelfs status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
         let out = self.modelfs().args(["status", "--json"]).output().unwrap();
