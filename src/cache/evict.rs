@@ -31,13 +31,13 @@ pub const MIN_FREE_PERCENT: u64 = 5;
 /// walked again (estimates err on the high side; this only bounds drift).
 const RECALIBRATE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The cache walked (bytes) and the file system's used bytes at that moment:
-/// the cache's usage now is at most `walked` plus what the file system
-/// gained since, whoever wrote it.
+/// The cache walked (bytes), and the shared count of bytes ever reserved
+/// at that moment: the cache's usage now is at most `walked` plus what was
+/// reserved since, by any process (evictions only make it less).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Calibration {
     walked: u64,
-    fs_used: u64,
+    reserved: u64,
     at: Instant,
 }
 
@@ -111,26 +111,27 @@ impl Cache {
     }
 
     /// Makes room for `len` more bytes, evicting if needed, then runs
-    /// `allocate` (which should allocate them on disk) before any other
-    /// process may reserve: reservations are serialized across processes by
-    /// an `flock` on `CACHE/quota.lock`, and each sees the others' space in
-    /// the file system's counts. Returns the number of files evicted. When
-    /// nothing more can go, a `StorageFull` error that says what holds the space.
+    /// `allocate` (which should allocate them on disk). Reservations are
+    /// serialized across processes by an `flock` on `CACHE/quota.lock`, which
+    /// also holds the count of bytes ever reserved, so each process's
+    /// estimate includes every other's chunks in flight. Returns the number
+    /// of files evicted. When nothing more can go, a `StorageFull` error that
+    /// says what holds the space.
     pub fn reserve(&self, len: u64, allocate: impl FnOnce() -> io::Result<()>) -> io::Result<u64> {
         // The process lock first: threads sharing the lock file's descriptor
         // would all hold its flock at once.
         let mut calibration = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        let _other_processes_wait = self.quota_lock()?;
-        let fs = fs_space(&self.root)?;
+        let lock = self.quota_lock()?;
+        let reserved = lock.reserved()?;
         let estimate = match *calibration {
             Some(c) if c.at.elapsed() < RECALIBRATE_AFTER => {
-                c.walked + fs.used.saturating_sub(c.fs_used)
+                c.walked + reserved.saturating_sub(c.reserved)
             }
-            _ => self.calibrate(&mut calibration)?,
+            _ => self.calibrate(&mut calibration, reserved)?,
         };
         let mut evicted = 0;
         if self.shortfall(estimate, len)? > 0 {
-            let bytes = self.calibrate(&mut calibration)?;
+            let bytes = self.calibrate(&mut calibration, reserved)?;
             let short = self.shortfall(bytes, len)?;
             if short > 0 {
                 let plan = self.plan(short)?;
@@ -139,7 +140,7 @@ impl Cache {
                         evicted += 1;
                     }
                 }
-                let bytes = self.calibrate(&mut calibration)?;
+                let bytes = self.calibrate(&mut calibration, reserved)?;
                 let short = self.shortfall(bytes, len)?;
                 if short > 0 {
                     return Err(io::Error::new(
@@ -159,35 +160,36 @@ impl Cache {
             }
         }
         allocate()?;
+        lock.set_reserved(reserved + len)?;
         Ok(evicted)
     }
 
-    /// Walks the cache and records it with the file system's count.
-    fn calibrate(&self, calibration: &mut Option<Calibration>) -> io::Result<u64> {
-        let fs_used = fs_space(&self.root)?.used;
+    /// Walks the cache; `reserved` is the shared count now.
+    fn calibrate(&self, calibration: &mut Option<Calibration>, reserved: u64) -> io::Result<u64> {
         let walked = self.disk_usage();
         *calibration = Some(Calibration {
             walked,
-            fs_used,
+            reserved,
             at: Instant::now(),
         });
         Ok(walked)
     }
 
-    fn quota_lock(&self) -> io::Result<Unlocks<'_>> {
+    fn quota_lock(&self) -> io::Result<QuotaLock<'_>> {
         let file = match self.quota_lock.get() {
             Some(f) => f,
             None => {
                 let f = fs::OpenOptions::new()
                     .create(true)
                     .truncate(false)
+                    .read(true)
                     .write(true)
                     .open(self.root.join("quota.lock"))?;
                 self.quota_lock.get_or_init(|| f)
             }
         };
         file.lock()?;
-        Ok(Unlocks(file))
+        Ok(QuotaLock(file))
     }
 
     /// Bytes over the quota or under the free-space floor if `len` more
@@ -417,10 +419,24 @@ fn is_locked(path: &Path) -> io::Result<bool> {
     }
 }
 
-/// Holds a file's `flock` until dropped.
-struct Unlocks<'a>(&'a File);
+/// `CACHE/quota.lock`, held (`flock`) until dropped. Its content: the bytes
+/// ever reserved in this cache, a little-endian u64 (wrapping is centuries off).
+struct QuotaLock<'a>(&'a File);
 
-impl Drop for Unlocks<'_> {
+impl QuotaLock<'_> {
+    fn reserved(&self) -> io::Result<u64> {
+        let mut bytes = [0u8; 8];
+        // A new (empty) file counts 0.
+        let n = crate::fileio::read_full_at(self.0, &mut bytes, 0)?;
+        Ok(if n == 8 { u64::from_le_bytes(bytes) } else { 0 })
+    }
+
+    fn set_reserved(&self, reserved: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self.0, &reserved.to_le_bytes(), 0)
+    }
+}
+
+impl Drop for QuotaLock<'_> {
     fn drop(&mut self) {
         let _ = self.0.unlock();
     }
@@ -429,7 +445,6 @@ impl Drop for Unlocks<'_> {
 struct FsSpace {
     /// Available to unprivileged users.
     avail: u64,
-    used: u64,
     total: u64,
 }
 
@@ -445,7 +460,6 @@ fn fs_space(path: &Path) -> io::Result<FsSpace> {
     let st = unsafe { st.assume_init() };
     Ok(FsSpace {
         avail: st.f_bavail * st.f_frsize,
-        used: (st.f_blocks - st.f_bfree) * st.f_frsize,
         total: st.f_blocks * st.f_frsize,
     })
 }

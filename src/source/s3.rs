@@ -1,9 +1,12 @@
 //! `s3://bucket/prefix`: ranged `GetObject` over the shared HTTP client.
-//! Requests are presigned (SigV4, query string) with rusty-s3 when
-//! `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` are set, and unsigned
-//! otherwise. A custom endpoint (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`)
+//! Requests are presigned (SigV4, query string) with rusty-s3 when there are
+//! keys (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, else the profile's
+//! in the shared AWS files), and unsigned otherwise. A custom endpoint
+//! (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, the profile's `endpoint_url`)
 //! is addressed path-style, which every S3-compatible store understands.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::Url;
@@ -24,17 +27,29 @@ pub(super) struct S3 {
 }
 
 impl S3 {
-    /// Reads the standard AWS environment variables.
+    /// Reads the standard AWS environment variables, then the profile
+    /// (`AWS_PROFILE`, default `default`) of the shared files.
     pub(super) fn from_env() -> Result<S3, SourceError> {
-        Self::from_vars(|k| std::env::var(k).ok())
+        Self::from_vars(
+            |k| std::env::var(k).ok(),
+            |p| std::fs::read_to_string(p).ok(),
+        )
     }
 
-    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<S3, SourceError> {
-        let var = |k| var(k).filter(|v: &String| !v.trim().is_empty());
+    fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        read: impl Fn(&Path) -> Option<String>,
+    ) -> Result<S3, SourceError> {
+        let var = |k: &str| var(k).filter(|v| !v.trim().is_empty());
+        let profile = profile(var, read);
+        let from_profile = |k: &str| profile.get(k).filter(|v| !v.is_empty()).cloned();
         let region = var("AWS_REGION")
             .or_else(|| var("AWS_DEFAULT_REGION"))
+            .or_else(|| from_profile("region"))
             .unwrap_or_else(|| "us-east-1".into());
-        let custom = var("AWS_ENDPOINT_URL_S3").or_else(|| var("AWS_ENDPOINT_URL"));
+        let custom = var("AWS_ENDPOINT_URL_S3")
+            .or_else(|| var("AWS_ENDPOINT_URL"))
+            .or_else(|| from_profile("endpoint_url"));
         let (endpoint, style) = match custom {
             Some(text) => {
                 let url = Url::parse(&text)
@@ -47,13 +62,25 @@ impl S3 {
                 UrlStyle::VirtualHost,
             ),
         };
-        let credentials = match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-            (Some(key), Some(secret)) => Some(match var("AWS_SESSION_TOKEN") {
-                Some(token) => Credentials::new_with_token(key, secret, token),
-                None => Credentials::new(key, secret),
-            }),
-            _ => None,
+        let keys = |id: Option<String>, secret: Option<String>, token: Option<String>| {
+            let (id, secret) = (id?, secret?);
+            Some(match token {
+                Some(token) => Credentials::new_with_token(id, secret, token),
+                None => Credentials::new(id, secret),
+            })
         };
+        let credentials = keys(
+            var("AWS_ACCESS_KEY_ID"),
+            var("AWS_SECRET_ACCESS_KEY"),
+            var("AWS_SESSION_TOKEN"),
+        )
+        .or_else(|| {
+            keys(
+                from_profile("aws_access_key_id"),
+                from_profile("aws_secret_access_key"),
+                from_profile("aws_session_token"),
+            )
+        });
         Ok(S3 {
             endpoint,
             style,
@@ -90,17 +117,110 @@ impl S3 {
     }
 }
 
+/// The settings of one profile of the shared AWS files: `~/.aws/config`
+/// (`AWS_CONFIG_FILE`; section `[profile NAME]`, or `[default]`), then
+/// `~/.aws/credentials` (`AWS_SHARED_CREDENTIALS_FILE`; section `[NAME]`),
+/// which wins. Keys are lower-cased; nested (indented) settings are skipped.
+fn profile(
+    var: impl Fn(&str) -> Option<String>,
+    read: impl Fn(&Path) -> Option<String>,
+) -> HashMap<String, String> {
+    let name = var("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    let file = |env: &str, rel: &str| {
+        var(env)
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|h| Path::new(&h).join(rel)))
+            .and_then(|p| read(&p))
+    };
+    let config_section = if name == "default" {
+        name.clone()
+    } else {
+        format!("profile {name}")
+    };
+    let mut values = HashMap::new();
+    for (text, section) in [
+        (file("AWS_CONFIG_FILE", ".aws/config"), config_section),
+        (
+            file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
+            name,
+        ),
+    ] {
+        values.extend(text.map(|t| ini_section(&t, &section)).unwrap_or_default());
+    }
+    values
+}
+
+fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with(['#', ';']) || raw.starts_with([' ', '\t']) {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = name.trim() == section;
+        } else if inside && let Some((k, v)) = line.split_once('=') {
+            out.push((k.trim().to_lowercase(), v.trim().to_owned()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn s3(vars: &[(&str, &str)]) -> S3 {
-        S3::from_vars(|k| {
-            vars.iter()
+        with_files(vars, &[])
+    }
+
+    /// `files` are (path, text) pairs standing in for the file system.
+    fn with_files(vars: &[(&str, &str)], files: &[(&str, &str)]) -> S3 {
+        let find = |pairs: &[(&str, &str)], k: &str| {
+            pairs
+                .iter()
                 .find(|(name, _)| *name == k)
                 .map(|(_, v)| v.to_string())
-        })
-        .unwrap()
+        };
+        S3::from_vars(|k| find(vars, k), |p| find(files, p.to_str().unwrap())).unwrap()
+    }
+
+    #[test]
+    fn the_profile_in_the_shared_files_fills_in_what_the_environment_leaves_out() {
+        let config = "[default]\nregion = eu-west-1\n\n[profile lab]\nregion = eu-north-1\n\
+                      endpoint_url = http://127.0.0.1:9000\ns3 =\n  addressing_style = path\n";
+        let credentials = "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = s\n\
+                           # a comment\n[lab]\nAWS_ACCESS_KEY_ID = AKIDLAB\naws_secret_access_key = t\n";
+        let files = [
+            ("/home/u/.aws/config", config),
+            ("/home/u/.aws/credentials", credentials),
+        ];
+        let lab = with_files(&[("HOME", "/home/u"), ("AWS_PROFILE", "lab")], &files);
+        assert_eq!(lab.region, "eu-north-1");
+        assert_eq!(lab.endpoint.as_str(), "http://127.0.0.1:9000/");
+        assert_eq!(lab.credentials.as_ref().unwrap().key(), "AKIDLAB");
+
+        let default = with_files(&[("HOME", "/home/u")], &files);
+        assert_eq!(default.region, "eu-west-1");
+        assert_eq!(default.credentials.as_ref().unwrap().key(), "AKIDDEFAULT");
+
+        // The environment wins, as in the AWS SDKs.
+        let env = with_files(
+            &[
+                ("HOME", "/home/u"),
+                ("AWS_REGION", "us-west-2"),
+                ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+                ("AWS_SECRET_ACCESS_KEY", "u"),
+            ],
+            &files,
+        );
+        assert_eq!(env.region, "us-west-2");
+        assert_eq!(env.credentials.as_ref().unwrap().key(), "AKIDENV");
+        assert!(
+            with_files(&[], &files).credentials.is_none(),
+            "no HOME, no files"
+        );
     }
 
     #[test]

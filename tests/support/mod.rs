@@ -61,7 +61,10 @@ pub fn require_root() {
     );
 }
 
-const INHERITED_ENV_CLEARED: [&str; 10] = [
+const INHERITED_ENV_CLEARED: [&str; 13] = [
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -138,6 +141,10 @@ impl Workspace {
         // Only what a test sets: never the developer's credentials or proxy.
         for var in INHERITED_ENV_CLEARED {
             c.env_remove(var).env_remove(var.to_lowercase());
+        }
+        // Nor the profile in ~/.aws: files that do not exist.
+        for var in ["AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"] {
+            c.env(var, self.path("no-such-aws-file"));
         }
         c
     }
