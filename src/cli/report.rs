@@ -162,7 +162,7 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
             m["cached_bytes"].as_u64().unwrap_or(0),
         );
         println!(
-            "  {:<40} {:<9} {} of {} ({}), {} of {} files complete",
+            "  {:<40} {:<9} {} of {} ({}), {} of {} files complete{}",
             m["id"].as_str().unwrap_or_default(),
             m["state"].as_str().unwrap_or_default(),
             format_size(cached),
@@ -170,6 +170,7 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
             percent(cached, size),
             m["files_complete"],
             m["files"].as_array().map_or(0, Vec::len),
+            if m["pinned"] == true { ", pinned" } else { "" },
         );
     }
     if mounts.is_empty() {
