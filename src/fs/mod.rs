@@ -255,18 +255,9 @@ impl ModelFs {
         drop(handle);
     }
 
-    /// Publishes a partial file whose chunks are all verified, counting the
-    /// bits other processes set: when processes share the work, the one that
-    /// sets the last bit may not know the others did theirs.
     fn finish_if_verified(&self, target: &Target, blob: &Arc<Blob>) {
-        if blob.is_complete() {
-            return;
-        }
-        blob.recount_verified();
-        if blob.all_chunks_verified() {
-            let _runtime = self.runtime.enter();
-            crate::fetch::finish_in_background(target, blob);
-        }
+        let _runtime = self.runtime.enter();
+        crate::fetch::finish_if_verified(target, blob);
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<OpenFile>, FsError> {
