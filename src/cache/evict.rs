@@ -309,14 +309,9 @@ impl Cache {
             } else {
                 &partial
             };
-            match File::open(data) {
-                Ok(f) => match f.try_lock() {
-                    Ok(()) => {}
-                    Err(fs::TryLockError::WouldBlock) => return Ok(false),
-                    Err(fs::TryLockError::Error(e)) => return Err(e),
-                },
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+            // Under the directory lock nobody can open it meanwhile.
+            if is_locked(data)? {
+                return Ok(false);
             }
             for path in [
                 &complete,
