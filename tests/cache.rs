@@ -19,8 +19,8 @@ fn one_file(size: usize) -> (Workspace, RangeServer, Vec<u8>) {
     (ws, server, data)
 }
 
-/// Starts `sha256sum` on each path at once; their digests, in order.
-fn sha256sum_all(paths: &[std::path::PathBuf]) -> Vec<String> {
+/// Starts `sha256sum` on each path at once; each must read `data`.
+fn assert_all_read(paths: &[std::path::PathBuf], data: &[u8]) {
     let children: Vec<_> = paths
         .iter()
         .map(|p| {
@@ -31,7 +31,7 @@ fn sha256sum_all(paths: &[std::path::PathBuf]) -> Vec<String> {
                 .unwrap()
         })
         .collect();
-    children
+    let digests = children
         .into_iter()
         .map(|c| {
             let out = c.wait_with_output().unwrap();
@@ -42,7 +42,9 @@ fn sha256sum_all(paths: &[std::path::PathBuf]) -> Vec<String> {
                 .unwrap()
                 .to_owned()
         })
-        .collect()
+        .collect::<Vec<_>>();
+    let want = sha256_hex(data);
+    assert!(digests.iter().all(|d| *d == want), "{digests:?}");
 }
 
 /// Bytes fetched over the file's size; printed for the README's figures.
@@ -59,11 +61,7 @@ fn eight_processes_reading_one_cold_file_fetch_it_once() {
     // Slow enough per request that the readers overlap.
     server.set_rate(16 * MIB);
     let m = ws.mount();
-    let digests = sha256sum_all(&vec![m.path("m/w.bin"); 8]);
-    assert!(
-        digests.iter().all(|d| *d == sha256_hex(&data)),
-        "{digests:?}"
-    );
+    assert_all_read(&vec![m.path("m/w.bin"); 8], &data);
     assert!(fetched_ratio("8 processes, one mount", &server, size) <= 1.1);
 }
 
@@ -81,11 +79,7 @@ fn two_mounts_and_a_prefetch_on_one_cache_fetch_each_chunk_once() {
         .spawn()
         .unwrap();
     let paths = [a.path("m/w.bin"), b.path("m/w.bin")];
-    let digests = sha256sum_all(&[paths.to_vec(), paths.to_vec()].concat());
-    assert!(
-        digests.iter().all(|d| *d == sha256_hex(&data)),
-        "{digests:?}"
-    );
+    assert_all_read(&[paths.to_vec(), paths.to_vec()].concat(), &data);
     let out = prefetch.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(fetched_ratio("2 mounts + prefetch", &server, size) <= 1.1);
