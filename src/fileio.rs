@@ -27,3 +27,17 @@ pub async fn blocking<T: Send + 'static>(
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
+
+/// `statvfs(2)` of the file system holding `path`. On a FUSE mount it always
+/// reaches the server, so it also tells a live mount from a dead one.
+pub fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid C string and a buffer of the right type.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs filled it when it returned 0.
+    Ok(unsafe { st.assume_init() })
+}

@@ -444,15 +444,7 @@ struct FsSpace {
 }
 
 fn fs_space(path: &Path) -> io::Result<FsSpace> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: a valid C string and a buffer of the right type.
-    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statvfs filled it when it returned 0.
-    let st = unsafe { st.assume_init() };
+    let st = crate::fileio::statvfs(path)?;
     Ok(FsSpace {
         avail: st.f_bavail * st.f_frsize,
         total: st.f_blocks * st.f_frsize,

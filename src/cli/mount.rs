@@ -201,7 +201,7 @@ fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
     if is_mounted(&abs) {
         // statfs always reaches the FUSE server (stat may be answered from
         // cached attributes), so it tells a dead connection from a live one.
-        match statfs(&abs) {
+        match crate::fileio::statvfs(&abs) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
                 warn!(mountpoint = %abs.display(), "cleaning up a stale mount (its process died)");
                 lazy_unmount(&abs)?;
@@ -218,17 +218,6 @@ fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
             Err(UsageError(format!("mountpoint {} is not a directory", abs.display())).into())
         }
         Ok(_) => Ok(abs),
-    }
-}
-
-fn statfs(path: &Path) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let mut buf = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: valid path and a buffer of the right type.
-    if unsafe { libc::statvfs(c.as_ptr(), buf.as_mut_ptr()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
