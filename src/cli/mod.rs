@@ -89,14 +89,10 @@ impl QuotaArg {
     }
 
     fn resolve(&self, cache_root: &Path) -> Quota {
-        let from_mounts = || {
-            report::live_mounts(cache_root)
-                .iter()
-                .filter_map(|m| m["max_cache_size"].as_u64())
-                .min()
-        };
         Quota {
-            max_bytes: self.max_cache_size.or_else(from_mounts),
+            max_bytes: self
+                .max_cache_size
+                .or_else(|| report::mounts_quota(&report::live_mounts(cache_root))),
         }
     }
 }

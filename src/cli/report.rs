@@ -132,10 +132,7 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
         .as_ref()
         .map(|c| live_mounts(c.root()))
         .unwrap_or_default();
-    let quota = mounts
-        .iter()
-        .filter_map(|m| m["max_cache_size"].as_u64())
-        .min();
+    let quota = mounts_quota(&mounts);
     if as_json {
         let doc = json!({
             "cache_dir": cache_root,
@@ -184,6 +181,14 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
         );
     }
     Ok(())
+}
+
+/// The quota a cache keeps to: the smallest of its live mounts'.
+pub(super) fn mounts_quota(mounts: &[serde_json::Value]) -> Option<u64> {
+    mounts
+        .iter()
+        .filter_map(|m| m["max_cache_size"].as_u64())
+        .min()
 }
 
 /// The records of mounts of the cache at `root` whose process still runs.
