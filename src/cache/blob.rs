@@ -1,14 +1,14 @@
 //! One file's content in the cache, complete or being filled.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::Presence;
-use super::chunk_map::ChunkMap;
+use super::chunk_map::{ChunkMap, Identity};
+use super::{BlobKey, Presence, files};
 use crate::hash::Digest;
 use crate::manifest::FileEntry;
 
@@ -23,13 +23,21 @@ pub struct Verified {
     pub bad_file: bool,
 }
 
+/// Where a blob's files live.
+pub(super) struct Paths {
+    pub complete: PathBuf,
+    pub partial: PathBuf,
+    pub map: PathBuf,
+}
+
 pub struct Blob {
     pub digest: Digest,
+    pub key: BlobKey,
     pub size: u64,
     pub chunk_size: u64,
-    complete_path: PathBuf,
-    partial_path: PathBuf,
-    map_path: PathBuf,
+    /// What each chunk must hash to; `None` for a file verified only whole.
+    chunks: Option<Vec<Digest>>,
+    paths: Paths,
     /// The data file: the partial file while filling (same inode after the
     /// rename to complete), or nothing yet for a whole-file download.
     data: RwLock<Option<File>>,
@@ -45,79 +53,57 @@ pub struct Blob {
 }
 
 impl Blob {
+    /// Opens what the cache holds of `entry`; `temp` makes a new private file
+    /// in the cache's `tmp/`. Runs under the `blobs/ab/` lock.
     pub(super) fn open(
         entry: &FileEntry,
-        complete_path: PathBuf,
-        partial_path: PathBuf,
-        map_path: PathBuf,
-        tmp_path: PathBuf,
+        key: BlobKey,
+        paths: Paths,
+        temp: impl Fn() -> io::Result<(File, PathBuf)>,
     ) -> io::Result<Blob> {
         let mut blob = Blob {
             digest: entry.sha256,
+            key,
             size: entry.size,
             chunk_size: entry.chunk_size,
-            complete_path,
-            partial_path,
-            map_path,
+            chunks: entry.chunks.clone(),
+            paths,
             data: RwLock::new(None),
             map: None,
             complete: AtomicBool::new(false),
             finishing: Mutex::new(()),
             verified: AtomicU64::new(0),
         };
-        match File::open(&blob.complete_path) {
-            Ok(f) if f.metadata()?.len() == entry.size => {
+        let complete = &blob.paths.complete;
+        match files::open_ro(complete) {
+            Ok(f) if files::check_regular(complete, &f)?.len() == entry.size => {
                 *blob.data.get_mut().unwrap() = Some(in_use(f)?);
                 blob.complete = AtomicBool::new(true);
                 return Ok(blob);
             }
             Ok(_) => {
-                tracing::warn!(path = %blob.complete_path.display(), "cached file has the wrong size; discarding it");
-                fs::remove_file(&blob.complete_path)?;
+                tracing::warn!(path = %complete.display(), "cached file has the wrong size; discarding it");
+                fs::remove_file(complete)?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
         if entry.size == 0 {
-            // Nothing to fetch: the empty file is complete by definition.
-            fs::write(&blob.complete_path, b"")?;
-            *blob.data.get_mut().unwrap() = Some(in_use(File::open(&blob.complete_path)?)?);
+            // Nothing to fetch (the manifest checked that the digest is the
+            // empty file's): complete by definition.
+            let (file, tmp) = temp()?;
+            blob.publish(&tmp, &file, None)?;
+            *blob.data.get_mut().unwrap() = Some(in_use(file)?);
             blob.complete = AtomicBool::new(true);
             return Ok(blob);
         }
         if entry.chunks.is_some() {
-            let (file, fresh) = match OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&blob.partial_path)
-            {
-                Ok(f) => (f, true),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open(&blob.partial_path)?,
-                    false,
-                ),
-                Err(e) => return Err(e),
-            };
-            if file.metadata()?.len() != entry.size {
-                file.set_len(entry.size)?;
-            }
-            // A new partial file holds no data, whatever an old map says.
-            let map = ChunkMap::open(
-                &blob.map_path,
-                &tmp_path,
-                entry.size,
-                entry.chunk_size,
-                fresh,
-            )?;
+            let (file, map) = blob.open_partial(temp)?;
             // Shared while we may set bits; the last writer out marks it clean.
             map.file().lock_shared()?;
             let boot = boot_id();
             if map.dirty_since().is_some_and(|b| b != boot) {
-                let (kept, dropped) = reverify(&map, &file, entry)?;
+                let (kept, dropped) = reverify(&map, &file, &blob)?;
                 tracing::warn!(file = %entry.path, kept, dropped, "re-verified chunks cached before an unclean shutdown");
             }
             map.mark_dirty(boot)?;
@@ -126,6 +112,40 @@ impl Blob {
             *blob.data.get_mut().unwrap() = Some(in_use(file)?);
         }
         Ok(blob)
+    }
+
+    /// The partial file and its map, if they are there and the map was made
+    /// for this very file and layout; otherwise a new empty pair. A pair is
+    /// only ever replaced whole, never resized or re-mapped in place, so a
+    /// process still using the old pair keeps a consistent one.
+    fn open_partial(
+        &self,
+        temp: impl Fn() -> io::Result<(File, PathBuf)>,
+    ) -> io::Result<(File, ChunkMap)> {
+        let identity =
+            |meta: &fs::Metadata| Identity::of(meta, self.size, self.chunk_size, self.key.layout);
+        match files::open_rw(&self.paths.partial) {
+            Ok(file) => {
+                let meta = files::check_writable(&self.paths.partial, &file)?;
+                if meta.len() == self.size
+                    && let Some(map) = ChunkMap::open(&self.paths.map, &identity(&meta))?
+                {
+                    return Ok((file, map));
+                }
+                tracing::warn!(path = %self.paths.partial.display(), "partly fetched file does not match its chunk map; starting it afresh");
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let (file, tmp) = temp()?;
+        file.set_len(self.size)?;
+        let id = identity(&file.metadata()?);
+        let map_tmp = temp()?;
+        // The data first: a crash between the renames leaves a partial file
+        // whose map describes another, and the next open starts afresh.
+        fs::rename(&tmp, &self.paths.partial)?;
+        let map = ChunkMap::create(&self.paths.map, (map_tmp.0, &map_tmp.1), &id)?;
+        Ok((file, map))
     }
 
     pub fn is_complete(&self) -> bool {
@@ -247,12 +267,14 @@ impl Blob {
     /// Re-hashes what is cached: a complete file whole (removed if it does
     /// not match), a partial one chunk by chunk (bad chunks dropped).
     /// Blocking.
-    pub fn verify(&self, entry: &FileEntry) -> io::Result<Verified> {
+    pub fn verify(&self) -> io::Result<Verified> {
         if let Some(file) = self.complete_file() {
             let good = Digest::of_file(&file)? == self.digest;
             if !good {
                 let _others_wait = self.lock_dir()?;
-                fs::remove_file(&self.complete_path)?;
+                if same_file(&self.paths.complete, &file)? {
+                    fs::remove_file(&self.paths.complete)?;
+                }
             }
             return Ok(Verified {
                 bytes: self.size,
@@ -263,7 +285,7 @@ impl Blob {
         let (Some(map), Some(file)) = (&self.map, self.data_file()) else {
             return Ok(Verified::default());
         };
-        let (kept, dropped) = reverify(map, &file, entry)?;
+        let (kept, dropped) = reverify(map, &file, self)?;
         self.verified.fetch_sub(dropped, Ordering::AcqRel);
         Ok(Verified {
             bytes: (kept + dropped) * self.chunk_size,
@@ -277,68 +299,91 @@ impl Blob {
         data.as_ref()?.try_clone().ok()
     }
 
+    /// What chunk `index` must hash to; `None` for a file verified whole.
+    pub fn chunk_hash(&self, index: u64) -> Option<Digest> {
+        self.chunks.as_ref().map(|c| c[index as usize])
+    }
+
+    /// What the whole file hashed to when its chunks all verified but it did
+    /// not: the manifest contradicts itself, remembered across opens so
+    /// the file is neither served nor fetched and hashed again.
+    pub fn failed_whole(&self) -> Option<Digest> {
+        self.map.as_ref().and_then(ChunkMap::failed_whole)
+    }
+
     /// Once every chunk is verified: checks the whole file against its
-    /// sha256 and moves it to its complete name. Blocking.
+    /// sha256 and moves it to its complete name. A mismatch drops every
+    /// chunk and is remembered (see [`Blob::failed_whole`]). Blocking.
     pub fn finish_chunked(&self) -> io::Result<Result<(), Digest>> {
         let _one = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
         if self.is_complete() {
             return Ok(Ok(()));
         }
-        let file = {
-            let data = self.data.read().unwrap_or_else(|p| p.into_inner());
-            data.as_ref()
-                .ok_or_else(|| io::Error::other("no partial file"))?
-                .try_clone()?
-        };
+        let file = self
+            .data_file()
+            .ok_or_else(|| io::Error::other("no partial file"))?;
         let actual = Digest::of_file(&file)?;
         if actual != self.digest {
+            if let Some(map) = &self.map {
+                map.set_failed_whole(actual)?;
+                self.verified.store(0, Ordering::Release);
+            }
             return Ok(Err(actual));
         }
-        self.publish(&self.partial_path, Some(&self.map_path))?;
+        self.publish(&self.paths.partial, &file, Some(&self.paths.map))?;
         self.complete.store(true, Ordering::Release);
         Ok(Ok(()))
     }
 
-    /// Adopts a verified whole-file download at `path`. Blocking.
-    pub fn finish_whole(&self, path: &std::path::Path) -> io::Result<()> {
-        self.publish(path, None)?;
-        let file = in_use(File::open(&self.complete_path)?)?;
-        *self.data.write().unwrap_or_else(|p| p.into_inner()) = Some(file);
+    /// Adopts a verified whole-file download: `file`, written at `path` in
+    /// `tmp/`. Blocking.
+    pub fn finish_whole(&self, path: &Path, file: File) -> io::Result<()> {
+        self.publish(path, &file, None)?;
+        *self.data.write().unwrap_or_else(|p| p.into_inner()) = Some(in_use(file)?);
         self.complete.store(true, Ordering::Release);
         Ok(())
     }
 
     fn lock_dir(&self) -> io::Result<File> {
         super::lock_dir(
-            self.complete_path
+            self.paths
+                .complete
                 .parent()
                 .expect("blob paths have a parent"),
         )
     }
 
-    /// Renames verified data to its complete name, durably, and drops its
-    /// chunk map. Another process may have published the same partial file
-    /// first: then there is nothing left to do.
-    fn publish(&self, from: &std::path::Path, map: Option<&std::path::Path>) -> io::Result<()> {
+    /// Renames verified data (`file`, at `from`) to its complete name,
+    /// durably, and drops its chunk map. Only if `from` still names `file`:
+    /// another process may have published or replaced it meanwhile, and
+    /// then this one serves from its own descriptor and publishes nothing.
+    fn publish(&self, from: &Path, file: &File, map: Option<&Path>) -> io::Result<()> {
         // Synced before the lock: it may take seconds, and others wait on the lock.
-        match File::open(from) {
-            Ok(f) => f.sync_all()?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        file.sync_all()?;
         let _others_wait = self.lock_dir()?;
-        if !from.exists() && self.complete_path.exists() {
+        if !same_file(from, file)? {
+            tracing::debug!(path = %from.display(), "published or replaced by another process");
             return Ok(());
         }
-        fs::rename(from, &self.complete_path)?;
+        fs::rename(from, &self.paths.complete)?;
         if let Some(map) = map {
-            let _ = fs::remove_file(map);
+            files::remove(map)?;
         }
-        if let Some(dir) = self.complete_path.parent() {
+        if let Some(dir) = self.paths.complete.parent() {
             File::open(dir)?.sync_all()?;
         }
         Ok(())
     }
+}
+
+/// Whether `path` names the file open as `file` (and is no symlink).
+fn same_file(path: &Path, file: &File) -> io::Result<bool> {
+    let open = file.metadata()?;
+    Ok(match fs::symlink_metadata(path) {
+        Ok(m) => m.is_file() && m.dev() == open.dev() && m.ino() == open.ino(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    })
 }
 
 /// Marks a data file as used by this process for as long as it stays open:
@@ -388,7 +433,7 @@ impl Drop for Blob {
         }
         let Some(map) = self.map.take() else { return };
         let complete = self.is_complete();
-        let path = self.partial_path.clone();
+        let path = self.paths.partial.clone();
         let work = move || {
             if let Err(e) = sync_and_mark_clean(&map, data.as_ref(), complete) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot sync cached data; after a power loss it will be re-verified");
@@ -427,20 +472,20 @@ fn boot_id() -> [u8; 16] {
 
 /// Re-hashes every chunk the map claims, and clears the bits whose data
 /// does not match: (kept, dropped). Blocking.
-fn reverify(map: &ChunkMap, file: &File, entry: &FileEntry) -> io::Result<(u64, u64)> {
-    let Some(hashes) = &entry.chunks else {
+fn reverify(map: &ChunkMap, file: &File, blob: &Blob) -> io::Result<(u64, u64)> {
+    let Some(hashes) = &blob.chunks else {
         return Ok((0, 0));
     };
     let (mut kept, mut dropped) = (0, 0);
-    let mut buf = vec![0u8; entry.chunk_size as usize];
+    let mut buf = vec![0u8; blob.chunk_size as usize];
     for (index, expected) in hashes.iter().enumerate() {
         let index = index as u64;
         if !map.is_set(index) {
             continue;
         }
-        let len = super::chunk_len(entry.size, entry.chunk_size, index) as usize;
+        let len = super::chunk_len(blob.size, blob.chunk_size, index) as usize;
         let ok = file
-            .read_exact_at(&mut buf[..len], index * entry.chunk_size)
+            .read_exact_at(&mut buf[..len], index * blob.chunk_size)
             .is_ok()
             && Digest::of(&buf[..len]) == *expected;
         if ok {
@@ -513,9 +558,12 @@ mod tests {
         blob.mark_verified(0);
         assert!(blob.map.as_ref().unwrap().dirty_since().is_some());
         drop(blob);
-        let map_path = cache.with_suffix(&entry.sha256, ".map");
-        let map =
-            ChunkMap::open(&map_path, &dir.path().join("tmp"), entry.size, 65536, false).unwrap();
+        let key = BlobKey::of(entry);
+        let data = fs::metadata(cache.state_path(&key, "partial")).unwrap();
+        let id = Identity::of(&data, entry.size, 65536, key.layout);
+        let map = ChunkMap::open(&cache.state_path(&key, "map"), &id)
+            .unwrap()
+            .unwrap();
         assert_eq!(map.dirty_since(), None);
         assert!(map.is_set(0));
     }

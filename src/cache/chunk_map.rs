@@ -1,9 +1,18 @@
 //! A persistent bitmap of verified chunks, one bit per chunk, shared through
 //! `mmap` so every process using the cache sees a bit the moment it is set.
 //!
-//! File format (little-endian): `b"MFSCMAP\x01"`, `chunk_size: u64`,
-//! `size: u64`, `boot_id: [u8; 16]`, `dirty: u64`, 16 reserved bytes, then
-//! `ceil(chunks / 8)` bitmap bytes, chunk `i` at bit `i % 8` of byte `i / 8`.
+//! File format (little-endian, version 2): `b"MFSCMAP\x02"`, `chunk_size: u64`,
+//! `size: u64`, `chunk_list: [u8; 32]` (the digest of the chunk hashes that
+//! verified the bits), `dev: u64`, `ino: u64` (the partial file the bits
+//! describe), `boot_id: [u8; 16]`, `dirty: u64`, `failed_whole: [u8; 32]`
+//! (what the whole file hashed to when it failed its sha256; zeros if it
+//! never did), then `ceil(chunks / 8)` bitmap bytes, chunk `i` at bit `i % 8`
+//! of byte `i / 8`.
+//!
+//! The first 72 bytes are the map's [`Identity`]: a map is only ever used for
+//! the very partial file and chunk hashes it was made for, so neither another
+//! manifest's chunking of the same content nor a partial file replaced behind
+//! its back can make a bit vouch for bytes it never saw.
 //!
 //! A bit is set once its chunk's bytes were verified and written. They are in
 //! the page cache then, which survives any process crash; only a power loss
@@ -18,85 +27,116 @@
 //! drops it when the holder's file closes, so a killed process leaves no
 //! stale claim behind.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use memmap2::MmapMut;
+use memmap2::MmapRaw;
 
-const MAGIC: [u8; 8] = *b"MFSCMAP\x01";
-const HEADER_LEN: usize = 64;
-/// Bytes of the header that identify the file it describes.
-const IDENTITY_LEN: usize = 24;
-const BOOT_ID_AT: usize = 24;
-const DIRTY_AT: usize = 40;
+use super::files;
+use crate::hash::Digest;
+
+const MAGIC: [u8; 8] = *b"MFSCMAP\x02";
+const HEADER_LEN: usize = 128;
+/// Bytes of the header that identify what the map describes.
+const IDENTITY_LEN: usize = 72;
+const BOOT_ID_AT: usize = 72;
+const DIRTY_AT: usize = 88;
+const FAILED_WHOLE_AT: usize = 96;
 /// Where claim locks start: far past the bitmap of any file, so they never
 /// meet a lock on the map's content.
 const CLAIMS_AT: u64 = 1 << 40;
 
+/// What a map describes: a file's chunking, the chunk hashes its bits were
+/// verified against, and the partial file that holds the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub size: u64,
+    pub chunk_size: u64,
+    pub chunk_list: Digest,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl Identity {
+    /// The identity of a map for the partial file `data`.
+    pub fn of(data: &std::fs::Metadata, size: u64, chunk_size: u64, chunk_list: Digest) -> Self {
+        Identity {
+            size,
+            chunk_size,
+            chunk_list,
+            dev: data.dev(),
+            ino: data.ino(),
+        }
+    }
+
+    fn header(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[..8].copy_from_slice(&MAGIC);
+        h[8..16].copy_from_slice(&self.chunk_size.to_le_bytes());
+        h[16..24].copy_from_slice(&self.size.to_le_bytes());
+        h[24..56].copy_from_slice(&self.chunk_list.0);
+        h[56..64].copy_from_slice(&self.dev.to_le_bytes());
+        h[64..72].copy_from_slice(&self.ino.to_le_bytes());
+        h
+    }
+
+    fn chunks(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size)
+    }
+
+    fn file_len(&self) -> u64 {
+        HEADER_LEN as u64 + self.chunks().div_ceil(8)
+    }
+}
+
 pub struct ChunkMap {
-    mmap: MmapMut,
+    mmap: MmapRaw,
     chunks: u64,
     /// Held for its advisory lock: shared while this process may set bits.
     file: File,
 }
 
-fn header(size: u64, chunk_size: u64) -> [u8; HEADER_LEN] {
-    let mut h = [0u8; HEADER_LEN];
-    h[..8].copy_from_slice(&MAGIC);
-    h[8..16].copy_from_slice(&chunk_size.to_le_bytes());
-    h[16..24].copy_from_slice(&size.to_le_bytes());
-    h
-}
-
-fn file_len(size: u64, chunk_size: u64) -> u64 {
-    HEADER_LEN as u64 + size.div_ceil(chunk_size).div_ceil(8)
-}
-
 impl ChunkMap {
-    /// Opens the map at `path`, or creates an empty one when it is missing,
-    /// was written for another chunking, or `fresh` says the data it describes
-    /// is new. Creation goes through the temporary file `tmp` (on the same
-    /// file system; where a crash's leftovers get swept) and an atomic
-    /// rename, so no process ever maps a half-written header.
-    pub fn open(
-        path: &Path,
-        tmp: &Path,
-        size: u64,
-        chunk_size: u64,
-        fresh: bool,
-    ) -> io::Result<ChunkMap> {
-        let want_len = file_len(size, chunk_size);
-        if !fresh && let Ok(file) = OpenOptions::new().read(true).write(true).open(path) {
-            if file.metadata()?.len() == want_len {
-                // SAFETY: see below.
-                let mmap = unsafe { MmapMut::map_mut(&file)? };
-                if mmap[..IDENTITY_LEN] == header(size, chunk_size)[..IDENTITY_LEN] {
-                    return Ok(ChunkMap {
-                        mmap,
-                        chunks: size.div_ceil(chunk_size),
-                        file,
-                    });
-                }
-            }
-            tracing::warn!(path = %path.display(), "chunk map does not match this file; starting it afresh");
+    /// Opens the map at `path` if it is there and describes `id`; `None`
+    /// when it is missing or describes something else. Never follows a
+    /// symlink.
+    pub fn open(path: &Path, id: &Identity) -> io::Result<Option<ChunkMap>> {
+        let file = match files::open_rw(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.len() != id.file_len() {
+            return Ok(None);
         }
-        {
-            let mut f = File::create(tmp)?;
-            f.write_all(&header(size, chunk_size))?;
-            f.set_len(want_len)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(tmp, path)?;
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        // SAFETY: the mapping is only accessed through atomics (bits) or
-        // read-only (header), so concurrent writers in other processes cannot
-        // produce torn values; the file's length is fixed once created.
-        let mmap = unsafe { MmapMut::map_mut(&file)? };
+        let map = Self::map(file, id)?;
+        // SAFETY: the header is inside the mapping (its length was checked)
+        // and only read here; other processes never write its identity.
+        let found = unsafe { std::slice::from_raw_parts(map.mmap.as_ptr(), IDENTITY_LEN) };
+        Ok((found == &id.header()[..IDENTITY_LEN]).then_some(map))
+    }
+
+    /// Makes an empty map for `id` at `path`: written whole into `tmp` (a new
+    /// file of this process's, on the same file system), synced, then renamed
+    /// into place, so no process ever maps a half-written header. The bitmap
+    /// is written, not left sparse: setting a bit never needs a new block.
+    pub fn create(path: &Path, tmp: (File, &Path), id: &Identity) -> io::Result<ChunkMap> {
+        let (mut file, tmp_path) = tmp;
+        file.write_all(&id.header())?;
+        file.write_all(&vec![0u8; (id.file_len() - HEADER_LEN as u64) as usize])?;
+        file.sync_all()?;
+        std::fs::rename(tmp_path, path)?;
+        Self::map(file, id)
+    }
+
+    fn map(file: File, id: &Identity) -> io::Result<ChunkMap> {
         Ok(ChunkMap {
-            mmap,
-            chunks: size.div_ceil(chunk_size),
+            mmap: MmapRaw::map_raw(&file)?,
+            chunks: id.chunks(),
             file,
         })
     }
@@ -106,32 +146,36 @@ impl ChunkMap {
     }
 
     fn word(&self, at: usize) -> &AtomicU64 {
+        debug_assert!(at.is_multiple_of(8) && at + 8 <= HEADER_LEN);
         // SAFETY: `at` is an 8-aligned offset inside the header of a
-        // page-aligned mapping that lives as long as `self`.
-        unsafe { AtomicU64::from_ptr(self.mmap.as_ptr().wrapping_add(at).cast::<u64>().cast_mut()) }
+        // page-aligned shared mapping that lives as long as `self`; every
+        // process touches these words only through atomics.
+        unsafe { AtomicU64::from_ptr(self.mmap.as_mut_ptr().add(at).cast::<u64>()) }
+    }
+
+    fn load_bytes<const N: usize>(&self, at: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        for (i, part) in out.chunks_mut(8).enumerate() {
+            part.copy_from_slice(&self.word(at + 8 * i).load(Ordering::Acquire).to_le_bytes());
+        }
+        out
+    }
+
+    fn store_bytes(&self, at: usize, bytes: &[u8]) {
+        for (i, part) in bytes.chunks(8).enumerate() {
+            let word = u64::from_le_bytes(part.try_into().expect("8 bytes"));
+            self.word(at + 8 * i).store(word, Ordering::Release);
+        }
     }
 
     /// Whether the map may hold bits newer than its data, and from which boot.
     pub fn dirty_since(&self) -> Option<[u8; 16]> {
-        if self.word(DIRTY_AT).load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.word(BOOT_ID_AT).load(Ordering::Acquire).to_le_bytes());
-        id[8..].copy_from_slice(
-            &self
-                .word(BOOT_ID_AT + 8)
-                .load(Ordering::Acquire)
-                .to_le_bytes(),
-        );
-        Some(id)
+        (self.word(DIRTY_AT).load(Ordering::Acquire) != 0).then(|| self.load_bytes(BOOT_ID_AT))
     }
 
     /// Records, durably, that bits may now be set before their data is synced.
     pub fn mark_dirty(&self, boot_id: [u8; 16]) -> io::Result<()> {
-        let half = |i: usize| u64::from_le_bytes(boot_id[i..i + 8].try_into().expect("8 bytes"));
-        self.word(BOOT_ID_AT).store(half(0), Ordering::Release);
-        self.word(BOOT_ID_AT + 8).store(half(8), Ordering::Release);
+        self.store_bytes(BOOT_ID_AT, &boot_id);
         self.word(DIRTY_AT).store(1, Ordering::Release);
         self.mmap.flush_range(0, HEADER_LEN)
     }
@@ -142,15 +186,33 @@ impl ChunkMap {
         self.mmap.flush()
     }
 
+    /// What the whole file hashed to when every chunk verified but the
+    /// whole did not: the manifest contradicts itself, and no refetch helps.
+    pub fn failed_whole(&self) -> Option<Digest> {
+        let d = Digest(self.load_bytes(FAILED_WHOLE_AT));
+        (d.0 != [0; 32]).then_some(d)
+    }
+
+    /// Remembers a failed whole-file check and drops every bit, durably.
+    pub fn set_failed_whole(&self, actual: Digest) -> io::Result<()> {
+        self.store_bytes(FAILED_WHOLE_AT, &actual.0);
+        (0..self.chunks).for_each(|c| self.clear(c));
+        self.mmap.flush()
+    }
+
     fn byte(&self, chunk: u64) -> &AtomicU8 {
         assert!(chunk < self.chunks, "chunk {chunk} out of {}", self.chunks);
-        let ptr = self
-            .mmap
-            .as_ptr()
-            .wrapping_add(HEADER_LEN + (chunk / 8) as usize);
-        // SAFETY: in bounds (asserted above, the map length was checked at open),
-        // AtomicU8 has the alignment of u8, and the mapping lives as long as `self`.
-        unsafe { AtomicU8::from_ptr(ptr.cast_mut()) }
+        // SAFETY: in bounds (asserted above; the map's length was checked at
+        // open or written at creation), AtomicU8 has the alignment of u8, the
+        // mapping lives as long as `self`, and every process writes the
+        // bitmap only through atomics.
+        unsafe {
+            AtomicU8::from_ptr(
+                self.mmap
+                    .as_mut_ptr()
+                    .add(HEADER_LEN + (chunk / 8) as usize),
+            )
+        }
     }
 
     pub fn is_set(&self, chunk: u64) -> bool {
@@ -220,21 +282,19 @@ impl ChunkMap {
 }
 
 /// Which chunks a map file records, read without mapping or changing it;
-/// `None` when there is no map, or it belongs to another chunking.
-pub fn read_bits(path: &Path, size: u64, chunk_size: u64) -> io::Result<Option<Vec<bool>>> {
-    let bytes = match std::fs::read(path) {
+/// `None` when there is no map, or it describes something other than `id`.
+pub fn read_bits(path: &Path, id: &Identity) -> io::Result<Option<Vec<bool>>> {
+    let bytes = match files::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    if bytes.len() as u64 != file_len(size, chunk_size)
-        || bytes[..IDENTITY_LEN] != header(size, chunk_size)[..IDENTITY_LEN]
-    {
+    if bytes.len() as u64 != id.file_len() || bytes[..IDENTITY_LEN] != id.header()[..IDENTITY_LEN] {
         return Ok(None);
     }
     let bits = &bytes[HEADER_LEN..];
     Ok(Some(
-        (0..size.div_ceil(chunk_size))
+        (0..id.chunks())
             .map(|c| bits[(c / 8) as usize] & (1 << (c % 8)) != 0)
             .collect(),
     ))
@@ -244,21 +304,49 @@ pub fn read_bits(path: &Path, size: u64, chunk_size: u64) -> io::Result<Option<V
 mod tests {
     use super::*;
 
+    fn id(size: u64, chunk_size: u64, list: u8, ino: u64) -> Identity {
+        Identity {
+            size,
+            chunk_size,
+            chunk_list: Digest([list; 32]),
+            dev: 1,
+            ino,
+        }
+    }
+
+    /// The map at `path` for `id`, made empty when it is not there.
+    fn open(dir: &Path, id: &Identity) -> ChunkMap {
+        let path = dir.join("x.map");
+        if let Some(map) = ChunkMap::open(&path, id).unwrap() {
+            return map;
+        }
+        let tmp = dir.join(format!("tmp.{}", rand_suffix()));
+        let file = files::create_new(&tmp).unwrap();
+        ChunkMap::create(&path, (file, &tmp), id).unwrap()
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::AtomicU64;
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
     #[test]
-    fn bits_persist_and_mismatched_maps_reset() {
+    fn bits_persist_and_a_map_serves_only_what_it_was_made_for() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.map");
         let size = 10 * 65536 + 1; // 11 chunks: the last byte is partly used
+        let mine = id(size, 65536, 1, 7);
         {
-            let map = ChunkMap::open(&path, &dir.path().join("tmp"), size, 65536, false).unwrap();
+            let map = open(dir.path(), &mine);
             assert_eq!(map.count(), 0);
             map.set(0);
             map.set(10);
             assert!(map.is_set(10) && !map.is_set(9));
         }
-        let map = ChunkMap::open(&path, &dir.path().join("tmp"), size, 65536, false).unwrap();
+        let map = open(dir.path(), &mine);
         assert_eq!(map.count(), 2);
-        let bits = read_bits(&path, size, 65536).unwrap().unwrap();
+        let bits = read_bits(&path, &mine).unwrap().unwrap();
         assert_eq!(bits.iter().filter(|b| **b).count(), 2);
         assert!(!map.set(0), "chunk 0 was already set");
         assert!(map.set(1), "chunk 1 was not");
@@ -266,35 +354,39 @@ mod tests {
             map.set(c);
         });
         assert!(map.all_set());
+        map.clear(4);
+        assert_eq!(map.count(), 10);
 
-        // Another chunk size, or data known to be new, starts from nothing.
-        assert_eq!(
-            ChunkMap::open(&path, &dir.path().join("tmp"), size, 131072, false)
-                .unwrap()
-                .count(),
-            0
-        );
-        assert_eq!(read_bits(&path, size, 65536).unwrap(), None);
-        let again = ChunkMap::open(&path, &dir.path().join("tmp"), size, 131072, false).unwrap();
-        again.set(1);
-        again.set(2);
-        again.clear(1);
-        assert_eq!(again.count(), 1);
-        assert_eq!(
-            ChunkMap::open(&path, &dir.path().join("tmp"), size, 131072, true)
-                .unwrap()
-                .count(),
-            0
-        );
+        // Another chunking, other chunk hashes, another partial file: not this map.
+        for other in [
+            id(size, 131072, 1, 7),
+            id(size, 65536, 2, 7),
+            id(size, 65536, 1, 8),
+            id(size + 1, 65536, 1, 7),
+        ] {
+            assert!(
+                ChunkMap::open(&path, &other).unwrap().is_none(),
+                "{other:?}"
+            );
+            assert_eq!(read_bits(&path, &other).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn the_bitmap_is_allocated_so_setting_a_bit_needs_no_new_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = open(dir.path(), &id(1 << 40, 65536, 1, 7));
+        let meta = map.file().metadata().unwrap();
+        assert!(meta.blocks() * 512 >= meta.len(), "{meta:?}");
     }
 
     #[test]
     fn a_claim_excludes_other_openers_of_the_map_until_released() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.map");
+        let mine = id(1 << 20, 65536, 1, 7);
         // Two opens are two open file descriptions: they contend like two processes.
-        let a = ChunkMap::open(&path, &dir.path().join("tmp"), 1 << 20, 65536, false).unwrap();
-        let b = ChunkMap::open(&path, &dir.path().join("tmp"), 1 << 20, 65536, false).unwrap();
+        let a = open(dir.path(), &mine);
+        let b = open(dir.path(), &mine);
         a.claim(3).unwrap();
         assert!(!b.try_claim(3).unwrap(), "chunk 3 is a's");
         assert!(b.try_claim(4).unwrap(), "other chunks are free");
@@ -306,18 +398,25 @@ mod tests {
     }
 
     #[test]
-    fn dirty_flag_and_boot_id_persist() {
+    fn dirty_flag_boot_id_and_a_failed_whole_check_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.map");
-        let map = ChunkMap::open(&path, &dir.path().join("tmp"), 1 << 20, 65536, false).unwrap();
+        let mine = id(1 << 20, 65536, 1, 7);
+        let map = open(dir.path(), &mine);
         assert_eq!(map.dirty_since(), None);
         map.mark_dirty([7; 16]).unwrap();
         map.set(3);
         drop(map);
-        let map = ChunkMap::open(&path, &dir.path().join("tmp"), 1 << 20, 65536, false).unwrap();
+        let map = open(dir.path(), &mine);
         assert_eq!(map.dirty_since(), Some([7; 16]));
         assert!(map.is_set(3));
         map.mark_clean().unwrap();
         assert_eq!(map.dirty_since(), None);
+
+        assert_eq!(map.failed_whole(), None);
+        map.set_failed_whole(Digest([9; 32])).unwrap();
+        drop(map);
+        let map = open(dir.path(), &mine);
+        assert_eq!(map.failed_whole(), Some(Digest([9; 32])));
+        assert_eq!(map.count(), 0, "no bit outlives a failed whole-file check");
     }
 }

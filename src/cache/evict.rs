@@ -179,12 +179,7 @@ impl Cache {
         let file = match self.quota_lock.get() {
             Some(f) => f,
             None => {
-                let f = fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .read(true)
-                    .write(true)
-                    .open(self.root.join("quota.lock"))?;
+                let f = super::files::open_or_create(&self.root.join("quota.lock"))?;
                 self.quota_lock.get_or_init(|| f)
             }
         };
@@ -301,27 +296,26 @@ impl Cache {
     pub fn evict(&self, victim: &Stored) -> io::Result<bool> {
         let complete = self.complete_path(&victim.digest);
         let dir = complete.parent().expect("blob paths have a parent");
+        super::files::check_dir(dir)?;
         {
             let _others_wait = super::lock_dir(dir)?;
-            let partial = self.with_suffix(&victim.digest, ".partial");
-            let data = if complete.exists() {
-                &complete
-            } else {
-                &partial
-            };
-            // Under the directory lock nobody can open it meanwhile.
-            if is_locked(data)? {
-                return Ok(false);
-            }
-            for path in [
-                &complete,
-                &partial,
-                &self.with_suffix(&victim.digest, ".map"),
-            ] {
-                match fs::remove_file(path) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
+            // The complete file and the partial state of every layout.
+            let hex = victim.digest.to_hex();
+            let mut paths = Vec::new();
+            for path in read_dir_or_empty(dir)? {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                if name == hex.as_str() || name.starts_with(&format!("{hex}.")) {
+                    paths.push(path);
                 }
+            }
+            // Under the directory lock nobody can open them meanwhile.
+            for path in &paths {
+                if !path.to_string_lossy().ends_with(".map") && is_locked(path)? {
+                    return Ok(false);
+                }
+            }
+            for path in &paths {
+                super::files::remove(path)?;
             }
         }
         tracing::info!(
@@ -363,11 +357,11 @@ impl Cache {
 
     /// Keeps `model`'s files from eviction, whatever manifest a process uses.
     pub fn pin(&self, model: &Model) -> io::Result<()> {
-        fs::create_dir_all(self.pins_dir())?;
+        super::files::ensure_dir(&self.pins_dir())?;
         let body: String = digests(model).iter().map(|d| format!("{d}\n")).collect();
         let path = self.pins_dir().join(&model.id);
-        let tmp = self.temp_path(&Digest([0; 32]));
-        fs::write(&tmp, body)?;
+        let (mut file, tmp) = self.temp_file(&Digest([0; 32]))?;
+        std::io::Write::write_all(&mut file, body.as_bytes())?;
         fs::rename(tmp, path)
     }
 
@@ -393,7 +387,7 @@ impl Cache {
             .flat_map(|(_, d, _)| d.iter().copied())
             .collect();
         for pin in read_dir_or_empty(&self.pins_dir())? {
-            let text = fs::read_to_string(&pin)?;
+            let text = String::from_utf8_lossy(&super::files::read(&pin)?).into_owned();
             pinned.extend(text.lines().filter_map(|l| Digest::from_hex(l.trim()).ok()));
         }
         Ok(pinned)
@@ -401,10 +395,18 @@ impl Cache {
 }
 
 /// Whether some process holds the file open as a blob (a shared flock).
+/// Nothing holds a symlink planted in the cache: it goes like litter.
 fn is_locked(path: &Path) -> io::Result<bool> {
-    let file = match File::open(path) {
+    let file = match super::files::open_ro(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            return Ok(false);
+        }
         Err(e) => return Err(e),
     };
     match file.try_lock() {

@@ -1,26 +1,36 @@
 //! The cache directory: verified file contents, stored once per sha256, and
-//! what is known about files still being filled. Layout (version 1):
+//! what is known about files still being filled. Layout (version 2):
 //!
 //! ```text
-//! CACHE/VERSION                 "1": the layout version
+//! CACHE/VERSION                 "2": the layout version
 //! CACHE/blobs/ab/<sha256>       a complete file, verified whole; immutable
-//! CACHE/blobs/ab/<sha256>.partial  a sparse file being filled chunk by chunk
-//! CACHE/blobs/ab/<sha256>.map   which chunks of the .partial are verified
+//! CACHE/blobs/ab/<sha256>.<layout>.partial  a sparse file being filled chunk by chunk
+//! CACHE/blobs/ab/<sha256>.<layout>.map      which chunks of that .partial are verified
 //! CACHE/tmp/<sha256>.<pid>.<n>  whole-file downloads (files without chunk
-//!                               hashes) and chunk maps being made
+//!                               hashes), partial files and maps being made
 //! CACHE/models/<id>/<path>      for complete models: relative symlinks to blobs
 //! CACHE/pins/<id>               digests of a pinned model's files
 //! ```
+//!
+//! `<layout>` names the chunking that verifies a partial file (see
+//! [`BlobKey`]): two manifests that chunk one file differently fill two
+//! partial files, never one with the other's chunk numbers. Complete files
+//! are shared whatever the chunking. Version 1 had one partial file per
+//! sha256; opening such a cache drops its partial files (complete ones stay).
 
 mod blob;
 pub mod chunk_map;
 mod evict;
+pub mod files;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+
+use sha2::{Digest as _, Sha256};
 
 pub use blob::Blob;
 pub use evict::{Catalog, MIN_FREE_PERCENT, Plan, Quota, Stored};
@@ -28,7 +38,9 @@ pub use evict::{Catalog, MIN_FREE_PERCENT, Plan, Quota, Stored};
 use crate::hash::Digest;
 use crate::manifest::{FileEntry, Model};
 
-pub const LAYOUT_VERSION: &str = "1";
+pub const LAYOUT_VERSION: &str = "2";
+/// Layouts this version opens, upgrading them to [`LAYOUT_VERSION`].
+const UPGRADES_FROM: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -64,11 +76,42 @@ impl Presence {
     }
 }
 
+/// Which cached state serves a manifest entry: its content, and the layout
+/// that verifies it chunk by chunk (size, chunk size and chunk hashes; for a
+/// file verified only whole, its size). Entries agree on a key exactly when
+/// a chunk verified for one is verified for the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BlobKey {
+    pub digest: Digest,
+    pub layout: Digest,
+}
+
+impl BlobKey {
+    pub fn of(entry: &FileEntry) -> BlobKey {
+        let mut h = Sha256::new();
+        h.update(entry.size.to_le_bytes());
+        if let Some(chunks) = &entry.chunks {
+            h.update(entry.chunk_size.to_le_bytes());
+            chunks.iter().for_each(|c| h.update(c.0));
+        }
+        BlobKey {
+            digest: entry.sha256,
+            layout: Digest(h.finalize().into()),
+        }
+    }
+
+    /// The layout's short name in file names: 64 bits tell layouts of one
+    /// file apart; the map header holds the whole digest.
+    pub fn tag(&self) -> String {
+        self.layout.to_hex()[..16].to_owned()
+    }
+}
+
 pub struct Cache {
     root: PathBuf,
-    /// Open blobs by content, so that two manifest entries with one sha256
-    /// share chunk state and fetches.
-    open: Mutex<HashMap<Digest, Weak<Blob>>>,
+    /// Open blobs, so that manifest entries with one key share chunk state
+    /// and fetches.
+    open: Mutex<HashMap<BlobKey, Weak<Blob>>>,
     quota: Quota,
     catalog: Catalog,
     /// The last walk of the cache, the base of usage estimates.
@@ -78,39 +121,77 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Opens (creating if needed) the cache at `root`.
+    /// Opens (creating if needed) the cache at `root`, which must be a
+    /// directory only its owner can change.
     pub fn open(root: &Path) -> Result<Cache, CacheError> {
         let at = |path: &Path| {
             let path = path.to_owned();
             move |source| CacheError::Io { path, source }
         };
-        for sub in ["blobs", "tmp"] {
-            fs::create_dir_all(root.join(sub)).map_err(at(&root.join(sub)))?;
-        }
-        let version_file = root.join("VERSION");
-        match fs::read_to_string(&version_file) {
-            Ok(found) if found.trim() == LAYOUT_VERSION => {}
-            Ok(found) => {
-                return Err(CacheError::Version {
-                    path: root.to_owned(),
-                    found: found.trim().to_owned(),
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::write(&version_file, format!("{LAYOUT_VERSION}\n"))
-                    .map_err(at(&version_file))?
-            }
-            Err(e) => return Err(at(&version_file)(e)),
-        }
+        fs::create_dir_all(root).map_err(at(root))?;
         let root = fs::canonicalize(root).map_err(at(root))?;
-        Ok(Cache {
+        files::check_dir(&root).map_err(at(&root))?;
+        for sub in ["blobs", "tmp"] {
+            files::ensure_dir(&root.join(sub)).map_err(at(&root.join(sub)))?;
+        }
+        let cache = Cache {
             root,
             open: Mutex::new(HashMap::new()),
             quota: Quota::default(),
             catalog: Catalog::default(),
             usage: Mutex::new(None),
             quota_lock: std::sync::OnceLock::new(),
-        })
+        };
+        cache.check_version().map_err(|e| match e {
+            VersionError::Io(e) => at(&cache.root)(e),
+            VersionError::Other(found) => CacheError::Version {
+                path: cache.root.clone(),
+                found,
+            },
+        })?;
+        Ok(cache)
+    }
+
+    /// Reads `VERSION`, writing it for a new cache and upgrading an older
+    /// layout, with other processes kept out meanwhile.
+    fn check_version(&self) -> Result<(), VersionError> {
+        let _others_wait = lock_dir(&self.root)?;
+        let path = self.root.join("VERSION");
+        let found = match files::read(&path) {
+            Ok(text) => String::from_utf8_lossy(&text).trim().to_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e.into()),
+        };
+        match found.as_str() {
+            LAYOUT_VERSION => return Ok(()),
+            UPGRADES_FROM => self.drop_v1_partials()?,
+            "" => {}
+            _ => return Err(VersionError::Other(found)),
+        }
+        let (mut file, tmp) = self.temp_file(&Digest([0; 32]))?;
+        file.write_all(format!("{LAYOUT_VERSION}\n").as_bytes())?;
+        file.sync_all()?;
+        fs::rename(tmp, path)?;
+        Ok(())
+    }
+
+    /// Layout 1 kept `<sha256>.partial` and `.map` per content, whatever the
+    /// chunking; their bits cannot be trusted under layout 2's rules.
+    fn drop_v1_partials(&self) -> io::Result<()> {
+        for dir in fs::read_dir(self.root.join("blobs"))? {
+            let dir = dir?.path();
+            files::check_dir(&dir)?;
+            for file in fs::read_dir(&dir)? {
+                let path = file?.path();
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                let parts: Vec<&str> = name.split('.').collect();
+                if let [_, "partial" | "map"] = parts[..] {
+                    files::remove(&path)?;
+                }
+            }
+        }
+        tracing::info!(cache = %self.root.display(), "upgraded the cache layout from 1 to {LAYOUT_VERSION}; partly fetched files start over");
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -126,42 +207,61 @@ impl Cache {
         self.blob_base(digest)
     }
 
-    fn with_suffix(&self, digest: &Digest, suffix: &str) -> PathBuf {
-        let mut p = self.blob_base(digest).into_os_string();
-        p.push(suffix);
+    /// `blobs/ab/<sha256>.<layout>.<suffix>`: state of one layout.
+    fn state_path(&self, key: &BlobKey, suffix: &str) -> PathBuf {
+        let mut p = self.blob_base(&key.digest).into_os_string();
+        p.push(format!(".{}.{suffix}", key.tag()));
         p.into()
     }
 
-    /// A fresh private path for a whole-file download.
-    pub fn temp_path(&self, digest: &Digest) -> PathBuf {
+    /// Makes something new under a fresh name in `tmp/`: names are tried
+    /// until `make` finds one free, so a name planted there is skipped,
+    /// never reused.
+    fn fresh_temp<T>(
+        &self,
+        digest: &Digest,
+        make: impl Fn(&Path) -> io::Result<T>,
+    ) -> io::Result<(T, PathBuf)> {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        self.root.join("tmp").join(format!(
-            "{digest}.{}.{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ))
+        let mut last = None;
+        for _ in 0..64 {
+            let path = self.root.join("tmp").join(format!(
+                "{digest}.{}.{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            match make(&path) {
+                Ok(made) => return Ok((made, path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("tried at least once"))
+    }
+
+    /// A new private file in `tmp/` (a whole-file download, a partial file
+    /// or chunk map being made), and its path.
+    pub fn temp_file(&self, digest: &Digest) -> io::Result<(fs::File, PathBuf)> {
+        self.fresh_temp(digest, files::create_new)
     }
 
     /// What the cache holds of `entry`, read without changing anything.
     pub fn presence(&self, entry: &FileEntry) -> io::Result<Presence> {
+        let key = BlobKey::of(entry);
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(blob) = open.get(&entry.sha256).and_then(Weak::upgrade) {
+        if let Some(blob) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(blob.presence());
         }
         drop(open);
-        if let Ok(meta) = fs::metadata(self.complete_path(&entry.sha256)) {
-            return Ok(if meta.len() == entry.size {
+        if let Ok(meta) = fs::symlink_metadata(self.complete_path(&entry.sha256)) {
+            return Ok(if meta.is_file() && meta.len() == entry.size {
                 Presence::Complete
             } else {
                 Presence::Corrupt
             });
         }
-        if entry.chunks.is_none() {
-            return Ok(Presence::Absent);
-        }
-        let map = self.with_suffix(&entry.sha256, ".map");
-        let Some(bits) = chunk_map::read_bits(&map, entry.size, entry.chunk_size)? else {
+        let Some(bits) = self.verified_bits(entry)? else {
             return Ok(Presence::Absent);
         };
         let bytes = bits
@@ -177,26 +277,46 @@ impl Cache {
         })
     }
 
+    /// Which chunks of `entry`'s partial file are verified, as its chunk map
+    /// on disk says; `None` when there is no partial state for its layout.
+    pub fn verified_bits(&self, entry: &FileEntry) -> io::Result<Option<Vec<bool>>> {
+        if entry.chunks.is_none() {
+            return Ok(None);
+        }
+        let key = BlobKey::of(entry);
+        let data = match fs::symlink_metadata(self.state_path(&key, "partial")) {
+            Ok(m) if m.is_file() => m,
+            _ => return Ok(None),
+        };
+        let id = chunk_map::Identity::of(&data, entry.size, entry.chunk_size, key.layout);
+        chunk_map::read_bits(&self.state_path(&key, "map"), &id)
+    }
+
     /// Opens the blob for `entry`, shared with every other open entry of the
-    /// same content; creates its partial file and chunk map when needed.
+    /// same key; creates its partial file and chunk map when needed.
+    /// Blocking: it may wait for other processes opening the same content.
     pub fn open_blob(&self, entry: &FileEntry) -> io::Result<Arc<Blob>> {
+        let key = BlobKey::of(entry);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(blob) = open.get(&entry.sha256).and_then(Weak::upgrade) {
+        if let Some(blob) = open.get(&key).and_then(Weak::upgrade) {
             return Ok(blob);
         }
-        let dir = self.blob_base(&entry.sha256);
-        let dir = dir.parent().expect("blob paths have a parent");
-        fs::create_dir_all(dir)?;
+        let complete = self.complete_path(&entry.sha256);
+        let dir = complete.parent().expect("blob paths have a parent");
+        files::ensure_dir(dir)?;
         let _other_processes_wait = lock_dir(dir)?;
         let blob = Arc::new(Blob::open(
             entry,
-            self.complete_path(&entry.sha256),
-            self.with_suffix(&entry.sha256, ".partial"),
-            self.with_suffix(&entry.sha256, ".map"),
-            self.temp_path(&entry.sha256),
+            key,
+            blob::Paths {
+                complete,
+                partial: self.state_path(&key, "partial"),
+                map: self.state_path(&key, "map"),
+            },
+            || self.temp_file(&entry.sha256),
         )?);
         open.retain(|_, w| w.strong_count() > 0);
-        open.insert(entry.sha256, Arc::downgrade(&blob));
+        open.insert(key, Arc::downgrade(&blob));
         Ok(blob)
     }
 
@@ -207,7 +327,8 @@ impl Cache {
         let models = self.root.join("models");
         let dest = models.join(&model.id);
         // Built in tmp/ so that a crash's half tree is swept like any download.
-        let tmp = self.temp_path(&model.files.first().map_or(Digest([0; 32]), |f| f.sha256));
+        let first = model.files.first().map_or(Digest([0; 32]), |f| f.sha256);
+        let ((), tmp) = self.fresh_temp(&first, |p| fs::create_dir(p))?;
         for file in &model.files {
             let link = tmp.join(&file.path);
             fs::create_dir_all(link.parent().expect("a file path has a parent"))?;
@@ -217,15 +338,14 @@ impl Cache {
             let target = format!("{}blobs/{}/{hex}", "../".repeat(depth), &hex[..2]);
             std::os::unix::fs::symlink(target, &link)?;
         }
-        fs::create_dir_all(&models)?;
-        if dest.exists() {
-            fs::remove_dir_all(&dest)?;
-        }
+        files::ensure_dir(&models)?;
+        // Whatever has the name goes (a symlink itself, not what it names).
+        files::remove(&dest)?;
         match fs::rename(&tmp, &dest) {
             // Another process linked the same model meanwhile: same tree.
-            Err(e) if dest.is_dir() => {
+            Err(e) if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) => {
                 tracing::debug!(error = %e, "model tree made by another process");
-                fs::remove_dir_all(&tmp)?;
+                files::remove(&tmp)?;
             }
             other => other?,
         }
@@ -264,16 +384,22 @@ impl Cache {
                 .and_then(|n| n.split('.').nth(1))
                 .and_then(|p| p.parse::<i32>().ok());
             if pid.is_some_and(|p| !process_alive(p)) {
-                let path = entry.path();
-                let gone = if path.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-                removed += usize::from(gone.is_ok());
+                removed += usize::from(files::remove(&entry.path()).is_ok());
             }
         }
         Ok(removed)
+    }
+}
+
+enum VersionError {
+    Io(io::Error),
+    /// A layout this version does not know.
+    Other(String),
+}
+
+impl From<io::Error> for VersionError {
+    fn from(e: io::Error) -> Self {
+        VersionError::Io(e)
     }
 }
 
@@ -282,7 +408,10 @@ impl Cache {
 /// made (a partial file without its map) or half gone. Held while the
 /// returned file is open.
 fn lock_dir(dir: &Path) -> io::Result<fs::File> {
-    let file = fs::File::open(dir)?;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(dir)?;
     file.lock()?;
     Ok(file)
 }

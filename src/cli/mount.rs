@@ -149,6 +149,15 @@ fn serve(
     if args.allow_other {
         config.acl = SessionACL::All;
     }
+    // Before the mount exists: a SIGTERM the moment it is up must unmount,
+    // not kill the process with its default action.
+    let (mut term, mut int) = {
+        let _runtime = runtime.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        )
+    };
     let mut session = Session::new(adapter, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
@@ -166,14 +175,12 @@ fn serve(
         })
         .context("cannot start the FUSE thread")?;
     let outcome = runtime.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         tokio::select! {
-            _ = term.recv() => Ok::<_, io::Error>(Some("SIGTERM")),
-            _ = int.recv() => Ok(Some("SIGINT")),
-            _ = &mut done_rx => Ok(None),
+            _ = term.recv() => Some("SIGTERM"),
+            _ = int.recv() => Some("SIGINT"),
+            _ = &mut done_rx => None,
         }
-    })?;
+    });
     if let Some(signal) = outcome {
         info!(signal, "unmounting");
         if let Err(e) = unmounter.unmount() {

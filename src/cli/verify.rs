@@ -34,7 +34,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
             }
             let blob = cache.open_blob(entry)?;
             let found = blob
-                .verify(entry)
+                .verify()
                 .with_context(|| format!("{}/{}", model.id, entry.path))?;
             checked += found.bytes.min(entry.size);
             if found.bad_file {

@@ -23,7 +23,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 pub use retry::RetryPolicy;
 
-use crate::cache::{Blob, Cache};
+use crate::cache::{Blob, BlobKey, Cache};
 use crate::fileio::blocking;
 use crate::hash::Digest;
 use crate::manifest::{FileEntry, Manifest};
@@ -103,7 +103,7 @@ pub struct Fetcher {
     sources: Sources,
     retry: RetryPolicy,
     requests: Semaphore,
-    inflight: Mutex<HashMap<(Digest, u64), Flight>>,
+    inflight: Mutex<HashMap<(BlobKey, u64), Flight>>,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     health: health::SourceHealth,
@@ -261,7 +261,7 @@ impl Fetcher {
                 b.has_chunk(index)
             }
         };
-        let key = (blob.digest, index);
+        let key = (blob.key, index);
         let flight = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             // Checked under the lock: a finished fetch sets its bit before it
@@ -286,9 +286,16 @@ impl Fetcher {
         index: u64,
     ) -> Result<(), FetchError> {
         let entry = target.entry();
-        let start = index * entry.chunk_size;
-        let range = start..(start + entry.chunk_size).min(entry.size);
-        let expected = entry.chunks.as_ref().map(|c| c[index as usize]);
+        // The blob's chunking, which its key says is the entry's.
+        let start = index * blob.chunk_size;
+        let range = start..(start + blob.chunk_size).min(blob.size);
+        let expected = blob.chunk_hash(index);
+        if let Some(actual) = blob.failed_whole() {
+            return Err(FetchError::Inconsistent {
+                target: target.to_string(),
+                actual,
+            });
+        }
         // Held until the bit is set: another process that wants this chunk
         // waits here, then finds it present.
         let _claim = {
@@ -347,12 +354,14 @@ impl Fetcher {
     /// retried with the next source first.
     async fn fetch_whole(&self, target: &Target, blob: &Arc<Blob>) -> Result<(), FetchError> {
         let entry = target.entry();
-        let tmp = self.cache.temp_path(&blob.digest);
         self.make_room(target, entry.size, || Ok(())).await?;
         let mut attempts = Vec::new();
         for round in 0..entry.locations.len() {
-            let file = File::create(&tmp).and_then(|f| f.set_len(entry.size).map(|()| f));
-            let file = file.map_err(|e| local(target, e))?;
+            let (file, tmp) = self
+                .cache
+                .temp_file(&blob.digest)
+                .and_then(|(f, tmp)| f.set_len(entry.size).map(|()| (f, tmp)))
+                .map_err(|e| local(target, e))?;
             let mut order = self
                 .health
                 .order(&entry.locations, std::time::Instant::now());
@@ -371,16 +380,17 @@ impl Fetcher {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }
-            let path = tmp.clone();
-            let actual = blocking(move || Digest::of_file(&File::open(path)?))
+            // Hashed through the descriptor written, never reopened by name.
+            let (actual, file) = blocking(move || Ok((Digest::of_file(&file)?, file)))
                 .await
                 .map_err(|e| local(target, e))?;
             if actual == blob.digest {
-                let (b, path) = (Arc::clone(blob), tmp.clone());
-                return blocking(move || b.finish_whole(&path))
+                let b = Arc::clone(blob);
+                return blocking(move || b.finish_whole(&tmp, file))
                     .await
                     .map_err(|e| local(target, e));
             }
+            let _ = std::fs::remove_file(&tmp);
             self.metrics.verify_failed();
             warn!(model = target.model_id(), file = %entry.path, first_source = %order[0], %actual, "whole file does not match its sha256; fetching again");
             attempts.push((
@@ -388,7 +398,6 @@ impl Fetcher {
                 format!("whole file hash mismatch (got {actual})"),
             ));
         }
-        let _ = std::fs::remove_file(&tmp);
         Err(FetchError::AllSourcesFailed {
             target: target.to_string(),
             attempts: Arc::new(attempts),
@@ -508,7 +517,7 @@ impl Fetcher {
         let mut fetches = futures::stream::iter(missing)
             .map(|c| async move {
                 self.ensure_chunk(target, blob, c).await?;
-                progress(crate::cache::chunk_len(entry.size, entry.chunk_size, c));
+                progress(crate::cache::chunk_len(blob.size, blob.chunk_size, c));
                 Ok::<_, FetchError>(())
             })
             .buffer_unordered(MAX_CONCURRENT_REQUESTS);

@@ -178,7 +178,10 @@ impl Filesystem for FuseAdapter {
                 // Verified content never changes: the kernel may keep its pages.
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => {
+                warn!(error = %e, "open failed");
+                reply.error(errno(&e));
+            }
         }
     }
 

@@ -38,6 +38,8 @@ pub enum FsError {
     BadHandle,
     #[error("no such attribute")]
     NoAttr,
+    #[error("the bytes asked for are not verified")]
+    NotVerified,
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error("cache: {0}")]
@@ -54,6 +56,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
             FsError::NoAttr => libc::ENODATA,
+            FsError::NotVerified => libc::EIO,
             FsError::Fetch(FetchError::Local { source, .. }) => local_errno(source),
             FsError::Fetch(
                 FetchError::AllSourcesFailed { .. } | FetchError::Inconsistent { .. },
@@ -302,6 +305,11 @@ impl ModelFs {
                 .await
                 .into_iter()
                 .collect::<Result<Vec<()>, _>>()?;
+        }
+        // Whatever a fetch said, only verified chunks are ever served.
+        let cs = blob.chunk_size;
+        if !(offset / cs..=(end - 1) / cs).all(|c| blob.has_chunk(c)) {
+            return Err(FsError::NotVerified);
         }
         self.fetcher.metrics().cache_miss(end - offset);
         Ok(read_blob(blob, offset, end)?)

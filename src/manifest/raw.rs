@@ -159,6 +159,16 @@ fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntr
     let size = *f.size.get_ref();
     let sha256 = Digest::from_hex(f.sha256.get_ref())
         .or_else(|why| err(f.sha256.span(), format!("{field}.sha256"), why))?;
+    if size == 0 && sha256 != Digest::of(b"") {
+        return err(
+            f.sha256.span(),
+            format!("{field}.sha256"),
+            format!(
+                "the file is empty (size = 0), so it must be {}",
+                Digest::of(b"")
+            ),
+        );
+    }
     let chunk_size = match &f.chunk_size {
         None => DEFAULT_CHUNK_SIZE,
         Some(cs) => {

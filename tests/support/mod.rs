@@ -77,6 +77,15 @@ const INHERITED_ENV_CLEARED: [&str; 13] = [
     "ALL_PROXY",
 ];
 
+/// A manifest entry as `manifest build` wrote it, less its chunk hashes:
+/// the file is then verified only whole.
+pub fn without_chunk_hashes(entry: &str) -> String {
+    entry
+        .split_inclusive('\n')
+        .filter(|l| !(l.starts_with("chunks") || l.starts_with("  \"") || l.starts_with(']')))
+        .collect()
+}
+
 /// A scratch area: model files under `models/`, a cache, a mountpoint.
 pub struct Workspace {
     pub dir: tempfile::TempDir,

@@ -300,3 +300,11 @@ fn build_output_round_trips() {
     assert_eq!(chunks.len(), 5);
     assert_eq!(chunks[4], crate::hash::Digest::of(&big[4 * 65536..]));
 }
+
+#[test]
+fn an_empty_file_must_have_the_empty_digest() {
+    let text = one_file("").replace("size = 200000", "size = 0");
+    assert!(parse(&text).is_ok());
+    let wrong = text.replace(SHA, &"ab".repeat(32));
+    fails(&wrong, 8, "model[0].file[0].sha256", "the file is empty");
+}

@@ -1,0 +1,269 @@
+//! Trust under sharing: whatever manifests, other processes or a hostile
+//! cache directory do, a byte read through the mount is the file's byte,
+//! and one stuck operation never freezes the mount.
+
+mod support;
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use support::*;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+/// Preads `len` bytes at `offset` and checks them against `data`.
+fn assert_pread(path: &std::path::Path, data: &[u8], offset: u64, len: usize) {
+    let f = File::open(path).unwrap();
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset)
+        .unwrap_or_else(|e| panic!("pread {} at {offset}: {e}", path.display()));
+    assert!(
+        buf == data[offset as usize..offset as usize + len],
+        "{} at {offset}: wrong bytes",
+        path.display()
+    );
+}
+
+/// One file listed by two models with other chunkings (2 MiB and 256 KiB):
+/// the common case of two teams writing manifests for one base model.
+fn two_geometries() -> (Workspace, RangeServer, Vec<u8>, [String; 2]) {
+    let ws = Workspace::new();
+    let data = sample_bytes(6 * MIB as usize + 12345, 8);
+    ws.add_file("m", "w.bin", &data);
+    let server = RangeServer::start(&ws.models());
+    let url = vec![format!("{}/m", server.url())];
+    let entries = [
+        ws.entry("m", "big", &url, 2 * MIB),
+        ws.entry("m", "small", &url, 256 * KIB),
+    ];
+    (ws, server, data, entries)
+}
+
+#[test]
+fn two_chunkings_of_one_file_serve_only_its_bytes() {
+    let (ws, _server, data, entries) = two_geometries();
+    ws.write_manifest(&entries);
+    {
+        let m = ws.mount();
+        // Interleaved, so each entry finds chunks the other verified.
+        assert_pread(&m.path("big/w.bin"), &data, 0, 4096);
+        assert_pread(
+            &m.path("small/w.bin"),
+            &data,
+            2 * MIB + 100,
+            64 * KIB as usize,
+        );
+        assert_pread(&m.path("small/w.bin"), &data, 5 * MIB, 300 * KIB as usize);
+        assert_pread(&m.path("big/w.bin"), &data, 4 * MIB + 7, MIB as usize);
+        assert_eq!(fs::read(m.path("small/w.bin")).unwrap(), data);
+        assert_eq!(fs::read(m.path("big/w.bin")).unwrap(), data);
+    }
+    // What the cache kept is right for both, in later mounts of either alone.
+    for entry in &entries {
+        ws.write_manifest(std::slice::from_ref(entry));
+        let m = ws.mount();
+        let id = if entry.contains("\"big\"") {
+            "big"
+        } else {
+            "small"
+        };
+        assert_eq!(fs::read(m.path(&format!("{id}/w.bin"))).unwrap(), data);
+    }
+}
+
+#[test]
+fn two_mounts_with_other_chunkings_of_one_file_share_a_cache_safely() {
+    let (ws, server, data, [big, small]) = two_geometries();
+    server.set_rate(8 * MIB);
+    let manifest_of = |name: &str, entry: &str| -> PathBuf {
+        let path = ws.path(name);
+        fs::write(&path, format!("version = 1\n\n{entry}")).unwrap();
+        path
+    };
+    let a = Mount::start(
+        &ws,
+        &["--manifest", manifest_of("a.toml", &big).to_str().unwrap()],
+    );
+    let b = Mount::start_on(
+        &ws,
+        &ws.path("mnt2"),
+        &[
+            "--manifest",
+            manifest_of("b.toml", &small).to_str().unwrap(),
+        ],
+        &[],
+    );
+    let readers: Vec<_> = [a.path("big/w.bin"), b.path("small/w.bin")]
+        .into_iter()
+        .map(|p| std::thread::spawn(move || fs::read(p).unwrap()))
+        .collect();
+    for r in readers {
+        assert!(r.join().unwrap() == data, "a reader got wrong bytes");
+    }
+    for offset in [0, MIB + 3, 2 * MIB, 6 * MIB] {
+        assert_pread(&a.path("big/w.bin"), &data, offset, 12345);
+        assert_pread(&b.path("small/w.bin"), &data, offset, 12345);
+    }
+    // Each chunking kept its own state: neither started the other's afresh.
+    for m in [&a, &b] {
+        assert!(!m.log_text().contains("does not match"), "{}", m.log_text());
+    }
+}
+
+/// A cache to be tampered with: one model `m` with one file, its manifest
+/// entry, and a directory outside the cache whose content must never change.
+struct Hostile {
+    ws: Workspace,
+    _server: RangeServer,
+    data: Vec<u8>,
+    outside: PathBuf,
+}
+
+impl Hostile {
+    fn new(chunk_hashes: bool) -> Hostile {
+        let ws = Workspace::new();
+        let data = sample_bytes(MIB as usize + 3, 9);
+        ws.add_file("m", "w.bin", &data);
+        let server = RangeServer::start(&ws.models());
+        let entry = ws.entry("m", "m", &[format!("{}/m", server.url())], 256 * KIB);
+        let entry = if chunk_hashes {
+            entry
+        } else {
+            without_chunk_hashes(&entry)
+        };
+        ws.write_manifest(&[entry]);
+        let outside = ws.path("outside");
+        fs::create_dir_all(&outside).unwrap();
+        // As large as the file, so that only content could tell them apart.
+        fs::write(outside.join("precious"), vec![b'p'; data.len()]).unwrap();
+        Hostile {
+            ws,
+            _server: server,
+            data,
+            outside,
+        }
+    }
+
+    fn blob_dir(&self) -> PathBuf {
+        let hex = sha256_hex(&self.data);
+        self.ws.cache().join("blobs").join(&hex[..2])
+    }
+
+    fn blob(&self, suffix: &str) -> PathBuf {
+        self.blob_dir()
+            .join(format!("{}{suffix}", sha256_hex(&self.data)))
+    }
+
+    /// `blobs/ab/<sha256>.<layout>.partial`, as the library names it.
+    fn partial(&self) -> PathBuf {
+        let manifest = modelfs::manifest::Manifest::load(&self.ws.path("manifest.toml")).unwrap();
+        let key = modelfs::cache::BlobKey::of(&manifest.models[0].files[0]);
+        self.blob(&format!(".{}.partial", key.tag()))
+    }
+
+    fn plant(&self, at: &std::path::Path, target: &std::path::Path) {
+        fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, at).unwrap();
+    }
+
+    /// Everything under `outside/`, as it was made.
+    fn assert_outside_untouched(&self) {
+        let names: Vec<_> = fs::read_dir(&self.outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["precious"], "nothing was added outside the cache");
+        assert!(
+            fs::read(self.outside.join("precious")).unwrap() == vec![b'p'; self.data.len()],
+            "the file outside the cache changed"
+        );
+    }
+
+    /// Reading through a mount fails with EIO, and the log says why.
+    fn assert_read_refused(&self, what: &str) {
+        let m = self.ws.mount();
+        let err = fs::read(m.path("m/w.bin")).expect_err(what);
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{what}: {err}");
+        let log = m.log_text();
+        assert!(
+            log.contains("refusing") && log.contains("symbolic link"),
+            "{what}: the log does not say why:\n{log}"
+        );
+        self.assert_outside_untouched();
+    }
+}
+
+#[test]
+fn a_symlink_planted_as_a_complete_file_is_never_served() {
+    let h = Hostile::new(true);
+    h.plant(&h.blob(""), &h.outside.join("precious"));
+    h.assert_read_refused("complete file");
+}
+
+#[test]
+fn a_symlink_planted_as_a_partial_file_is_never_written_through() {
+    let h = Hostile::new(true);
+    h.plant(&h.partial(), &h.outside.join("precious"));
+    h.assert_read_refused("partial file");
+}
+
+#[test]
+fn a_symlinked_blob_directory_is_refused() {
+    let h = Hostile::new(true);
+    h.plant(&h.blob_dir(), &h.outside);
+    h.assert_read_refused("blob directory");
+}
+
+#[test]
+fn a_temp_name_planted_ahead_of_a_download_is_skipped() {
+    let h = Hostile::new(false);
+    let m = h.ws.mount();
+    // The names this mount will try for its whole-file download.
+    for n in 0..4 {
+        h.plant(
+            &h.ws
+                .cache()
+                .join(format!("tmp/{}.{}.{n}", sha256_hex(&h.data), m.pid())),
+            &h.outside.join("precious"),
+        );
+    }
+    assert!(fs::read(m.path("m/w.bin")).unwrap() == h.data);
+    h.assert_outside_untouched();
+}
+
+#[test]
+fn model_trees_never_delete_or_write_through_a_symlink() {
+    let h = Hostile::new(true);
+    // models/ itself a link: refused.
+    h.plant(&h.ws.cache().join("models"), &h.outside);
+    let out = h.ws.modelfs().args(["prefetch", "m"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("refusing"), "{err}");
+    h.assert_outside_untouched();
+    // models/m a link to a directory: the link is replaced, not what it names.
+    fs::remove_file(h.ws.cache().join("models")).unwrap();
+    h.plant(&h.ws.cache().join("models/m"), &h.outside);
+    h.ws.run_ok(&["prefetch".as_ref(), "m".as_ref()]);
+    h.assert_outside_untouched();
+    let tree = h.ws.cache().join("models/m");
+    assert!(fs::symlink_metadata(&tree).unwrap().is_dir());
+    assert!(fs::read(tree.join("w.bin")).unwrap() == h.data);
+}
+
+#[test]
+fn a_cache_dir_other_users_can_write_to_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Hostile::new(true);
+    fs::set_permissions(h.ws.cache(), fs::Permissions::from_mode(0o777)).unwrap();
+    let out =
+        h.ws.modelfs()
+            .args(["mount".as_ref(), h.ws.mnt().as_os_str()])
+            .output()
+            .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("chmod go-w"), "{err}");
+    assert!(!is_live_fuse(&h.ws.mnt()));
+}
