@@ -267,3 +267,81 @@ fn a_cache_dir_other_users_can_write_to_is_refused() {
     assert!(err.contains("chmod go-w"), "{err}");
     assert!(!is_live_fuse(&h.ws.mnt()));
 }
+
+/// Runs `f` on a thread: how long it took and what it returned; fails
+/// the test if it takes longer than the suite's deadline.
+fn within_deadline<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (std::time::Duration, T) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = std::time::Instant::now();
+    std::thread::spawn(move || tx.send(f()));
+    let out = rx
+        .recv_timeout(DEADLINE)
+        .expect("stalled past the deadline");
+    (started.elapsed(), out)
+}
+
+/// A shell command, bounded: how long it took and whether it succeeded.
+fn timed(command: &str) -> (std::time::Duration, bool) {
+    let command = command.to_owned();
+    within_deadline(move || {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("{command} >/dev/null")])
+            .status()
+            .unwrap()
+            .success()
+    })
+}
+
+/// Data for a file whose blob lands in the same `blobs/ab/` directory as
+/// the file with digest `hex`.
+fn data_sharing_a_blob_dir_with(hex: &str) -> Vec<u8> {
+    (0..100_000)
+        .map(|seed| sample_bytes(64 * KIB as usize, seed))
+        .find(|d| sha256_hex(d)[..2] == hex[..2])
+        .expect("one in 256 seeds matches")
+}
+
+#[test]
+fn a_cache_dir_locked_by_another_process_does_not_stall_the_mount() {
+    let ws = Workspace::new();
+    let cold = sample_bytes(MIB as usize, 10);
+    let hex = sha256_hex(&cold);
+    let warm = data_sharing_a_blob_dir_with(&hex);
+    ws.add_file("cold", "w.bin", &cold);
+    ws.add_file("warm", "w.bin", &warm);
+    let server = RangeServer::start(&ws.models());
+    let url = |m: &str| vec![format!("{}/{m}", server.url())];
+    ws.write_manifest(&[
+        ws.entry("cold", "cold", &url("cold"), 256 * KIB),
+        ws.entry("warm", "warm", &url("warm"), 256 * KIB),
+    ]);
+    ws.run_ok(&["prefetch".as_ref(), "warm".as_ref()]);
+    let m = ws.mount();
+
+    // Another process (here, this one) holds the lock of the blob
+    // directory both files live in, as a slow publish or eviction would.
+    let dir = File::open(ws.cache().join("blobs").join(&hex[..2])).unwrap();
+    dir.lock().unwrap();
+    let cold_path = m.path("cold/w.bin");
+    let opener = std::thread::spawn(move || fs::read(cold_path));
+
+    // Each bounded: a stalled mount fails the test, it does not hang it.
+    let (listing, listed) = timed(&format!("ls -lR {}", m.mountpoint.display()));
+    assert!(listed, "ls -lR failed");
+    let warm_path = m.path("warm/w.bin");
+    let (cached_read, right) = within_deadline(move || fs::read(warm_path).unwrap() == warm);
+    assert!(right, "the cached read returned wrong bytes");
+    eprintln!(
+        "trust: with a blob directory locked elsewhere: ls -lR {:.1} ms, cached read {:.1} ms",
+        listing.as_secs_f64() * 1e3,
+        cached_read.as_secs_f64() * 1e3
+    );
+    assert!(
+        !opener.is_finished(),
+        "the cold open waits for the lock, as it must"
+    );
+    dir.unlock().unwrap();
+    assert!(opener.join().unwrap().unwrap() == cold);
+}

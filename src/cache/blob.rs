@@ -53,15 +53,8 @@ pub struct Blob {
 }
 
 impl Blob {
-    /// Opens what the cache holds of `entry`; `temp` makes a new private file
-    /// in the cache's `tmp/`. Runs under the `blobs/ab/` lock.
-    pub(super) fn open(
-        entry: &FileEntry,
-        key: BlobKey,
-        paths: Paths,
-        temp: impl Fn() -> io::Result<(File, PathBuf)>,
-    ) -> io::Result<Blob> {
-        let mut blob = Blob {
+    fn new(entry: &FileEntry, key: BlobKey, paths: Paths) -> Blob {
+        Blob {
             digest: entry.sha256,
             key,
             size: entry.size,
@@ -73,7 +66,46 @@ impl Blob {
             complete: AtomicBool::new(false),
             finishing: Mutex::new(()),
             verified: AtomicU64::new(0),
+        }
+    }
+
+    /// Opens `entry`'s complete file if the cache has it, taking no lock: a
+    /// complete file never changes, and eviction never removes one that a
+    /// process has marked in use. `None` if there is none (or it went
+    /// meanwhile); then [`Blob::open`] is the way.
+    pub(super) fn open_complete(
+        entry: &FileEntry,
+        key: BlobKey,
+        paths: Paths,
+    ) -> io::Result<Option<Blob>> {
+        let file = match files::open_ro(&paths.complete) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
         };
+        if files::check_regular(&paths.complete, &file)?.len() != entry.size {
+            return Ok(None);
+        }
+        let file = in_use(file)?;
+        // Evicted between the open and the lock: then it is not ours to use.
+        if !same_file(&paths.complete, &file)? {
+            return Ok(None);
+        }
+        let blob = Blob::new(entry, key, paths);
+        *blob.data.write().unwrap_or_else(|p| p.into_inner()) = Some(file);
+        blob.complete.store(true, Ordering::Release);
+        Ok(Some(blob))
+    }
+
+    /// Opens what the cache holds of `entry`; `temp` makes a new private file
+    /// in the cache's `tmp/`. Runs under the `blobs/ab/` lock.
+    pub(super) fn open(
+        entry: &FileEntry,
+        key: BlobKey,
+        paths: Paths,
+        temp: impl Fn() -> io::Result<(File, PathBuf)>,
+    ) -> io::Result<Blob> {
+        let mut blob = Blob::new(entry, key, paths);
         let complete = &blob.paths.complete;
         match files::open_ro(complete) {
             Ok(f) if files::check_regular(complete, &f)?.len() == entry.size => {

@@ -248,12 +248,9 @@ impl Cache {
 
     /// What the cache holds of `entry`, read without changing anything.
     pub fn presence(&self, entry: &FileEntry) -> io::Result<Presence> {
-        let key = BlobKey::of(entry);
-        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(blob) = open.get(&key).and_then(Weak::upgrade) {
+        if let Some(blob) = self.already_open(&BlobKey::of(entry)) {
             return Ok(blob.presence());
         }
-        drop(open);
         if let Ok(meta) = fs::symlink_metadata(self.complete_path(&entry.sha256)) {
             return Ok(if meta.is_file() && meta.len() == entry.size {
                 Presence::Complete
@@ -294,30 +291,45 @@ impl Cache {
 
     /// Opens the blob for `entry`, shared with every other open entry of the
     /// same key; creates its partial file and chunk map when needed.
-    /// Blocking: it may wait for other processes opening the same content.
+    /// Blocking: it may wait for other processes opening the same content,
+    /// but holds no lock that `presence` or other opens need meanwhile.
     pub fn open_blob(&self, entry: &FileEntry) -> io::Result<Arc<Blob>> {
         let key = BlobKey::of(entry);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(blob) = open.get(&key).and_then(Weak::upgrade) {
+        if let Some(blob) = self.already_open(&key) {
             return Ok(blob);
         }
         let complete = self.complete_path(&entry.sha256);
-        let dir = complete.parent().expect("blob paths have a parent");
-        files::ensure_dir(dir)?;
-        let _other_processes_wait = lock_dir(dir)?;
-        let blob = Arc::new(Blob::open(
-            entry,
-            key,
-            blob::Paths {
-                complete,
-                partial: self.state_path(&key, "partial"),
-                map: self.state_path(&key, "map"),
-            },
-            || self.temp_file(&entry.sha256),
-        )?);
+        let dir = complete
+            .parent()
+            .expect("blob paths have a parent")
+            .to_owned();
+        let paths = || blob::Paths {
+            complete: complete.clone(),
+            partial: self.state_path(&key, "partial"),
+            map: self.state_path(&key, "map"),
+        };
+        let blob = match Blob::open_complete(entry, key, paths())? {
+            Some(blob) => blob,
+            None => {
+                files::ensure_dir(&dir)?;
+                let _other_processes_wait = lock_dir(&dir)?;
+                Blob::open(entry, key, paths(), || self.temp_file(&entry.sha256))?
+            }
+        };
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        // Another thread may have opened it meanwhile: all share the first.
+        if let Some(first) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(first);
+        }
+        let blob = Arc::new(blob);
         open.retain(|_, w| w.strong_count() > 0);
         open.insert(key, Arc::downgrade(&blob));
         Ok(blob)
+    }
+
+    fn already_open(&self, key: &BlobKey) -> Option<Arc<Blob>> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(key).and_then(Weak::upgrade)
     }
 
     /// Writes `CACHE/models/<id>/` for a complete model: its files as

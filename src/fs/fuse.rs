@@ -31,7 +31,7 @@ pub struct FuseAdapter {
     runtime: tokio::runtime::Handle,
     passthrough: bool,
     /// Kernel handles on complete cache files, held while their file is open.
-    backing: Mutex<HashMap<u64, BackingId>>,
+    backing: Arc<Mutex<HashMap<u64, BackingId>>>,
     uid: u32,
     gid: u32,
     mtime: SystemTime,
@@ -45,7 +45,7 @@ impl FuseAdapter {
             core,
             runtime,
             passthrough: false,
-            backing: Mutex::new(HashMap::new()),
+            backing: Arc::default(),
             uid,
             gid,
             mtime,
@@ -76,20 +76,15 @@ impl FuseAdapter {
             flags: 0,
         }
     }
+}
 
-    /// Opens a complete file as a kernel passthrough: reads then bypass us.
-    fn try_passthrough(
-        &self,
-        fh: u64,
-        file: &std::fs::File,
-        reply: &ReplyOpen,
-    ) -> Option<BackingId> {
-        match reply.open_backing(file) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                debug!(fh, error = %e, "passthrough unavailable; serving reads ourselves");
-                None
-            }
+/// Opens a complete file as a kernel passthrough: reads then bypass us.
+fn try_passthrough(fh: u64, file: &std::fs::File, reply: &ReplyOpen) -> Option<BackingId> {
+    match reply.open_backing(file) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            debug!(fh, error = %e, "passthrough unavailable; serving reads ourselves");
+            None
         }
     }
 }
@@ -156,33 +151,42 @@ impl Filesystem for FuseAdapter {
         }
     }
 
+    /// Opening may wait: on another process's lock of the blob directory,
+    /// on creating a chunk map, on re-verifying after an unclean shutdown.
+    /// So it runs on the blocking pool, and `ls` or reads of cached files
+    /// never queue behind it.
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.core.metrics().fuse_op("open");
-        let _span = debug_span!("open", ino = ino.0).entered();
+        let span = debug_span!("open", ino = ino.0);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        match self.core.open(ino.0, write) {
-            Ok((fh, handle)) => {
-                let complete = handle.blob().complete_file();
-                if let Some(file) = complete.filter(|_| self.passthrough)
-                    && let Some(id) = self.try_passthrough(fh, &file, &reply)
-                {
-                    // No FOPEN_KEEP_CACHE here: the kernel fails a passthrough
-                    // open that also asks for it (EIO, measured on 6.18).
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                    self.backing
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(fh, id);
-                    return;
+        let (core, backing) = (Arc::clone(&self.core), Arc::clone(&self.backing));
+        let passthrough = self.passthrough;
+        self.runtime.spawn_blocking(move || {
+            let _span = span.entered();
+            match core.open(ino.0, write) {
+                Ok((fh, handle)) => {
+                    let complete = handle.blob().complete_file();
+                    if let Some(file) = complete.filter(|_| passthrough)
+                        && let Some(id) = try_passthrough(fh, &file, &reply)
+                    {
+                        // No FOPEN_KEEP_CACHE here: the kernel fails a passthrough
+                        // open that also asks for it (EIO, measured on 6.18).
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                        backing
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(fh, id);
+                        return;
+                    }
+                    // Verified content never changes: the kernel may keep its pages.
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
                 }
-                // Verified content never changes: the kernel may keep its pages.
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                Err(e) => {
+                    warn!(error = %e, "open failed");
+                    reply.error(errno(&e));
+                }
             }
-            Err(e) => {
-                warn!(error = %e, "open failed");
-                reply.error(errno(&e));
-            }
-        }
+        });
     }
 
     fn read(
