@@ -220,6 +220,29 @@ fn a_stalled_source_times_out_and_fails_over() {
 }
 
 #[test]
+fn a_response_that_stalls_after_its_last_byte_keeps_the_bytes() {
+    let c = case(&["--read-timeout", "1"]);
+    c.first.set_always(Some(Fault::StallAfterBody));
+    c.read_ok();
+    // Each chunk's bytes all arrived: kept and verified, nothing asked again.
+    assert_eq!(c.second.bytes_sent(), 0, "no failover");
+    assert_eq!(c.metric("modelfs_source_failovers_total"), 0.0);
+    let empty_ranges: Vec<String> = c
+        .first
+        .request_log()
+        .into_iter()
+        .filter(|r| {
+            let range = r.split(' ').nth(1).and_then(|r| r.split_once('-'));
+            range.is_some_and(|(a, b)| b.parse::<u64>().is_ok_and(|b| b < a.parse().unwrap()))
+        })
+        .collect();
+    assert!(
+        empty_ranges.is_empty(),
+        "asked for empty ranges: {empty_ranges:?}"
+    );
+}
+
+#[test]
 fn a_trickling_source_hits_the_request_deadline_and_fails_over() {
     let c = case(&["--read-timeout", "1", "--request-timeout", "1"]);
     c.first.set_always(Some(Fault::Trickle));

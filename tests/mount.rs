@@ -321,6 +321,13 @@ fn daemon_returns_when_ready_and_umount_ends_it() {
     // SAFETY: signal 0 only probes for the process.
     wait_for("the daemon to exit", || unsafe { libc::kill(pid, 0) } != 0);
     assert!(ws.status()["mounts"].as_array().unwrap().is_empty());
+
+    // Only modelfs mounts: anything else mounted is left alone (exit 2).
+    let out = ws.modelfs().args(["umount", "/proc"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a modelfs one"), "{err}");
+    assert!(is_mounted(std::path::Path::new("/proc")));
 }
 
 fn xattr(path: &std::path::Path, name: &str) -> String {

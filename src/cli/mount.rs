@@ -5,6 +5,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
@@ -107,15 +108,18 @@ fn serve(
         Err(e) => warn!(error = %e, "the cache is over its quota"),
     }
     let metrics = Arc::new(Metrics::new());
+    // What /healthz says: not mounted until the kernel has the mount.
+    let mounted = Arc::new(AtomicBool::new(false));
     if let Some(addr) = args.metrics_addr {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(addr))
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
-        let endpoint = Arc::new(Endpoint {
-            metrics: Arc::clone(&metrics),
-            cache: Arc::clone(&cache),
-            models: manifest.models.len(),
-        });
+        let endpoint = Arc::new(Endpoint::new(
+            Arc::clone(&metrics),
+            Arc::clone(&cache),
+            manifest.models.len(),
+            Arc::clone(&mounted),
+        ));
         runtime.spawn(metrics::http::serve(listener, endpoint));
         info!(%addr, "serving /metrics and /healthz");
     }
@@ -161,6 +165,7 @@ fn serve(
     let mut session = Session::new(adapter, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    mounted.store(true, Ordering::Release);
     let record = MountRecord::create(&cache, mountpoint, &args.manifest.manifest);
     info!(mountpoint = %mountpoint.display(), cache = %cache.root().display(), "ready");
     if let Some(ready) = ready.take() {
@@ -181,6 +186,7 @@ fn serve(
             _ = &mut done_rx => None,
         }
     });
+    mounted.store(false, Ordering::Release);
     if let Some(signal) = outcome {
         info!(signal, "unmounting");
         if let Err(e) = unmounter.unmount() {
@@ -205,11 +211,14 @@ fn serve(
 fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
     let abs =
         std::path::absolute(path).with_context(|| format!("bad mountpoint {}", path.display()))?;
-    if is_mounted(&abs) {
+    if let Some(mounted) = mounted_at(&abs) {
         // statfs always reaches the FUSE server (stat may be answered from
         // cached attributes), so it tells a dead connection from a live one.
         match crate::fileio::statvfs(&abs) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => {
+            Err(e)
+                if mounted.is_ours()
+                    && matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) =>
+            {
                 warn!(mountpoint = %abs.display(), "cleaning up a stale mount (its process died)");
                 lazy_unmount(&abs)?;
             }
@@ -230,8 +239,18 @@ fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
 
 pub fn umount(path: &Path) -> anyhow::Result<()> {
     let abs = std::path::absolute(path)?;
-    if !is_mounted(&abs) {
-        return Err(UsageError(format!("{} is not mounted", abs.display())).into());
+    match mounted_at(&abs) {
+        None => return Err(UsageError(format!("{} is not mounted", abs.display())).into()),
+        Some(m) if !m.is_ours() => {
+            return Err(UsageError(format!(
+                "{} is a {} mount of {}, not a modelfs one; not unmounting it",
+                abs.display(),
+                m.fs_type,
+                m.source
+            ))
+            .into());
+        }
+        Some(_) => {}
     }
     let c = cpath(&abs)?;
     // SAFETY: c is a valid NUL-terminated path.
@@ -276,14 +295,43 @@ fn cpath(path: &Path) -> anyhow::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).context("path contains a NUL byte")
 }
 
-/// Whether `path` is a mountpoint, from /proc/self/mountinfo.
-fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+/// What is mounted at a path, from /proc/self/mountinfo.
+struct Mounted {
+    /// `fuse` (or `fuse.modelfs` where the subtype is kept) for ours.
+    fs_type: String,
+    /// The source field: `modelfs` for ours (the FSName we mount with).
+    source: String,
+}
+
+impl Mounted {
+    fn is_ours(&self) -> bool {
+        self.source == "modelfs" && (self.fs_type == "fuse" || self.fs_type == "fuse.modelfs")
+    }
+}
+
+/// What is mounted at `path`; `None` if nothing is.
+fn mounted_at(path: &Path) -> Option<Mounted> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    // The kernel escapes these four characters in paths as octal.
+    let unescape = |s: &str| {
+        s.replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\012", "\n")
+            .replace("\\134", "\\")
     };
-    let want = path.to_string_lossy().replace(' ', "\\040");
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    // Later lines are newer mounts: the last one at a path is on top.
+    info.lines().rev().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        if unescape(mount.split(' ').nth(4)?) != want {
+            return None;
+        }
+        let mut fs = fs.split(' ');
+        Some(Mounted {
+            fs_type: fs.next()?.to_owned(),
+            source: fs.next().unwrap_or_default().to_owned(),
+        })
+    })
 }
 
 /// `--ephemeral`: a cache directory of this mount's own, removed when it

@@ -467,6 +467,13 @@ impl Fetcher {
                 Err(StreamError::Sink(e)) => return Err(AttemptError::Local(e)),
                 Err(StreamError::Source(e)) => e,
             };
+            // Every byte arrived and then the connection failed (a timeout
+            // waiting for its end, say): nothing is left to ask for, and an
+            // empty range cannot be asked for. The hash below decides.
+            if writer.pos == writer.range.end && !matches!(error, SourceError::LongBody { .. }) {
+                debug!(source = %location, %error, "failed after the last byte; keeping the bytes");
+                break;
+            }
             retry += 1;
             if !error.is_transient() || retry >= self.retry.attempts {
                 return Err(AttemptError::Source(error));

@@ -259,8 +259,13 @@ fn check_path(path: &str) -> Result<(), String> {
     if path.starts_with('/') {
         return Err("path must be relative".into());
     }
-    if path.contains('\0') {
-        return Err("path contains a NUL byte".into());
+    // Names reach terminals (`ls`, logs): no character may hide or reorder
+    // what they show.
+    if let Some(c) = path.chars().find(|&c| c.is_control() || is_bidi_control(c)) {
+        return Err(format!(
+            "path contains the control character U+{:04X}",
+            c as u32
+        ));
     }
     for part in path.split('/') {
         match part {
@@ -271,6 +276,12 @@ fn check_path(path: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Unicode's explicit bidirectional formatting characters, which can make a
+/// name display as another (the "Trojan Source" trick).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 impl Unlocated {

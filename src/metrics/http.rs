@@ -3,6 +3,8 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -10,30 +12,82 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::Metrics;
 use crate::cache::Cache;
+
+/// A client gets this long to send its request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a measured cache size is reported before it is walked again:
+/// scrapes come every few seconds, and a walk reads every blob's metadata.
+const CACHE_BYTES_FOR: Duration = Duration::from_secs(5);
 
 /// What the endpoints report on.
 pub struct Endpoint {
     pub metrics: Arc<Metrics>,
     pub cache: Arc<Cache>,
     pub models: usize,
+    /// Set once the file system is mounted, cleared when it is unmounted.
+    pub mounted: Arc<AtomicBool>,
+    cache_bytes: tokio::sync::Mutex<Option<(Instant, u64)>>,
+}
+
+impl Endpoint {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        cache: Arc<Cache>,
+        models: usize,
+        mounted: Arc<AtomicBool>,
+    ) -> Self {
+        Endpoint {
+            metrics,
+            cache,
+            models,
+            mounted,
+            cache_bytes: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The cache's size on disk, walked at most every [`CACHE_BYTES_FOR`]
+    /// however many requests come.
+    async fn cache_bytes(&self) -> u64 {
+        let mut last = self.cache_bytes.lock().await;
+        if let Some((at, bytes)) = *last
+            && at.elapsed() < CACHE_BYTES_FOR
+        {
+            return bytes;
+        }
+        // Walking the cache directory is blocking file I/O.
+        let cache = Arc::clone(&self.cache);
+        let bytes = tokio::task::spawn_blocking(move || cache.disk_usage())
+            .await
+            .unwrap_or(0);
+        *last = Some((Instant::now(), bytes));
+        bytes
+    }
 }
 
 /// Serves until the runtime shuts down.
 pub async fn serve(listener: TcpListener, endpoint: Arc<Endpoint>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin on the error.
+                warn!(error = %e, "metrics listener cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let endpoint = Arc::clone(&endpoint);
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(Arc::clone(&endpoint), req));
             if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -72,11 +126,7 @@ async fn answer(
             "try /metrics or /healthz\n".into(),
         );
     }
-    // Walking the cache directory is blocking file I/O.
-    let cache = Arc::clone(&endpoint.cache);
-    let cache_bytes = tokio::task::spawn_blocking(move || cache.disk_usage())
-        .await
-        .unwrap_or(0);
+    let cache_bytes = endpoint.cache_bytes().await;
     if path == "/metrics" {
         let text = endpoint.metrics.encode(cache_bytes);
         return reply(
@@ -85,13 +135,19 @@ async fn answer(
             text,
         );
     }
+    let mounted = endpoint.mounted.load(Ordering::Acquire);
     let health = serde_json::json!({
-        "mounted": true,
+        "mounted": mounted,
         "cache_dir": endpoint.cache.root(),
         "cache_bytes": cache_bytes,
         "quota_bytes": endpoint.cache.quota().max_bytes,
         "models": endpoint.models,
         "sources": endpoint.metrics.last_errors(),
     });
-    reply(StatusCode::OK, "application/json", format!("{health:#}\n"))
+    let status = if mounted {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply(status, "application/json", format!("{health:#}\n"))
 }

@@ -35,6 +35,9 @@ pub enum Fault {
     ChangeEtag,
     /// Send 1 KiB every 100 ms: never silent long enough for a read timeout.
     Trickle,
+    /// Send the whole body chunked, then stall before the final empty chunk
+    /// (at most 120 s): every byte arrives, the response never ends.
+    StallAfterBody,
 }
 
 #[derive(Default)]
@@ -355,9 +358,14 @@ fn respond(
     } else {
         String::new()
     };
+    let chunked = fault == Some(Fault::StallAfterBody);
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_owned()
+    } else {
+        format!("Content-Length: {}", len + long as u64)
+    };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nETag: {etag}\r\n{range_header}\r\n",
-        len + long as u64
+        "HTTP/1.1 {status}\r\n{framing}\r\nAccept-Ranges: bytes\r\nETag: {etag}\r\n{range_header}\r\n"
     );
     if out.write_all(head.as_bytes()).is_err() {
         return false;
@@ -371,23 +379,16 @@ fn respond(
         Some(Fault::Stall) => 0,
         _ => len,
     };
+    if chunked && write!(out, "{send:x}\r\n").is_err() {
+        return false;
+    }
     if !send_range(out, &file, start, send, fault.as_ref(), state) {
         return false;
     }
     match fault {
         Some(Fault::LongBody) => out.write_all(&[0]).is_ok(),
-        Some(Fault::Stall) => {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while Instant::now() < deadline && !state.stopping.load(Ordering::SeqCst) {
-                // Bounded wait for the client to give up or the server to stop.
-                let mut probe = [0u8; 1];
-                let _ = out.set_read_timeout(Some(Duration::from_millis(200)));
-                if let Ok(0) = out.read(&mut probe) {
-                    break;
-                }
-            }
-            false
-        }
+        Some(Fault::Stall) => stall(out, state),
+        Some(Fault::StallAfterBody) => out.write_all(b"\r\n").is_ok() && stall(out, state),
         Some(Fault::ResetAfter(_)) => {
             // SO_LINGER 0: close sends RST, not FIN.
             let _ = socket_linger_zero(out);
@@ -397,6 +398,20 @@ fn respond(
         Some(Fault::ShortBody) => false,
         _ => true,
     }
+}
+
+/// Holds the connection open, silent, until the client gives up or the
+/// server stops (at most 120 s); then it is closed.
+fn stall(out: &mut TcpStream, state: &State) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && !state.stopping.load(Ordering::SeqCst) {
+        let mut probe = [0u8; 1];
+        let _ = out.set_read_timeout(Some(Duration::from_millis(200)));
+        if let Ok(0) = out.read(&mut probe) {
+            break;
+        }
+    }
+    false
 }
 
 /// An HTML index, as web servers write them: clients such as rclone's http

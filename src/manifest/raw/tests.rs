@@ -186,6 +186,19 @@ fn bad_paths() {
     fails(&with_path("a/../b"), 6, "model[0].file[0].path", "\"..\"");
     fails(&with_path("a//b"), 6, "model[0].file[0].path", "empty part");
     fails(&with_path("a/"), 6, "model[0].file[0].path", "empty part");
+    // TOML escapes: a terminal escape, and a right-to-left override.
+    fails(
+        &with_path("a\\u001b[2Jb"),
+        6,
+        "model[0].file[0].path",
+        "U+001B",
+    );
+    fails(
+        &with_path("evil\\u202Etxt.exe"),
+        6,
+        "model[0].file[0].path",
+        "U+202E",
+    );
 }
 
 #[test]
