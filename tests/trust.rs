@@ -345,3 +345,49 @@ fn a_cache_dir_locked_by_another_process_does_not_stall_the_mount() {
     dir.unlock().unwrap();
     assert!(opener.join().unwrap().unwrap() == cold);
 }
+
+/// A pid that no process has now.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn liveness_is_a_held_lock_not_a_pid() {
+    let h = Hostile::new(true);
+    let ws = &h.ws;
+    // A record left by a killed mount whose pid now belongs to another
+    // process (pid 1 lives, as reused pids do); its quota would refuse all.
+    fs::create_dir_all(ws.cache().join("mounts")).unwrap();
+    fs::write(
+        ws.cache().join("mounts/1"),
+        r#"{"pid": 1, "max_cache_size": 1, "mountpoint": "/gone", "manifest": "/gone.toml"}"#,
+    )
+    .unwrap();
+    assert_eq!(ws.status()["mounts"].as_array().unwrap().len(), 0);
+    // A download in progress whose pid looks dead (another pid namespace's).
+    let download = ws
+        .cache()
+        .join(format!("tmp/{}.{}.0", sha256_hex(&h.data), dead_pid()));
+    fs::create_dir_all(download.parent().unwrap()).unwrap();
+    let held = File::create(&download).unwrap();
+    held.lock_shared().unwrap();
+
+    ws.run_ok(&["prefetch".as_ref(), "m".as_ref()]);
+    assert!(download.exists(), "a locked download was swept");
+    drop(held);
+    ws.run_ok(&["prefetch".as_ref(), "m".as_ref()]);
+    assert!(!download.exists(), "a dead process's download stayed");
+
+    // A live mount is listed, and its record goes with it.
+    let m = ws.mount();
+    let mounts = ws.status()["mounts"].as_array().unwrap().clone();
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
+    assert_eq!(mounts[0]["pid"], m.pid());
+    assert!(
+        !ws.cache().join("mounts/1").exists(),
+        "the dead record was swept"
+    );
+}

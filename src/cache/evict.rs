@@ -233,7 +233,7 @@ impl Cache {
                 stored.bytes += std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
                 if !name.ends_with(".map") {
                     stored.last_used = stored.last_used.max(meta.accessed()?);
-                    stored.in_use |= is_locked(&file)?;
+                    stored.in_use |= super::files::is_locked(&file)?;
                 }
             }
         }
@@ -310,7 +310,7 @@ impl Cache {
             }
             // Under the directory lock nobody can open them meanwhile.
             for path in &paths {
-                if !path.to_string_lossy().ends_with(".map") && is_locked(path)? {
+                if !path.to_string_lossy().ends_with(".map") && super::files::is_locked(path)? {
                     return Ok(false);
                 }
             }
@@ -391,28 +391,6 @@ impl Cache {
             pinned.extend(text.lines().filter_map(|l| Digest::from_hex(l.trim()).ok()));
         }
         Ok(pinned)
-    }
-}
-
-/// Whether some process holds the file open as a blob (a shared flock).
-/// Nothing holds a symlink planted in the cache: it goes like litter.
-fn is_locked(path: &Path) -> io::Result<bool> {
-    let file = match super::files::open_ro(path) {
-        Ok(f) => f,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
-            ) =>
-        {
-            return Ok(false);
-        }
-        Err(e) => return Err(e),
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(false),
-        Err(fs::TryLockError::WouldBlock) => Ok(true),
-        Err(fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

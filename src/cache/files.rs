@@ -140,6 +140,30 @@ pub fn check_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether some process holds an `flock` on the file at `path`: a blob in
+/// use, a download in progress, a live mount's record. The lock goes with
+/// its holder, so unlike a pid it cannot outlive it or be reused. Nothing
+/// holds a symlink planted in the cache.
+pub fn is_locked(path: &Path) -> io::Result<bool> {
+    let file = match open_ro(path) {
+        Ok(f) => f,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(fs::TryLockError::WouldBlock) => Ok(true),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// Removes `path` if it is there: a file or symlink itself, a directory with
 /// its contents, never what a symlink points to.
 pub fn remove(path: &Path) -> io::Result<()> {

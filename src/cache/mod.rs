@@ -385,18 +385,26 @@ impl Cache {
     }
 
     /// Removes temporary files (downloads, maps being made) left by
-    /// processes that no longer run.
+    /// processes that no longer run. A download in progress holds an
+    /// `flock` on its file, which no dead process can; anything else in
+    /// `tmp/` lives for moments, so what its maker's pid does not vouch for
+    /// (the pid is gone, or may have been reused) goes after a grace period.
     pub fn sweep_temp(&self) -> io::Result<usize> {
+        const GRACE: std::time::Duration = std::time::Duration::from_secs(60);
         let mut removed = 0;
         for entry in fs::read_dir(self.root.join("tmp"))? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let pid = name
-                .to_str()
+            let path = entry?.path();
+            let pid = path
+                .file_name()
+                .and_then(|n| n.to_str())
                 .and_then(|n| n.split('.').nth(1))
                 .and_then(|p| p.parse::<i32>().ok());
-            if pid.is_some_and(|p| !process_alive(p)) {
-                removed += usize::from(files::remove(&entry.path()).is_ok());
+            let old = fs::symlink_metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > GRACE));
+            let orphan = !pid.is_some_and(process_alive) || old;
+            if orphan && !files::is_locked(&path)? {
+                removed += usize::from(files::remove(&path).is_ok());
             }
         }
         Ok(removed)
@@ -433,7 +441,7 @@ pub fn chunk_len(size: u64, chunk_size: u64, index: u64) -> u64 {
     chunk_size.min(size - index * chunk_size)
 }
 
-pub fn process_alive(pid: i32) -> bool {
+fn process_alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence and permission.
     unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
 }

@@ -388,22 +388,39 @@ impl Drop for EphemeralCache {
 
 /// `CACHE/mounts/<pid>`: tells `modelfs status` which mounts use the cache.
 /// Removed when the mount ends; a record of a dead pid is ignored.
-pub struct MountRecord(Option<PathBuf>);
+pub struct MountRecord(Option<(PathBuf, std::fs::File)>);
 
 impl MountRecord {
+    /// Writes `CACHE/mounts/<name>` and holds an exclusive `flock` on it for
+    /// as long as the mount lives: readers tell a live mount by the lock,
+    /// which (unlike a pid) dies with its process, whatever pid namespace
+    /// it ran in and whoever gets its pid next.
     fn create(cache: &Cache, mountpoint: &Path, manifest: &Path) -> MountRecord {
-        let dir = cache.root().join("mounts");
-        let path = dir.join(std::process::id().to_string());
         let body = serde_json::json!({
             "max_cache_size": cache.quota().max_bytes,
             "pid": std::process::id(),
             "mountpoint": mountpoint,
             "manifest": std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned()),
         });
-        let written =
-            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, body.to_string()));
-        match written {
-            Ok(()) => MountRecord(Some(path)),
+        let written = || -> io::Result<(PathBuf, std::fs::File)> {
+            let dir = cache.root().join("mounts");
+            crate::cache::files::ensure_dir(&dir)?;
+            // Records are locked before they get their name: one that is
+            // not locked is a dead mount's.
+            for old in std::fs::read_dir(&dir)?.flatten() {
+                if !crate::cache::files::is_locked(&old.path())? {
+                    crate::cache::files::remove(&old.path())?;
+                }
+            }
+            let (mut file, tmp) = cache.temp_file(&crate::hash::Digest([0; 32]))?;
+            io::Write::write_all(&mut file, body.to_string().as_bytes())?;
+            file.lock()?;
+            let path = dir.join(tmp.file_name().expect("temp files have names"));
+            std::fs::rename(&tmp, &path)?;
+            Ok((path, file))
+        };
+        match written() {
+            Ok(record) => MountRecord(Some(record)),
             Err(e) => {
                 warn!(error = %e, "cannot record this mount in the cache; status will not list it");
                 MountRecord(None)
@@ -414,8 +431,8 @@ impl MountRecord {
 
 impl Drop for MountRecord {
     fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
+        if let Some((path, _locked)) = &self.0 {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

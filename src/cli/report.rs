@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde_json::json;
 
-use crate::cache::{Cache, Presence, process_alive};
+use crate::cache::{Cache, Presence, files};
 use crate::manifest::{Manifest, Model};
 use crate::units::format_size;
 
@@ -191,16 +191,15 @@ pub(super) fn mounts_quota(mounts: &[serde_json::Value]) -> Option<u64> {
         .min()
 }
 
-/// The records of mounts of the cache at `root` whose process still runs.
+/// The records of mounts of the cache at `root` that are live: their
+/// process holds the record's lock.
 pub(super) fn live_mounts(root: &Path) -> Vec<serde_json::Value> {
     let Ok(entries) = std::fs::read_dir(root.join("mounts")) else {
         return Vec::new();
     };
     entries
         .flatten()
-        .filter_map(|e| {
-            serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.path()).ok()?).ok()
-        })
-        .filter(|v| v["pid"].as_i64().is_some_and(|p| process_alive(p as i32)))
+        .filter(|e| files::is_locked(&e.path()).unwrap_or(false))
+        .filter_map(|e| serde_json::from_slice(&files::read(&e.path()).ok()?).ok())
         .collect()
 }

@@ -205,6 +205,16 @@ impl Fetcher {
         }
     }
 
+    /// One of the [`MAX_CONCURRENT_REQUESTS`] slots, held from before a
+    /// chunk is claimed until it is verified or given up: retries and
+    /// failover included, so a chunk once started is not overtaken.
+    async fn request_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.requests
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
     /// Counts a failed attempt at `location`, and the move to the next
     /// source when there is one.
     fn source_failed(&self, location: &Location, why: &str, more: bool) {
@@ -296,6 +306,10 @@ impl Fetcher {
                 actual,
             });
         }
+        // The request slot first: a task queued behind this process's other
+        // fetches neither holds a claim others wait on nor reserves quota
+        // for bytes it is not fetching yet.
+        let _slot = self.request_slot().await;
         // Held until the bit is set: another process that wants this chunk
         // waits here, then finds it present.
         let _claim = {
@@ -357,10 +371,15 @@ impl Fetcher {
         self.make_room(target, entry.size, || Ok(())).await?;
         let mut attempts = Vec::new();
         for round in 0..entry.locations.len() {
+            // Locked while this process fills it: no sweep takes it for a dead one's.
             let (file, tmp) = self
                 .cache
                 .temp_file(&blob.digest)
-                .and_then(|(f, tmp)| f.set_len(entry.size).map(|()| (f, tmp)))
+                .and_then(|(f, tmp)| {
+                    f.lock_shared()?;
+                    f.set_len(entry.size)?;
+                    Ok((f, tmp))
+                })
                 .map_err(|e| local(target, e))?;
             let mut order = self
                 .health
@@ -411,6 +430,7 @@ impl Fetcher {
         order: &[&Location],
         range: Range<u64>,
     ) -> Result<(), FetchError> {
+        let _slot = self.request_slot().await;
         let mut attempts = Vec::new();
         for (i, location) in order.iter().enumerate() {
             let mut writer = RangeWriter {
@@ -450,16 +470,10 @@ impl Fetcher {
         let mut retry = 0;
         loop {
             let before = writer.pos;
-            let result = {
-                let _permit = self
-                    .requests
-                    .acquire()
-                    .await
-                    .expect("semaphore never closes");
-                self.sources
-                    .fetch(location, writer.pos..writer.range.end, writer)
-                    .await
-            };
+            let result = self
+                .sources
+                .fetch(location, writer.pos..writer.range.end, writer)
+                .await;
             self.metrics
                 .fetched(&location.origin(), writer.pos - before);
             let error = match result {
