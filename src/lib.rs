@@ -7,6 +7,8 @@
 //! [`source`] (one module per URL scheme). [`manifest`] describes what exists;
 //! [`cli`] is the thin command-line edge.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod cache;
 pub mod cli;
 pub mod fetch;

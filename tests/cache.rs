@@ -257,23 +257,54 @@ fn cache_disk_bytes(ws: &Workspace) -> u64 {
         .disk_usage()
 }
 
-/// Reads `path` whole while sampling the cache's size; the largest seen.
-fn read_watching_size(ws: &Workspace, path: &std::path::Path) -> (std::io::Result<Vec<u8>>, u64) {
-    let done = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let watcher = s.spawn(|| {
-            let mut most = cache_disk_bytes(ws);
-            let started = std::time::Instant::now();
-            while !done.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < DEADLINE {
-                most = most.max(cache_disk_bytes(ws));
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            most.max(cache_disk_bytes(ws))
-        });
-        let got = std::fs::read(path);
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (got, watcher.join().unwrap())
-    })
+/// Unmounts (SIGTERM), keeping the log to read.
+fn stop(m: &mut Mount) {
+    let status = m.signal_and_wait(libc::SIGTERM);
+    assert!(status.success(), "mount exited with {status}");
+}
+
+/// Every reservation of cache space the mount logs record, as (bytes, the
+/// most the cache could hold once it was made). modelfs logs each one.
+fn reservations(mounts: &[&Mount]) -> Vec<(u64, u64)> {
+    let field = |line: &str, name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    mounts
+        .iter()
+        .flat_map(|m| {
+            m.log_text()
+                .lines()
+                .filter(|l| l.contains("reserved room in the cache"))
+                .map(|l| (field(l, "bytes"), field(l, "usage_bound")))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The quota, proven rather than sampled: every byte fetched was reserved
+/// first (the reservations add up to what the server sent), and no
+/// reservation let the cache's bound pass the quota.
+fn assert_quota_held(what: &str, mounts: &[&Mount], server: &RangeServer, quota: u64) {
+    let reserved = reservations(mounts);
+    let total: u64 = reserved.iter().map(|(bytes, _)| bytes).sum();
+    let most = reserved.iter().map(|(_, bound)| *bound).max().unwrap_or(0);
+    eprintln!(
+        "quota: {what}: {} reservations, {:.2} MiB reserved, {:.2} MiB fetched, largest bound {:.2} MiB under {:.0} MiB",
+        reserved.len(),
+        total as f64 / MIB as f64,
+        server.bytes_sent() as f64 / MIB as f64,
+        most as f64 / MIB as f64,
+        quota as f64 / MIB as f64
+    );
+    assert_eq!(
+        total,
+        server.bytes_sent(),
+        "every byte fetched was reserved first"
+    );
+    assert!(most <= quota, "a reservation took the cache past its quota");
 }
 
 fn states(ws: &Workspace) -> Vec<(String, String)> {
@@ -337,22 +368,18 @@ fn models(ids: &[&str]) -> (Workspace, RangeServer, Vec<Vec<u8>>) {
 #[test]
 fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
     const QUOTA: u64 = 10 * MIB;
-    let (ws, _server, data) = models(&["a", "b", "c"]);
+    let (ws, server, data) = models(&["a", "b", "c"]);
     let quota = ["--max-cache-size", "10M"];
-    let mut most = 0;
 
     // a, then b; the order survives the restart (atimes).
-    {
-        let m = Mount::start(&ws, &quota);
-        for id in ["a", "b"] {
-            std::fs::read(m.path(&format!("{id}/w.bin"))).unwrap();
-        }
+    let mut first = Mount::start(&ws, &quota);
+    for id in ["a", "b"] {
+        std::fs::read(first.path(&format!("{id}/w.bin"))).unwrap();
     }
+    stop(&mut first);
     let addr = free_addr();
-    let m = Mount::start(&ws, &[&quota[..], &["--metrics-addr", &addr]].concat());
-    let (got, seen) = read_watching_size(&ws, &m.path("c/w.bin"));
-    assert!(got.unwrap() == data[2]);
-    most = most.max(seen);
+    let mut m = Mount::start(&ws, &[&quota[..], &["--metrics-addr", &addr]].concat());
+    assert!(std::fs::read(m.path("c/w.bin")).unwrap() == data[2]);
     assert_eq!(
         metric(&http_get(&addr, "/metrics").1, "modelfs_evictions_total"),
         1.0
@@ -378,14 +405,13 @@ fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
     // Once b is closed, it is the one to go.
     drop(held);
     wait_for("b released", || !blob_in_use(&ws, &data[1]));
-    let (got, seen) = read_watching_size(&ws, &m.path("a/w.bin"));
-    assert!(got.unwrap() == data[0]);
-    most = most.max(seen);
+    assert!(std::fs::read(m.path("a/w.bin")).unwrap() == data[0]);
     wait_for_states(
         &ws,
         &[("a", "complete"), ("b", "absent"), ("c", "complete")],
     );
-    drop(m);
+    stop(&mut m);
+    assert_quota_held("one mount, restarted", &[&first, &m], &server, QUOTA);
 
     // A dry run changes nothing; a real one keeps the pinned model.
     let before = cache_disk_bytes(&ws);
@@ -400,14 +426,6 @@ fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
     assert_eq!(states(&ws)[0].1, "complete");
     ws.run_ok(&["gc", "--max-cache-size", "5M"].map(AsRef::as_ref));
     wait_for_states(&ws, &[("a", "absent"), ("b", "absent"), ("c", "complete")]);
-
-    eprintln!(
-        "quota: largest size seen {:.2} MiB under a {:.0} MiB quota (overshoot {:.2} MiB)",
-        most as f64 / MIB as f64,
-        QUOTA as f64 / MIB as f64,
-        most.saturating_sub(QUOTA) as f64 / MIB as f64
-    );
-    assert!(most <= QUOTA + MIB, "the quota held within one chunk");
 }
 
 /// Flips one byte of a file in the cache.
@@ -522,7 +540,7 @@ fn a_file_filled_by_two_mounts_is_completed_when_they_close_it() {
 }
 
 #[test]
-fn two_mounts_filling_one_quota_overshoot_by_at_most_a_chunk_each() {
+fn two_mounts_filling_one_quota_never_pass_it() {
     const QUOTA: u64 = 10 * MIB;
     let (ws, server, data) = models(&["a", "b", "c", "d"]);
     let quota = ["--max-cache-size", "10M"];
@@ -543,10 +561,9 @@ fn two_mounts_filling_one_quota_overshoot_by_at_most_a_chunk_each() {
     server.set_rate(8 * MIB);
     let second = Mount::start_on(&ws, &ws.path("mnt2"), &quota, &[]);
     let (c, d) = (first.path("c/w.bin"), second.path("d/w.bin"));
-    let (reads, most) = std::thread::scope(|s| {
+    let reads = std::thread::scope(|s| {
         let other = s.spawn(|| std::fs::read(&d));
-        let (got, most) = read_watching_size(&ws, &c);
-        ((got, other.join().unwrap()), most)
+        (std::fs::read(&c), other.join().unwrap())
     });
     assert!(reads.0.unwrap() == data[2] && reads.1.unwrap() == data[3]);
     wait_for_states(
@@ -558,11 +575,5 @@ fn two_mounts_filling_one_quota_overshoot_by_at_most_a_chunk_each() {
             ("d", "complete"),
         ],
     );
-    eprintln!(
-        "quota: two mounts at once: largest size seen {:.2} MiB under {:.0} MiB (overshoot {:.2} MiB)",
-        most as f64 / MIB as f64,
-        QUOTA as f64 / MIB as f64,
-        most.saturating_sub(QUOTA) as f64 / MIB as f64
-    );
-    assert!(most <= QUOTA + 2 * MIB, "within a chunk per stream");
+    assert_quota_held("two mounts at once", &[&first, &second], &server, QUOTA);
 }

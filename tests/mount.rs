@@ -119,10 +119,22 @@ fn cold_read_is_verified_and_warm_rereads_fetch_nothing() {
             fs::metadata(m.path("m@1/weights.bin")).unwrap().blocks() * 512 >= size as u64
         });
     }
-    // The cache survives the unmount: a new mount serves from it.
-    let m = ws.mount();
+    // The cache survives the unmount: a new mount serves from it, and the
+    // kernel reads the cache file directly (passthrough), not through us.
+    let addr = free_addr();
+    let m = Mount::start(&ws, &["--metrics-addr", &addr]);
     assert_eq!(fs::read(m.path("m@1/weights.bin")).unwrap(), data);
     assert_eq!(server.bytes_sent(), 0, "warm reread after remount");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(
+        metric(&metrics, "modelfs_opens_total{mode=\"passthrough\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&metrics, "modelfs_fuse_ops_total{op=\"read\"}"),
+        0.0,
+        "{metrics}"
+    );
     assert_eq!(ws.status()["models"][0]["state"], "complete");
 }
 

@@ -130,9 +130,11 @@ impl Cache {
             _ => self.calibrate(&mut calibration, reserved)?,
         };
         let mut evicted = 0;
+        // What the cache may hold at most, by the figure the decision rests on.
+        let mut bound = estimate;
         if self.shortfall(estimate, len)? > 0 {
-            let bytes = self.calibrate(&mut calibration, reserved)?;
-            let short = self.shortfall(bytes, len)?;
+            bound = self.calibrate(&mut calibration, reserved)?;
+            let short = self.shortfall(bound, len)?;
             if short > 0 {
                 let plan = self.plan(short)?;
                 for victim in &plan.evict {
@@ -140,8 +142,8 @@ impl Cache {
                         evicted += 1;
                     }
                 }
-                let bytes = self.calibrate(&mut calibration, reserved)?;
-                let short = self.shortfall(bytes, len)?;
+                bound = self.calibrate(&mut calibration, reserved)?;
+                let short = self.shortfall(bound, len)?;
                 if short > 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::StorageFull,
@@ -149,7 +151,7 @@ impl Cache {
                             "cache full: {} more needed and nothing else can be evicted \
                              ({} on disk; in use: {} files, {}; pinned: {} files, {})",
                             format_size(short),
-                            format_size(bytes),
+                            format_size(bound),
                             plan.in_use.0,
                             format_size(plan.in_use.1),
                             plan.pinned.0,
@@ -161,6 +163,14 @@ impl Cache {
         }
         allocate()?;
         lock.set_reserved(reserved + len)?;
+        // Every reservation, with the most the cache can hold once it is
+        // made: what tests (and an operator) check the quota against.
+        tracing::debug!(
+            bytes = len,
+            usage_bound = bound + len,
+            quota = self.quota.max_bytes,
+            "reserved room in the cache"
+        );
         Ok(evicted)
     }
 

@@ -172,12 +172,19 @@ impl Filesystem for FuseAdapter {
                         // No FOPEN_KEEP_CACHE here: the kernel fails a passthrough
                         // open that also asks for it (EIO, measured on 6.18).
                         reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                        core.metrics().opened("passthrough");
                         backing
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(fh, id);
                         return;
                     }
+                    let mode = if handle.blob().is_complete() {
+                        "complete"
+                    } else {
+                        "partial"
+                    };
+                    core.metrics().opened(mode);
                     // Verified content never changes: the kernel may keep its pages.
                     reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
                 }

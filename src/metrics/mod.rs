@@ -24,6 +24,7 @@ const EVICTIONS: &str = "modelfs_evictions";
 const CACHE_BYTES: &str = "modelfs_cache_bytes";
 const FETCH_DURATION: &str = "modelfs_fetch_duration_seconds";
 const FUSE_OPS: &str = "modelfs_fuse_ops";
+const OPENS: &str = "modelfs_opens";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
@@ -33,6 +34,11 @@ struct SourceLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
     op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabel {
+    mode: &'static str,
 }
 
 /// The last failure seen from one source.
@@ -54,6 +60,7 @@ pub struct Metrics {
     cache_bytes: Gauge,
     fetch_duration: Histogram,
     fuse_ops: Family<OpLabel, Counter>,
+    opens: Family<ModeLabel, Counter>,
     last_errors: Mutex<BTreeMap<String, SourceError>>,
 }
 
@@ -74,6 +81,7 @@ impl Metrics {
         // 1 ms .. ~65 s: a chunk from a local disk up to a slow mirror with retries.
         let fetch_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
         let fuse_ops = Family::<OpLabel, Counter>::default();
+        let opens = Family::<ModeLabel, Counter>::default();
         registry.register(
             FETCH_BYTES,
             "Bytes received from each source",
@@ -111,6 +119,13 @@ impl Metrics {
             fetch_duration.clone(),
         );
         registry.register(FUSE_OPS, "FUSE requests by operation", fuse_ops.clone());
+        registry.register(
+            OPENS,
+            "Files opened, by how their reads are served: passthrough (by the kernel from \
+             the cache file), complete (by modelfs from the cache file), partial (fetched \
+             as needed)",
+            opens.clone(),
+        );
         Metrics {
             registry,
             fetch_bytes,
@@ -122,6 +137,7 @@ impl Metrics {
             cache_bytes,
             fetch_duration,
             fuse_ops,
+            opens,
             last_errors: Mutex::new(BTreeMap::new()),
         }
     }
@@ -132,6 +148,11 @@ impl Metrics {
             source: source.to_owned(),
         };
         self.fetch_bytes.get_or_create(&label).inc_by(bytes);
+    }
+
+    /// `mode`: "passthrough", "complete" or "partial".
+    pub fn opened(&self, mode: &'static str) {
+        self.opens.get_or_create(&ModeLabel { mode }).inc();
     }
 
     pub fn cache_hit(&self, bytes: u64) {
