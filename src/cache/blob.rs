@@ -135,8 +135,8 @@ impl Blob {
             map.file().lock_shared()?;
             let boot = boot_id();
             if map.dirty_since().is_some_and(|b| b != boot) {
-                let (kept, dropped) = reverify(&map, &file, &blob)?;
-                tracing::warn!(file = %entry.path, kept, dropped, "re-verified chunks cached before an unclean shutdown");
+                let suspect = map.suspect_all()?;
+                tracing::warn!(file = %entry.path, suspect, "chunks cached before an unclean shutdown will be re-verified as they are needed");
             }
             map.mark_dirty(boot)?;
             blob.verified = AtomicU64::new(map.count());
@@ -318,7 +318,7 @@ impl Blob {
             return Ok(Verified::default());
         };
         let (kept, dropped) = reverify(map, &file, self)?;
-        self.verified.fetch_sub(dropped, Ordering::AcqRel);
+        self.verified.store(map.count(), Ordering::Release);
         Ok(Verified {
             bytes: (kept + dropped) * self.chunk_size,
             bad_chunks: dropped,
@@ -329,6 +329,30 @@ impl Blob {
     fn data_file(&self) -> Option<File> {
         let data = self.data.read().unwrap_or_else(|p| p.into_inner());
         data.as_ref()?.try_clone().ok()
+    }
+
+    /// Whether chunk `index` was verified before a power loss and awaits
+    /// [`Blob::confirm_suspect`] before it is served.
+    pub fn is_suspect(&self, index: u64) -> bool {
+        self.map.as_ref().is_some_and(|m| m.is_suspect(index))
+    }
+
+    /// Re-hashes a suspect chunk's bytes on disk: true (and verified again)
+    /// if they survived, false (and to be fetched) if not. Call with the
+    /// chunk claimed. Blocking.
+    pub fn confirm_suspect(&self, index: u64) -> io::Result<bool> {
+        let (Some(map), Some(file)) = (&self.map, self.data_file()) else {
+            return Ok(false);
+        };
+        if !map.is_suspect(index) {
+            return Ok(map.is_set(index));
+        }
+        let good = chunk_matches(&file, self, index)?;
+        if good {
+            self.mark_verified(index);
+        }
+        map.clear_suspect(index);
+        Ok(good)
     }
 
     /// What chunk `index` must hash to; `None` for a file verified whole.
@@ -502,30 +526,34 @@ fn boot_id() -> [u8; 16] {
     id
 }
 
-/// Re-hashes every chunk the map claims, and clears the bits whose data
-/// does not match: (kept, dropped). Blocking.
-fn reverify(map: &ChunkMap, file: &File, blob: &Blob) -> io::Result<(u64, u64)> {
-    let Some(hashes) = &blob.chunks else {
-        return Ok((0, 0));
+/// Whether chunk `index`'s bytes in `file` match their hash. Blocking.
+fn chunk_matches(file: &File, blob: &Blob, index: u64) -> io::Result<bool> {
+    let Some(expected) = blob.chunk_hash(index) else {
+        return Ok(false);
     };
+    let mut buf = vec![0u8; super::chunk_len(blob.size, blob.chunk_size, index) as usize];
+    Ok(file
+        .read_exact_at(&mut buf, index * blob.chunk_size)
+        .is_ok()
+        && Digest::of(&buf) == expected)
+}
+
+/// Re-hashes every chunk the map holds verified or suspect: good ones are
+/// verified, bad ones dropped: (kept, dropped). Blocking.
+fn reverify(map: &ChunkMap, file: &File, blob: &Blob) -> io::Result<(u64, u64)> {
     let (mut kept, mut dropped) = (0, 0);
-    let mut buf = vec![0u8; blob.chunk_size as usize];
-    for (index, expected) in hashes.iter().enumerate() {
-        let index = index as u64;
-        if !map.is_set(index) {
+    for index in 0..blob.chunk_count() {
+        if !map.is_set(index) && !map.is_suspect(index) {
             continue;
         }
-        let len = super::chunk_len(blob.size, blob.chunk_size, index) as usize;
-        let ok = file
-            .read_exact_at(&mut buf[..len], index * blob.chunk_size)
-            .is_ok()
-            && Digest::of(&buf[..len]) == *expected;
-        if ok {
+        if chunk_matches(file, blob, index)? {
+            map.set(index);
             kept += 1;
         } else {
             map.clear(index);
             dropped += 1;
         }
+        map.clear_suspect(index);
     }
     Ok((kept, dropped))
 }
@@ -574,8 +602,25 @@ mod tests {
         }
         let cache = Cache::open(dir.path()).unwrap();
         let blob = cache.open_blob(entry).unwrap();
-        assert!((0..3).all(|c| blob.has_chunk(c)), "intact chunks are kept");
-        assert!(!blob.has_chunk(3), "a chunk whose data was lost is dropped");
+        // Nothing is trusted at open, and nothing is hashed there either.
+        assert!((0..4).all(|c| !blob.has_chunk(c) && blob.is_suspect(c)));
+        // Another process sees the same: the suspicion is in the map.
+        let other = Cache::open(dir.path()).unwrap();
+        assert_eq!(
+            other.presence(entry).unwrap(),
+            crate::cache::Presence::Absent
+        );
+        // On first use, each chunk is re-hashed.
+        assert!(
+            (0..3).all(|c| blob.confirm_suspect(c).unwrap()),
+            "intact chunks are kept"
+        );
+        assert!(
+            !blob.confirm_suspect(3).unwrap(),
+            "a chunk whose data was lost is dropped"
+        );
+        assert!((0..3).all(|c| blob.has_chunk(c)) && !blob.has_chunk(3));
+        assert!((0..4).all(|c| !blob.is_suspect(c)));
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! verified the bits), `dev: u64`, `ino: u64` (the partial file the bits
 //! describe), `boot_id: [u8; 16]`, `dirty: u64`, `failed_whole: [u8; 32]`
 //! (what the whole file hashed to when it failed its sha256; zeros if it
-//! never did), then `ceil(chunks / 8)` bitmap bytes, chunk `i` at bit `i % 8`
-//! of byte `i / 8`.
+//! never did), 32 reserved bytes, then two bitmaps of `ceil(chunks / 8)`
+//! bytes each, chunk `i` at bit `i % 8` of byte `i / 8`: the verified chunks,
+//! and the suspect ones.
 //!
 //! The first 72 bytes are the map's [`Identity`]: a map is only ever used for
 //! the very partial file and chunk hashes it was made for, so neither another
@@ -19,8 +20,8 @@
 //! could lose them. So a writer marks the map `dirty` with the current boot id
 //! (durably) before it sets bits, and the map is marked clean only after the
 //! data was synced. A dirty map from another boot may hold bits newer than its
-//! data: those chunks are re-verified before they are trusted (see
-//! [`super::Blob`]).
+//! data: its verified bits all become suspect, and each suspect chunk is
+//! re-hashed the first time it is needed (see [`super::Blob`]).
 //!
 //! The map file also carries the claims of fetchers: an OFD write lock on
 //! byte `CLAIMS_AT + i` while some process fetches chunk `i`. The kernel
@@ -45,6 +46,14 @@ const IDENTITY_LEN: usize = 72;
 const BOOT_ID_AT: usize = 72;
 const DIRTY_AT: usize = 88;
 const FAILED_WHOLE_AT: usize = 96;
+/// The two bitmaps after the header: verified chunks, then suspect ones.
+const VERIFIED: u64 = 0;
+const SUSPECT: u64 = 1;
+
+fn bitmap_len(chunks: u64) -> u64 {
+    chunks.div_ceil(8)
+}
+
 /// Where claim locks start: far past the bitmap of any file, so they never
 /// meet a lock on the map's content.
 const CLAIMS_AT: u64 = 1 << 40;
@@ -88,7 +97,7 @@ impl Identity {
     }
 
     fn file_len(&self) -> u64 {
-        HEADER_LEN as u64 + self.chunks().div_ceil(8)
+        HEADER_LEN as u64 + 2 * bitmap_len(self.chunks())
     }
 }
 
@@ -200,33 +209,30 @@ impl ChunkMap {
         self.mmap.flush()
     }
 
-    fn byte(&self, chunk: u64) -> &AtomicU8 {
+    /// The byte holding chunk `chunk`'s bit in bitmap `which` (0: verified,
+    /// 1: suspect).
+    fn byte(&self, which: u64, chunk: u64) -> &AtomicU8 {
         assert!(chunk < self.chunks, "chunk {chunk} out of {}", self.chunks);
-        // SAFETY: in bounds (asserted above; the map's length was checked at
-        // open or written at creation), AtomicU8 has the alignment of u8, the
-        // mapping lives as long as `self`, and every process writes the
-        // bitmap only through atomics.
-        unsafe {
-            AtomicU8::from_ptr(
-                self.mmap
-                    .as_mut_ptr()
-                    .add(HEADER_LEN + (chunk / 8) as usize),
-            )
-        }
+        let at = HEADER_LEN as u64 + which * bitmap_len(self.chunks) + chunk / 8;
+        // SAFETY: in bounds (chunk asserted above, `which` is 0 or 1; the
+        // map's length was checked at open or written at creation), AtomicU8
+        // has the alignment of u8, the mapping lives as long as `self`, and
+        // every process writes the bitmaps only through atomics.
+        unsafe { AtomicU8::from_ptr(self.mmap.as_mut_ptr().add(at as usize)) }
     }
 
     pub fn is_set(&self, chunk: u64) -> bool {
-        self.byte(chunk).load(Ordering::Acquire) & (1 << (chunk % 8)) != 0
+        self.byte(VERIFIED, chunk).load(Ordering::Acquire) & (1 << (chunk % 8)) != 0
     }
 
     /// Sets the bit; true if it was clear before.
     pub fn set(&self, chunk: u64) -> bool {
         let bit = 1 << (chunk % 8);
-        self.byte(chunk).fetch_or(bit, Ordering::Release) & bit == 0
+        self.byte(VERIFIED, chunk).fetch_or(bit, Ordering::Release) & bit == 0
     }
 
     pub fn clear(&self, chunk: u64) {
-        self.byte(chunk)
+        self.byte(VERIFIED, chunk)
             .fetch_and(!(1 << (chunk % 8)), Ordering::Release);
     }
 
@@ -236,6 +242,30 @@ impl ChunkMap {
 
     pub fn all_set(&self) -> bool {
         (0..self.chunks).all(|c| self.is_set(c))
+    }
+
+    /// Whether chunk `chunk` was verified before a power loss that may have
+    /// lost its data: it must be re-hashed before it is trusted again.
+    pub fn is_suspect(&self, chunk: u64) -> bool {
+        self.byte(SUSPECT, chunk).load(Ordering::Acquire) & (1 << (chunk % 8)) != 0
+    }
+
+    pub fn clear_suspect(&self, chunk: u64) {
+        self.byte(SUSPECT, chunk)
+            .fetch_and(!(1 << (chunk % 8)), Ordering::Release);
+    }
+
+    /// After a power loss: every verified bit becomes suspect, durably, so
+    /// that no process trusts it until its chunk was re-hashed (on first
+    /// use, not all at once). Returns how many became suspect.
+    pub fn suspect_all(&self) -> io::Result<u64> {
+        let moved = self.count();
+        for chunk in (0..self.chunks).step_by(8) {
+            let bits = self.byte(VERIFIED, chunk).swap(0, Ordering::AcqRel);
+            self.byte(SUSPECT, chunk).fetch_or(bits, Ordering::Release);
+        }
+        self.mmap.flush()?;
+        Ok(moved)
     }
 
     /// Waits until no other process fetches chunk `chunk`, then claims it

@@ -323,6 +323,17 @@ impl Fetcher {
             finish_if_verified(target, blob);
             return Ok(());
         }
+        if blob.is_suspect(index) {
+            let b = Arc::clone(blob);
+            if blocking(move || b.confirm_suspect(index))
+                .await
+                .map_err(|e| local(target, e))?
+            {
+                debug!(file = %target, chunk = index, "re-verified a chunk cached before an unclean shutdown");
+                finish_if_verified(target, blob);
+                return Ok(());
+            }
+        }
         let (for_chunk, chunk) = (Arc::clone(blob), range.clone());
         self.make_room(target, range.end - range.start, move || {
             for_chunk.allocate(chunk)
