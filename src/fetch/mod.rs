@@ -6,6 +6,8 @@
 mod health;
 pub mod readahead;
 mod retry;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,7 +30,7 @@ use crate::fileio::blocking;
 use crate::hash::Digest;
 use crate::manifest::{FileEntry, Manifest};
 use crate::metrics::Metrics;
-use crate::source::{Location, Sink, SourceError, Sources, StreamError};
+use crate::source::{Location, Sink, Source, SourceError, StreamError};
 
 /// Range requests in flight at once per process; more only queue at the
 /// server and spread the same bandwidth thinner.
@@ -100,7 +102,7 @@ fn format_attempts(attempts: &[(String, String)]) -> String {
 type Flight = Arc<OnceCell<Result<(), FetchError>>>;
 
 pub struct Fetcher {
-    sources: Sources,
+    sources: Box<dyn Source>,
     retry: RetryPolicy,
     requests: Semaphore,
     inflight: Mutex<HashMap<(BlobKey, u64), Flight>>,
@@ -164,12 +166,12 @@ enum AttemptError {
 impl Fetcher {
     pub fn new(
         cache: Arc<Cache>,
-        sources: Sources,
+        sources: impl Source + 'static,
         retry: RetryPolicy,
         metrics: Arc<Metrics>,
     ) -> Self {
         Fetcher {
-            sources,
+            sources: Box::new(sources),
             retry,
             requests: Semaphore::new(MAX_CONCURRENT_REQUESTS),
             inflight: Mutex::new(HashMap::new()),

@@ -2,17 +2,23 @@
 //! [`Sources::fetch`], which streams a byte range of one object into a sink.
 //!
 //! A source only moves bytes and classifies failures ([`SourceError`]); retry,
-//! failover and verification belong to [`crate::fetch`].
+//! failover and verification belong to [`crate::fetch`], which sees sources
+//! through the [`Source`] trait so that its logic is tested against a
+//! scripted double ([`scripted`]) as well as real servers.
 
 mod file;
 mod hf;
 mod http;
 mod location;
 mod s3;
+#[cfg(test)]
+pub mod scripted;
 
 use std::io;
 use std::ops::Range;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 pub use location::Location;
 
@@ -108,6 +114,30 @@ pub trait Sink {
     fn write(&mut self, data: &[u8]) -> io::Result<()>;
 }
 
+/// Anything that streams byte ranges of objects into a sink: the real
+/// clients ([`Sources`]), or in tests a scripted double.
+pub trait Source: Send + Sync {
+    /// Streams `range` of the object at `location` into `sink`. On error the
+    /// sink may have received a prefix of the range; the caller resumes from there.
+    fn fetch<'a>(
+        &'a self,
+        location: &'a Location,
+        range: Range<u64>,
+        sink: &'a mut (dyn Sink + Send),
+    ) -> BoxFuture<'a, Result<(), StreamError>>;
+}
+
+impl Source for Sources {
+    fn fetch<'a>(
+        &'a self,
+        location: &'a Location,
+        range: Range<u64>,
+        sink: &'a mut (dyn Sink + Send),
+    ) -> BoxFuture<'a, Result<(), StreamError>> {
+        Box::pin(self.fetch_range(location, range, sink))
+    }
+}
+
 /// The set of clients for every scheme; cheap to share.
 pub struct Sources {
     http: http::HttpSource,
@@ -124,9 +154,8 @@ impl Sources {
         })
     }
 
-    /// Streams `range` of the object at `location` into `sink`. On error the
-    /// sink may have received a prefix of the range; the caller resumes from there.
-    pub async fn fetch(
+    /// See [`Source::fetch`].
+    pub async fn fetch_range(
         &self,
         location: &Location,
         range: Range<u64>,
