@@ -391,3 +391,36 @@ fn liveness_is_a_held_lock_not_a_pid() {
         "the dead record was swept"
     );
 }
+
+#[test]
+fn a_file_whose_chunks_verify_but_whole_does_not_is_refused_and_remembered() {
+    let ws = Workspace::new();
+    let data = sample_bytes(MIB as usize + 5, 11);
+    ws.add_file("m", "w.bin", &data);
+    let server = RangeServer::start(&ws.models());
+    let entry = ws.entry("m", "m", &[format!("{}/m", server.url())], 256 * KIB);
+    // Chunk hashes right, file hash wrong: the manifest contradicts itself.
+    let wrong = sha256_hex(b"another file");
+    ws.write_manifest(&[entry.replace(&sha256_hex(&data), &wrong)]);
+    {
+        let m = ws.mount();
+        // Every chunk verifies, so reads are served until the whole-file
+        // check (in the background, once all chunks are in) fails.
+        if let Ok(read) = fs::read(m.path("m/w.bin")) {
+            assert!(read == data);
+        }
+        wait_for("the whole-file check", || {
+            m.log_text().contains("the manifest is inconsistent")
+        });
+        let err = fs::read(m.path("m/w.bin")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    }
+    // Remembered across mounts: refused at once, nothing fetched or hashed again.
+    server.reset_counters();
+    let m = ws.mount();
+    let err = fs::read(m.path("m/w.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert_eq!(server.requests(), 0);
+    assert!(m.log_text().contains("inconsistent"), "{}", m.log_text());
+    assert_eq!(ws.status()["models"][0]["cached_bytes"], 0);
+}
