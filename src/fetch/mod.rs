@@ -383,6 +383,9 @@ impl Fetcher {
         let entry = target.entry();
         self.make_room(target, entry.size, || Ok(())).await?;
         let mut attempts = Vec::new();
+        let first_order = self
+            .health
+            .order(&entry.locations, std::time::Instant::now());
         for round in 0..entry.locations.len() {
             // Locked while this process fills it: no sweep takes it for a dead one's.
             let (file, tmp) = self
@@ -394,9 +397,10 @@ impl Fetcher {
                     Ok((f, tmp))
                 })
                 .map_err(|e| local(target, e))?;
-            let mut order = self
-                .health
-                .order(&entry.locations, std::time::Instant::now());
+            // Each round starts from the next source of one order: were the
+            // order taken again, a source demoted meanwhile would rotate back
+            // to the front, and another never be first.
+            let mut order = first_order.clone();
             order.rotate_left(round);
             let parts = (0..entry.chunk_count()).map(|c| {
                 let start = c * entry.chunk_size;

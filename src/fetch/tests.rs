@@ -213,7 +213,26 @@ async fn a_file_without_chunk_hashes_is_verified_whole_then_fetched_again_elsewh
     assert_eq!(s.metric("modelfs_chunk_verify_failures_total"), 1);
     let parts = s.data.len().div_ceil(CHUNK);
     assert_eq!(s.source.requests(s.a()).len(), parts, "round 1: all from a");
-    assert!(!s.source.requests(s.b()).is_empty(), "round 2 starts from b");
+    assert!(
+        !s.source.requests(s.b()).is_empty(),
+        "round 2 starts from b"
+    );
+    let mut got = vec![0u8; s.data.len()];
+    s.blob.read_at(&mut got, 0).unwrap();
+    assert!(got == s.data);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_whole_file_round_starts_from_another_source_even_after_a_demotion() {
+    // Round 1: a corrupts one part and fails the others until it is
+    // demoted. Round 2 must start from b, not from a rotated back to first.
+    let s = Setup::new(false, |src, a, _| {
+        src.queue(a, &[Fault::Corrupt])
+            .queue(a, &vec![Fault::Unavailable; 12])
+            .always(a, Fault::Corrupt)
+    });
+    s.fetcher.ensure_whole(&s.target, &s.blob).await.unwrap();
+    assert!(s.blob.is_complete());
     let mut got = vec![0u8; s.data.len()];
     s.blob.read_at(&mut got, 0).unwrap();
     assert!(got == s.data);
