@@ -22,6 +22,8 @@ mod blob;
 pub mod chunk_map;
 mod evict;
 pub mod files;
+#[cfg(test)]
+mod reftest;
 
 use std::collections::HashMap;
 use std::fs;
