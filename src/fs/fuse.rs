@@ -3,7 +3,6 @@
 //! answered from a task on the runtime, so the request loop never waits on
 //! the network.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
@@ -18,6 +17,7 @@ use fuser::{
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
 
+use super::io_modes::{IoModes, Mode};
 use super::{Attr, FsError, ModelFs, NodeKind, ReadNow};
 
 /// Names never change while mounted; sizes neither. Only `st_blocks` moves as
@@ -30,8 +30,8 @@ pub struct FuseAdapter {
     core: Arc<ModelFs>,
     runtime: tokio::runtime::Handle,
     passthrough: bool,
-    /// Kernel handles on complete cache files, held while their file is open.
-    backing: Arc<Mutex<HashMap<u64, BackingId>>>,
+    /// How each open is served, per inode (see [`IoModes`]).
+    modes: Arc<Mutex<IoModes<BackingId>>>,
     uid: u32,
     gid: u32,
     mtime: SystemTime,
@@ -45,7 +45,7 @@ impl FuseAdapter {
             core,
             runtime,
             passthrough: false,
-            backing: Arc::default(),
+            modes: Arc::default(),
             uid,
             gid,
             mtime,
@@ -159,34 +159,37 @@ impl Filesystem for FuseAdapter {
         self.core.metrics().fuse_op("open");
         let span = debug_span!("open", ino = ino.0);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        let (core, backing) = (Arc::clone(&self.core), Arc::clone(&self.backing));
+        let (core, modes) = (Arc::clone(&self.core), Arc::clone(&self.modes));
         let passthrough = self.passthrough;
         self.runtime.spawn_blocking(move || {
             let _span = span.entered();
             match core.open(ino.0, write) {
                 Ok((fh, handle)) => {
-                    let complete = handle.blob().complete_file();
-                    if let Some(file) = complete.filter(|_| passthrough)
-                        && let Some(id) = try_passthrough(fh, &file, &reply)
-                    {
-                        // No FOPEN_KEEP_CACHE here: the kernel fails a passthrough
-                        // open that also asks for it (EIO, measured on 6.18).
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                        core.metrics().opened("passthrough");
-                        backing
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(fh, id);
-                        return;
+                    let mut modes = modes.lock().unwrap_or_else(|p| p.into_inner());
+                    // Decided and answered under the lock, so that two opens
+                    // of one inode cannot pick different modes.
+                    let mode = modes.open(ino.0, fh, || {
+                        let file = handle.blob().complete_file().filter(|_| passthrough)?;
+                        try_passthrough(fh, &file, &reply)
+                    });
+                    match mode {
+                        Mode::Passthrough(id) => {
+                            // No FOPEN_KEEP_CACHE here: the kernel fails a passthrough
+                            // open that also asks for it (EIO, measured on 6.18).
+                            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                            core.metrics().opened("passthrough");
+                        }
+                        Mode::Cached => {
+                            let served = if handle.blob().is_complete() {
+                                "complete"
+                            } else {
+                                "partial"
+                            };
+                            core.metrics().opened(served);
+                            // Verified content never changes: the kernel may keep its pages.
+                            reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                        }
                     }
-                    let mode = if handle.blob().is_complete() {
-                        "complete"
-                    } else {
-                        "partial"
-                    };
-                    core.metrics().opened(mode);
-                    // Verified content never changes: the kernel may keep its pages.
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
                 }
                 Err(e) => {
                     warn!(error = %e, "open failed");
@@ -243,10 +246,10 @@ impl Filesystem for FuseAdapter {
     ) {
         self.core.metrics().fuse_op("release");
         let _span = debug_span!("release", fh = fh.0).entered();
-        self.backing
+        self.modes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh.0);
+            .release(fh.0);
         self.core.release(fh.0);
         reply.ok();
     }

@@ -5,6 +5,7 @@
 //! the missing ones first.
 
 pub mod fuse;
+mod io_modes;
 mod tree;
 
 use std::collections::HashMap;
