@@ -74,3 +74,178 @@ fn an_open_after_the_file_completed_under_another_open_succeeds() {
 fn an_mmap_after_the_file_completed_under_another_open_succeeds() {
     open_after_completion(true);
 }
+
+/// A reader process: random `pread`s over `paths`, one line per read:
+/// `FILE OFFSET ASKED GOT SHA256` (or `FILE OFFSET ASKED ERR errno`).
+const READER: &str = r#"
+import hashlib, os, random, sys
+seed, count, paths = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+rng = random.Random(seed)
+fds = [os.open(p, os.O_RDONLY) for p in paths]
+sizes = [os.fstat(fd).st_size for fd in fds]
+for _ in range(count):
+    i = rng.randrange(len(fds))
+    n = min(rng.randint(4096, 3 << 20), sizes[i])
+    off = rng.randrange(sizes[i] - n + 1)
+    try:
+        got = os.pread(fds[i], n, off)
+        print(i, off, n, len(got), hashlib.sha256(got).hexdigest(), flush=True)
+    except OSError as e:
+        print(i, off, n, "ERR", e.errno, flush=True)
+"#;
+
+/// What the readers saw.
+#[derive(Default, Debug)]
+struct Seen {
+    reads: u64,
+    failed: std::collections::BTreeMap<i32, u64>,
+    short: u64,
+    wrong: u64,
+}
+
+/// 16 reader processes over `files` through `m`, 60 reads each; every line checked.
+fn sixteen_readers(m: &Mount, files: &[(String, Vec<u8>)]) -> Seen {
+    let paths: Vec<_> = files.iter().map(|(rel, _)| m.path(rel)).collect();
+    let children: Vec<_> = (0..16)
+        .map(|seed| {
+            std::process::Command::new("python3")
+                .args(["-c", READER, &seed.to_string(), "60"])
+                .args(&paths)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut seen = Seen::default();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "a reader process failed");
+        for line in String::from_utf8(out.stdout).unwrap().lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (i, off, n): (usize, usize, usize) = (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            );
+            seen.reads += 1;
+            if f[3] == "ERR" {
+                *seen.failed.entry(f[4].parse().unwrap()).or_default() += 1;
+                continue;
+            }
+            let got: usize = f[3].parse().unwrap();
+            if got < n {
+                seen.short += 1;
+            }
+            if f[4] != sha256_hex(&files[i].1[off..off + got]) {
+                seen.wrong += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// Three cold 8 MiB files on a server whose faults change while 16
+/// processes read them, with a clean mirror behind it; `mount_args` adds a
+/// quota or not. Every read must come back whole and right, and no file's
+/// size, as `stat` shows it, may change.
+fn many_readers(what: &str, mount_args: &[&str]) {
+    use support::range_server::Fault;
+    let ws = Workspace::new();
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                format!("m{i}/w.bin"),
+                sample_bytes(8 * MIB as usize + 333 * i, 30 + i as u64),
+            )
+        })
+        .collect();
+    for (rel, data) in &files {
+        let (model, name) = rel.split_once('/').unwrap();
+        ws.add_file(model, name, data);
+    }
+    let faulty = RangeServer::start(&ws.models());
+    let clean = RangeServer::start(&ws.models());
+    let entries: Vec<_> = (0..3)
+        .map(|i| {
+            let m = format!("m{i}");
+            let sources = [
+                format!("{}/{m}", faulty.url()),
+                format!("{}/{m}", clean.url()),
+            ];
+            ws.entry(&m, &m, &sources, MIB)
+        })
+        .collect();
+    ws.write_manifest(&entries);
+    let addr = free_addr();
+    let mut args = vec!["--metrics-addr", &addr, "--read-timeout", "2"];
+    args.extend_from_slice(mount_args);
+    let m = Mount::start(&ws, &args);
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::thread::scope(|s| {
+        // The first source's fault changes every 100 ms while they read.
+        s.spawn(|| {
+            let modes = [
+                Some(Fault::Status(503)),
+                Some(Fault::ResetAfter(100_000)),
+                Some(Fault::Corrupt),
+                Some(Fault::ShortBody),
+                None,
+            ];
+            let started = std::time::Instant::now();
+            for mode in modes.iter().cycle() {
+                if done.load(std::sync::atomic::Ordering::Relaxed) || started.elapsed() > DEADLINE {
+                    break;
+                }
+                faulty.set_always(mode.clone());
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        // stat never sees another size.
+        let sizes = s.spawn(|| {
+            let started = std::time::Instant::now();
+            let mut checks = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < DEADLINE {
+                for (rel, data) in &files {
+                    assert_eq!(
+                        std::fs::metadata(m.path(rel)).unwrap().len(),
+                        data.len() as u64,
+                        "the size of {rel} changed"
+                    );
+                    checks += 1;
+                }
+                // Paced, to leave the two cores to the readers.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            checks
+        });
+        let seen = sixteen_readers(&m, &files);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("readers: {what}: {} stat checks", sizes.join().unwrap());
+        seen
+    });
+    let metrics = http_get(&addr, "/metrics").1;
+    eprintln!(
+        "readers: {what}: {} reads, failed {:?}, short {}, wrong {}; {:.1} MiB served uncached, {:.1} MiB fetched",
+        seen.reads,
+        seen.failed,
+        seen.short,
+        seen.wrong,
+        metric(&metrics, "modelfs_uncached_bytes_total") / MIB as f64,
+        (faulty.bytes_sent() + clean.bytes_sent()) as f64 / MIB as f64,
+    );
+    assert_eq!(seen.reads, 16 * 60);
+    assert_eq!(seen.wrong, 0, "wrong bytes");
+    assert_eq!(seen.short, 0, "short reads");
+    assert!(seen.failed.is_empty(), "failed reads: {:?}", seen.failed);
+}
+
+#[test]
+fn sixteen_processes_read_cold_files_whole_and_right() {
+    many_readers("no quota", &[]);
+}
+
+#[test]
+fn sixteen_processes_read_whole_and_right_from_a_cache_smaller_than_the_files() {
+    many_readers("6 MiB quota", &["--max-cache-size", "6M"]);
+}

@@ -9,12 +9,13 @@ mod retry;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt as _;
@@ -35,6 +36,10 @@ use crate::source::{Location, Sink, Source, SourceError, StreamError};
 /// Range requests in flight at once per process; more only queue at the
 /// server and spread the same bandwidth thinner.
 pub const MAX_CONCURRENT_REQUESTS: usize = 16;
+
+/// Memory for chunks served uncached while the cache is full: a few chunks
+/// of each of several readers (8 MiB chunks: 8 of them).
+const RECENT_UNCACHED_BYTES: usize = 64 << 20;
 
 /// Key of the single in-flight fetch of a whole file without chunk hashes.
 const WHOLE: u64 = u64::MAX;
@@ -84,6 +89,13 @@ pub enum FetchError {
         "{target}: every chunk matches its hash but the whole file hashes to {actual}: the manifest is inconsistent"
     )]
     Inconsistent { target: String, actual: Digest },
+    /// The cache has no room for the chunk and nothing more can be
+    /// evicted: the reader may still be served, uncached.
+    #[error("{target}: {source}")]
+    CacheFull {
+        target: String,
+        source: Arc<io::Error>,
+    },
     #[error("{target}: cache: {source}")]
     Local {
         target: String,
@@ -99,13 +111,24 @@ fn format_attempts(attempts: &[(String, String)]) -> String {
         .join("; ")
 }
 
-type Flight = Arc<OnceCell<Result<(), FetchError>>>;
+/// One chunk of one blob (or [`WHOLE`]).
+type ChunkKey = (BlobKey, u64);
+
+/// Fetches under way, by blob and chunk: whoever asks for one joins it.
+type Flights<T> = Mutex<HashMap<ChunkKey, Arc<OnceCell<Result<T, FetchError>>>>>;
 
 pub struct Fetcher {
     sources: Box<dyn Source>,
     retry: RetryPolicy,
     requests: Semaphore,
-    inflight: Mutex<HashMap<(BlobKey, u64), Flight>>,
+    inflight: Flights<()>,
+    /// Chunks being fetched into memory because the cache is full.
+    uncached: Flights<Arc<[u8]>>,
+    /// The latest of those, most recent last: the kernel reads a chunk in
+    /// several requests, and each must not fetch it again.
+    recent_uncached: Mutex<VecDeque<(ChunkKey, Arc<[u8]>)>>,
+    /// Whether this process said yet that the cache is full.
+    told_full: AtomicBool,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     health: health::SourceHealth,
@@ -127,6 +150,24 @@ trait WriteAt: Sync {
 impl WriteAt for Blob {
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         Blob::write_at(self, data, offset)
+    }
+}
+
+/// A chunk's bytes held in memory; `start` is the chunk's offset in the file.
+struct Memory {
+    start: u64,
+    bytes: Mutex<Vec<u8>>,
+}
+
+impl WriteAt for Memory {
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let at = (offset - self.start) as usize;
+        bytes
+            .get_mut(at..at + data.len())
+            .ok_or_else(|| io::Error::other("bytes past the chunk"))?
+            .copy_from_slice(data);
+        Ok(())
     }
 }
 
@@ -174,7 +215,10 @@ impl Fetcher {
             sources: Box::new(sources),
             retry,
             requests: Semaphore::new(MAX_CONCURRENT_REQUESTS),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::default(),
+            uncached: Mutex::default(),
+            recent_uncached: Mutex::default(),
+            told_full: AtomicBool::new(false),
             cache,
             metrics,
             health: health::SourceHealth::default(),
@@ -199,6 +243,13 @@ impl Fetcher {
             Ok(evicted) => {
                 self.metrics.evicted(evicted);
                 Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+                debug!(file = %target, error = %e, "no room in the cache");
+                Err(FetchError::CacheFull {
+                    target: target.to_string(),
+                    source: Arc::new(e),
+                })
             }
             Err(e) => {
                 warn!(model = target.model_id(), file = %target.entry().path, error = %e, "cannot make room in the cache");
@@ -266,29 +317,15 @@ impl Fetcher {
     where
         F: Future<Output = Result<(), FetchError>>,
     {
-        let present = |b: &Blob| {
-            if index == WHOLE {
-                b.is_complete()
+        let present = || {
+            let done = if index == WHOLE {
+                blob.is_complete()
             } else {
-                b.has_chunk(index)
-            }
+                blob.has_chunk(index)
+            };
+            done.then_some(())
         };
-        let key = (blob.key, index);
-        let flight = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            // Checked under the lock: a finished fetch sets its bit before it
-            // leaves the map, so we see one or the other.
-            if present(blob) {
-                return Ok(());
-            }
-            Arc::clone(inflight.entry(key).or_default())
-        };
-        let result = flight.get_or_init(fetch).await.clone();
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if inflight.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-            inflight.remove(&key);
-        }
-        result
+        join_flight(&self.inflight, (blob.key, index), present, fetch).await
     }
 
     async fn fetch_chunk(
@@ -341,31 +378,111 @@ impl Fetcher {
             for_chunk.allocate(chunk)
         })
         .await?;
-        let mut attempts = Vec::new();
         let order = self
             .health
             .order(&entry.locations, std::time::Instant::now());
+        self.fetch_from_sources(target, &order, blob.as_ref(), range, expected)
+            .await?;
+        blob.mark_verified(index);
+        if blob.all_chunks_verified() {
+            finish_in_background(target, blob);
+        }
+        Ok(())
+    }
+
+    /// A chunk the cache has no room for: fetched into memory, verified,
+    /// and handed to the reader, never marked present. Readers of one chunk
+    /// at the same moment share one fetch.
+    pub async fn fetch_uncached(
+        &self,
+        target: &Target,
+        blob: &Arc<Blob>,
+        index: u64,
+    ) -> Result<Arc<[u8]>, FetchError> {
+        let key = (blob.key, index);
+        let fetch = || async {
+            let _slot = self.request_slot().await;
+            let start = index * blob.chunk_size;
+            let range = start..(start + blob.chunk_size).min(blob.size);
+            let memory = Memory {
+                start,
+                bytes: Mutex::new(vec![0; (range.end - start) as usize]),
+            };
+            let order = self
+                .health
+                .order(&target.entry().locations, std::time::Instant::now());
+            self.fetch_from_sources(target, &order, &memory, range, blob.chunk_hash(index))
+                .await?;
+            let bytes: Arc<[u8]> =
+                Arc::from(memory.bytes.into_inner().unwrap_or_else(|p| p.into_inner()));
+            self.metrics.served_uncached(bytes.len() as u64);
+            // Kept before the flight ends, so no reader finds neither.
+            let mut recent = self
+                .recent_uncached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            recent.push_back((key, Arc::clone(&bytes)));
+            while recent.iter().map(|(_, b)| b.len()).sum::<usize>() > RECENT_UNCACHED_BYTES {
+                recent.pop_front();
+            }
+            Ok(bytes)
+        };
+        join_flight(&self.uncached, key, || self.recent_uncached(&key), fetch)
+            .instrument(info_span!("fetch_uncached", file = %target, chunk = index))
+            .await
+    }
+
+    /// A chunk fetched uncached lately, made the most recent.
+    fn recent_uncached(&self, key: &ChunkKey) -> Option<Arc<[u8]>> {
+        let mut recent = self
+            .recent_uncached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let at = recent.iter().position(|(k, _)| k == key)?;
+        let hit = recent.remove(at)?;
+        let bytes = Arc::clone(&hit.1);
+        recent.push_back(hit);
+        Some(bytes)
+    }
+
+    /// Says once per process that the cache is full, and why; readers are
+    /// then served uncached.
+    pub fn tell_cache_full(&self, why: &FetchError) {
+        if !self.told_full.swap(true, Ordering::AcqRel) {
+            warn!(error = %why, "the cache is full: reads are served from verified chunks fetched into memory, uncached, until room is made (said once)");
+        }
+    }
+
+    /// Fetches `range` into `out` from the first source of `order` that
+    /// delivers it (verified against `expected` when there is a hash),
+    /// retrying each as the policy says: the one loop behind chunks, parts
+    /// of whole files, and uncached chunks.
+    async fn fetch_from_sources(
+        &self,
+        target: &Target,
+        order: &[&Location],
+        out: &dyn WriteAt,
+        range: Range<u64>,
+        expected: Option<Digest>,
+    ) -> Result<(), FetchError> {
+        let mut attempts = Vec::new();
         for (i, location) in order.iter().enumerate() {
             let mut writer = RangeWriter {
-                out: blob.as_ref(),
+                out,
                 range: range.clone(),
                 pos: range.start,
-                hasher: Some(Sha256::new()),
+                hasher: expected.map(|_| Sha256::new()),
             };
             match self.fetch_range(location, &mut writer, expected).await {
                 Ok(()) => {
                     self.health.succeeded(&location.origin());
-                    blob.mark_verified(index);
-                    if blob.all_chunks_verified() {
-                        finish_in_background(target, blob);
-                    }
                     return Ok(());
                 }
                 Err(AttemptError::Local(e)) => return Err(local(target, e)),
                 Err(e) => {
                     let why = describe(&e);
                     self.source_failed(location, &why, i + 1 < order.len());
-                    warn!(model = target.model_id(), file = %entry.path, chunk = index, source = %location, error = %why, "source failed; trying the next");
+                    warn!(model = target.model_id(), file = %target.entry().path, ?range, source = %location, error = %why, "source failed; trying the next");
                     attempts.push((location.to_string(), why));
                 }
             }
@@ -448,31 +565,8 @@ impl Fetcher {
         range: Range<u64>,
     ) -> Result<(), FetchError> {
         let _slot = self.request_slot().await;
-        let mut attempts = Vec::new();
-        for (i, location) in order.iter().enumerate() {
-            let mut writer = RangeWriter {
-                out: file,
-                range: range.clone(),
-                pos: range.start,
-                hasher: None,
-            };
-            match self.fetch_range(location, &mut writer, None).await {
-                Ok(()) => {
-                    self.health.succeeded(&location.origin());
-                    return Ok(());
-                }
-                Err(AttemptError::Local(e)) => return Err(local(target, e)),
-                Err(e) => {
-                    let why = describe(&e);
-                    self.source_failed(location, &why, i + 1 < order.len());
-                    attempts.push((location.to_string(), why));
-                }
-            }
-        }
-        Err(FetchError::AllSourcesFailed {
-            target: target.to_string(),
-            attempts: Arc::new(attempts),
-        })
+        self.fetch_from_sources(target, order, file, range, None)
+            .await
     }
 
     /// Fetches `writer.range` from one source, retrying transient faults with
@@ -575,6 +669,34 @@ impl Fetcher {
             }),
         }
     }
+}
+
+/// Joins the fetch of `key` under way in `flights`, or starts it with
+/// `fetch`; `already` says, under the map's lock, that there is nothing to
+/// do (a finished fetch leaves its result visible before it leaves the map,
+/// so a caller sees one or the other). Every joiner gets the leader's result.
+async fn join_flight<T: Clone, F>(
+    flights: &Flights<T>,
+    key: ChunkKey,
+    already: impl FnOnce() -> Option<T>,
+    fetch: impl FnOnce() -> F,
+) -> Result<T, FetchError>
+where
+    F: Future<Output = Result<T, FetchError>>,
+{
+    let flight = {
+        let mut map = flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(done) = already() {
+            return Ok(done);
+        }
+        Arc::clone(map.entry(key).or_default())
+    };
+    let result = flight.get_or_init(fetch).await.clone();
+    let mut map = flights.lock().unwrap_or_else(|p| p.into_inner());
+    if map.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+        map.remove(&key);
+    }
+    result
 }
 
 /// Publishes a partial file whose chunks are all verified, counting the bits

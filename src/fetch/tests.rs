@@ -237,3 +237,28 @@ async fn each_whole_file_round_starts_from_another_source_even_after_a_demotion(
     s.blob.read_at(&mut got, 0).unwrap();
     assert!(got == s.data);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_uncached_chunk_is_verified_in_memory_and_kept_for_the_next_requests() {
+    let s = Setup::new(true, |src, a, _| src.always(a, Fault::Corrupt));
+    let reads = (0..3).map(|_| s.fetcher.fetch_uncached(&s.target, &s.blob, 2));
+    for bytes in join_all(reads).await {
+        assert!(
+            *bytes.unwrap() == s.data[2 * CHUNK..3 * CHUNK],
+            "verified bytes"
+        );
+    }
+    // The kernel asks for one chunk in several requests: one fetch serves all.
+    s.fetcher
+        .fetch_uncached(&s.target, &s.blob, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.source.requests(s.a()).len(),
+        1,
+        "corrupt, so never served"
+    );
+    assert_eq!(s.source.requests(s.b()).len(), 1);
+    assert!(!s.blob.has_chunk(2), "nothing stored");
+    assert_eq!(s.metric("modelfs_uncached_bytes_total"), CHUNK as u64);
+}

@@ -59,6 +59,7 @@ impl FsError {
             FsError::NoAttr => libc::ENODATA,
             FsError::NotVerified => libc::EIO,
             FsError::Fetch(FetchError::Local { source, .. }) => local_errno(source),
+            FsError::Fetch(FetchError::CacheFull { .. }) => libc::ENOSPC,
             FsError::Fetch(
                 FetchError::AllSourcesFailed { .. } | FetchError::Inconsistent { .. },
             ) => libc::EIO,
@@ -298,22 +299,29 @@ impl ModelFs {
         let end = offset.saturating_add(len as u64).min(blob.size);
         if h.target.entry().chunks.is_none() {
             self.fetcher.ensure_whole(&h.target, blob).await?;
-        } else {
-            let cs = blob.chunk_size;
-            let fetches = (offset / cs..=(end - 1) / cs)
-                .map(|c| self.fetcher.ensure_chunk(&h.target, blob, c));
-            join_all(fetches)
-                .await
-                .into_iter()
-                .collect::<Result<Vec<()>, _>>()?;
+            self.fetcher.metrics().cache_miss(end - offset);
+            return Ok(read_blob(blob, offset, end)?);
         }
-        // Whatever a fetch said, only verified chunks are ever served.
         let cs = blob.chunk_size;
-        if !(offset / cs..=(end - 1) / cs).all(|c| blob.has_chunk(c)) {
-            return Err(FsError::NotVerified);
+        let chunks = offset / cs..=(end - 1) / cs;
+        let fetches = chunks
+            .clone()
+            .map(|c| self.fetcher.ensure_chunk(&h.target, blob, c));
+        // Chunks the cache has no room for are served from memory instead.
+        let mut uncached = HashMap::new();
+        for (c, fetched) in chunks.zip(join_all(fetches).await) {
+            match fetched {
+                Ok(()) => {}
+                Err(full @ FetchError::CacheFull { .. }) => {
+                    self.fetcher.tell_cache_full(&full);
+                    let bytes = self.fetcher.fetch_uncached(&h.target, blob, c).await?;
+                    uncached.insert(c, bytes);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         self.fetcher.metrics().cache_miss(end - offset);
-        Ok(read_blob(blob, offset, end)?)
+        assemble(blob, offset, end, &uncached)
     }
 
     fn start_readahead(&self, h: &Arc<OpenFile>, offset: u64, len: u64) {
@@ -372,6 +380,30 @@ impl ModelFs {
     pub fn root(&self) -> u64 {
         ROOT
     }
+}
+
+/// The bytes `offset..end` from verified chunks in the cache and, for those
+/// it had no room for, from `uncached` (verified chunks in memory); never
+/// from a chunk that is neither.
+fn assemble(
+    blob: &Blob,
+    offset: u64,
+    end: u64,
+    uncached: &HashMap<u64, Arc<[u8]>>,
+) -> Result<Vec<u8>, FsError> {
+    let cs = blob.chunk_size;
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    for c in offset / cs..=(end - 1) / cs {
+        let (from, to) = (offset.max(c * cs), end.min((c + 1) * cs));
+        if let Some(chunk) = uncached.get(&c) {
+            out.extend_from_slice(&chunk[(from - c * cs) as usize..(to - c * cs) as usize]);
+        } else if blob.has_chunk(c) {
+            out.extend_from_slice(&read_blob(blob, from, to)?);
+        } else {
+            return Err(FsError::NotVerified);
+        }
+    }
+    Ok(out)
 }
 
 fn read_blob(blob: &Blob, offset: u64, end: u64) -> io::Result<Vec<u8>> {

@@ -25,6 +25,7 @@ const CACHE_BYTES: &str = "modelfs_cache_bytes";
 const FETCH_DURATION: &str = "modelfs_fetch_duration_seconds";
 const FUSE_OPS: &str = "modelfs_fuse_ops";
 const OPENS: &str = "modelfs_opens";
+const UNCACHED_BYTES: &str = "modelfs_uncached_bytes";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
@@ -61,6 +62,7 @@ pub struct Metrics {
     fetch_duration: Histogram,
     fuse_ops: Family<OpLabel, Counter>,
     opens: Family<ModeLabel, Counter>,
+    uncached_bytes: Counter,
     last_errors: Mutex<BTreeMap<String, SourceError>>,
 }
 
@@ -82,6 +84,7 @@ impl Metrics {
         let fetch_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
         let fuse_ops = Family::<OpLabel, Counter>::default();
         let opens = Family::<ModeLabel, Counter>::default();
+        let uncached_bytes = Counter::default();
         registry.register(
             FETCH_BYTES,
             "Bytes received from each source",
@@ -126,6 +129,11 @@ impl Metrics {
              as needed)",
             opens.clone(),
         );
+        registry.register(
+            UNCACHED_BYTES,
+            "Bytes of chunks fetched, verified and served from memory because the cache had no room",
+            uncached_bytes.clone(),
+        );
         Metrics {
             registry,
             fetch_bytes,
@@ -138,6 +146,7 @@ impl Metrics {
             fetch_duration,
             fuse_ops,
             opens,
+            uncached_bytes,
             last_errors: Mutex::new(BTreeMap::new()),
         }
     }
@@ -153,6 +162,10 @@ impl Metrics {
     /// `mode`: "passthrough", "complete" or "partial".
     pub fn opened(&self, mode: &'static str) {
         self.opens.get_or_create(&ModeLabel { mode }).inc();
+    }
+
+    pub fn served_uncached(&self, bytes: u64) {
+        self.uncached_bytes.inc_by(bytes);
     }
 
     pub fn cache_hit(&self, bytes: u64) {
