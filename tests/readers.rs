@@ -53,16 +53,20 @@ fn open_after_completion(via_mmap: bool) {
         assert!(read_all(&c) == data);
     }
     drop(a);
-    // With A gone too, the next open goes through the kernel directly.
-    let d = File::open(&path).unwrap();
-    assert!(read_all(&d) == data);
-    let metrics = http_get(&addr, "/metrics").1;
-    let opens = |mode: &str| metric(&metrics, &format!("modelfs_opens_total{{mode=\"{mode}\"}}"));
-    assert_eq!(
-        (opens("partial"), opens("complete"), opens("passthrough")),
-        (2.0, 3.0, 1.0),
-        "A and B partial, the three Cs served by modelfs, D by the kernel"
-    );
+    // Once the kernel has released every open (it does so after close(),
+    // asynchronously), a new open is served by the kernel directly.
+    let opens = |mode: &str| {
+        let metrics = http_get(&addr, "/metrics").1;
+        metric(&metrics, &format!("modelfs_opens_total{{mode=\"{mode}\"}}"))
+    };
+    wait_for("an open served by passthrough", || {
+        let d = File::open(&path).unwrap();
+        assert!(read_all(&d) == data);
+        opens("passthrough") == 1.0
+    });
+    // A and B partial, the three Cs by modelfs (the first perhaps counted
+    // partial: the file completes on disk a moment before in the mount).
+    assert!(opens("partial") + opens("complete") >= 5.0);
 }
 
 #[test]

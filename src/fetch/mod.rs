@@ -171,6 +171,47 @@ impl WriteAt for Memory {
     }
 }
 
+/// Where one round of a whole-file download goes.
+trait WholeOut: WriteAt + Send + 'static {
+    /// The sha256 of what was written. Blocking.
+    fn digest(&self) -> io::Result<Digest>;
+    /// Gives up a round whose bytes are not the file's.
+    fn discard(self);
+}
+
+/// A private file in the cache's `tmp/`, published once verified.
+struct TempFile {
+    file: File,
+    path: std::path::PathBuf,
+}
+
+impl WriteAt for TempFile {
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+}
+
+impl WholeOut for TempFile {
+    /// Hashed through the descriptor written, never reopened by name.
+    fn digest(&self) -> io::Result<Digest> {
+        Digest::of_file(&self.file)
+    }
+
+    fn discard(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl WholeOut for Memory {
+    fn digest(&self) -> io::Result<Digest> {
+        Ok(Digest::of(
+            &self.bytes.lock().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+
+    fn discard(self) {}
+}
+
 impl WriteAt for File {
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         self.write_all_at(data, offset)
@@ -413,23 +454,29 @@ impl Fetcher {
                 .order(&target.entry().locations, std::time::Instant::now());
             self.fetch_from_sources(target, &order, &memory, range, blob.chunk_hash(index))
                 .await?;
-            let bytes: Arc<[u8]> =
-                Arc::from(memory.bytes.into_inner().unwrap_or_else(|p| p.into_inner()));
-            self.metrics.served_uncached(bytes.len() as u64);
-            // Kept before the flight ends, so no reader finds neither.
-            let mut recent = self
-                .recent_uncached
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            recent.push_back((key, Arc::clone(&bytes)));
-            while recent.iter().map(|(_, b)| b.len()).sum::<usize>() > RECENT_UNCACHED_BYTES {
-                recent.pop_front();
-            }
-            Ok(bytes)
+            Ok(self.keep_uncached(key, memory))
         };
         join_flight(&self.uncached, key, || self.recent_uncached(&key), fetch)
             .instrument(info_span!("fetch_uncached", file = %target, chunk = index))
             .await
+    }
+
+    /// Counts verified bytes fetched into memory and keeps them for the next
+    /// requests; called before the fetch's flight ends, so that no reader
+    /// finds neither.
+    fn keep_uncached(&self, key: ChunkKey, memory: Memory) -> Arc<[u8]> {
+        let bytes: Arc<[u8]> =
+            Arc::from(memory.bytes.into_inner().unwrap_or_else(|p| p.into_inner()));
+        self.metrics.served_uncached(bytes.len() as u64);
+        let mut recent = self
+            .recent_uncached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        recent.push_back((key, Arc::clone(&bytes)));
+        while recent.iter().map(|(_, b)| b.len()).sum::<usize>() > RECENT_UNCACHED_BYTES {
+            recent.pop_front();
+        }
+        bytes
     }
 
     /// A chunk fetched uncached lately, made the most recent.
@@ -499,21 +546,70 @@ impl Fetcher {
     async fn fetch_whole(&self, target: &Target, blob: &Arc<Blob>) -> Result<(), FetchError> {
         let entry = target.entry();
         self.make_room(target, entry.size, || Ok(())).await?;
+        let temp = || {
+            // Locked while this process fills it: no sweep takes it for a dead one's.
+            let (file, path) = self.cache.temp_file(&blob.digest)?;
+            file.lock_shared()?;
+            file.set_len(entry.size)?;
+            Ok(TempFile { file, path })
+        };
+        let done = self
+            .whole_rounds(target, blob, || temp().map_err(|e| local(target, e)))
+            .await?;
+        let b = Arc::clone(blob);
+        blocking(move || {
+            let TempFile { file, path } = done;
+            b.finish_whole(&path, file)
+        })
+        .await
+        .map_err(|e| local(target, e))
+    }
+
+    /// A file verified only whole that the cache has no room for (`full`
+    /// says why): fetched and verified in memory if it fits in the memory
+    /// kept for uncached reads, else `full` stands.
+    pub async fn fetch_whole_uncached(
+        &self,
+        target: &Target,
+        blob: &Arc<Blob>,
+        full: FetchError,
+    ) -> Result<Arc<[u8]>, FetchError> {
+        if blob.size > RECENT_UNCACHED_BYTES as u64 {
+            return Err(full);
+        }
+        let key = (blob.key, WHOLE);
+        let fetch = || async {
+            let memory = self
+                .whole_rounds(target, blob, || {
+                    Ok(Memory {
+                        start: 0,
+                        bytes: Mutex::new(vec![0; blob.size as usize]),
+                    })
+                })
+                .await?;
+            Ok(self.keep_uncached(key, memory))
+        };
+        join_flight(&self.uncached, key, || self.recent_uncached(&key), fetch)
+            .instrument(info_span!("fetch_whole_uncached", file = %target))
+            .await
+    }
+
+    /// Downloads a file without chunk hashes into what `make` makes, in
+    /// parallel parts, and verifies it whole; a mismatch is fetched again
+    /// with the next source first, once per source.
+    async fn whole_rounds<O: WholeOut>(
+        &self,
+        target: &Target,
+        blob: &Blob,
+        make: impl Fn() -> Result<O, FetchError>,
+    ) -> Result<O, FetchError> {
+        let entry = target.entry();
         let mut attempts = Vec::new();
         let first_order = self
             .health
             .order(&entry.locations, std::time::Instant::now());
         for round in 0..entry.locations.len() {
-            // Locked while this process fills it: no sweep takes it for a dead one's.
-            let (file, tmp) = self
-                .cache
-                .temp_file(&blob.digest)
-                .and_then(|(f, tmp)| {
-                    f.lock_shared()?;
-                    f.set_len(entry.size)?;
-                    Ok((f, tmp))
-                })
-                .map_err(|e| local(target, e))?;
+            let out = make()?;
             // Each round starts from the next source of one order: were the
             // order taken again, a source demoted meanwhile would rotate back
             // to the front, and another never be first.
@@ -523,27 +619,22 @@ impl Fetcher {
                 let start = c * entry.chunk_size;
                 self.fetch_part(
                     target,
-                    &file,
+                    &out,
                     &order,
                     start..(start + entry.chunk_size).min(entry.size),
                 )
             });
-            let results = join_all(parts).await;
-            if let Some(e) = results.into_iter().find_map(Result::err) {
-                let _ = std::fs::remove_file(&tmp);
+            if let Some(e) = join_all(parts).await.into_iter().find_map(Result::err) {
+                out.discard();
                 return Err(e);
             }
-            // Hashed through the descriptor written, never reopened by name.
-            let (actual, file) = blocking(move || Ok((Digest::of_file(&file)?, file)))
+            let (actual, out) = blocking(move || Ok((out.digest()?, out)))
                 .await
                 .map_err(|e| local(target, e))?;
             if actual == blob.digest {
-                let b = Arc::clone(blob);
-                return blocking(move || b.finish_whole(&tmp, file))
-                    .await
-                    .map_err(|e| local(target, e));
+                return Ok(out);
             }
-            let _ = std::fs::remove_file(&tmp);
+            out.discard();
             self.metrics.verify_failed();
             warn!(model = target.model_id(), file = %entry.path, first_source = %order[0], %actual, "whole file does not match its sha256; fetching again");
             attempts.push((
@@ -560,12 +651,12 @@ impl Fetcher {
     async fn fetch_part(
         &self,
         target: &Target,
-        file: &File,
+        out: &dyn WriteAt,
         order: &[&Location],
         range: Range<u64>,
     ) -> Result<(), FetchError> {
         let _slot = self.request_slot().await;
-        self.fetch_from_sources(target, order, file, range, None)
+        self.fetch_from_sources(target, order, out, range, None)
             .await
     }
 

@@ -262,3 +262,23 @@ async fn an_uncached_chunk_is_verified_in_memory_and_kept_for_the_next_requests(
     assert!(!s.blob.has_chunk(2), "nothing stored");
     assert_eq!(s.metric("modelfs_uncached_bytes_total"), CHUNK as u64);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_file_the_cache_cannot_hold_is_verified_and_served_from_memory() {
+    let s = Setup::new(false, |src, a, _| src.queue(a, &[Fault::Corrupt]));
+    let full = FetchError::CacheFull {
+        target: s.target.to_string(),
+        source: Arc::new(io::Error::from(io::ErrorKind::StorageFull)),
+    };
+    let bytes = s
+        .fetcher
+        .fetch_whole_uncached(&s.target, &s.blob, full)
+        .await
+        .unwrap();
+    assert!(
+        *bytes == s.data[..],
+        "verified whole, after a corrupt round"
+    );
+    assert!(!s.blob.is_complete(), "nothing stored");
+    assert_eq!(s.metric("modelfs_chunk_verify_failures_total"), 1);
+}

@@ -298,9 +298,19 @@ impl ModelFs {
         let blob = &h.blob;
         let end = offset.saturating_add(len as u64).min(blob.size);
         if h.target.entry().chunks.is_none() {
-            self.fetcher.ensure_whole(&h.target, blob).await?;
             self.fetcher.metrics().cache_miss(end - offset);
-            return Ok(read_blob(blob, offset, end)?);
+            return match self.fetcher.ensure_whole(&h.target, blob).await {
+                Ok(()) => Ok(read_blob(blob, offset, end)?),
+                Err(full @ FetchError::CacheFull { .. }) => {
+                    self.fetcher.tell_cache_full(&full);
+                    let bytes = self
+                        .fetcher
+                        .fetch_whole_uncached(&h.target, blob, full)
+                        .await?;
+                    Ok(bytes[offset as usize..end as usize].to_vec())
+                }
+                Err(e) => Err(e.into()),
+            };
         }
         let cs = blob.chunk_size;
         let chunks = offset / cs..=(end - 1) / cs;
