@@ -164,7 +164,7 @@ fn verified_chunks(ws: &Workspace, data: &[u8]) -> Vec<bool> {
     {
         return vec![true; chunks];
     }
-    let manifest = modelfs::manifest::Manifest::load(&ws.path("manifest.toml")).unwrap();
+    let manifest = modelfs::manifest::Manifest::load(&ws.path("manifest.toml"), None).unwrap();
     let cache = modelfs::cache::Cache::open(&ws.cache()).unwrap();
     cache
         .verified_bits(&manifest.models[0].files[0])

@@ -158,7 +158,8 @@ impl Hostile {
 
     /// `blobs/ab/<sha256>.<layout>.partial`, as the library names it.
     fn partial(&self) -> PathBuf {
-        let manifest = modelfs::manifest::Manifest::load(&self.ws.path("manifest.toml")).unwrap();
+        let manifest =
+            modelfs::manifest::Manifest::load(&self.ws.path("manifest.toml"), None).unwrap();
         let key = modelfs::cache::BlobKey::of(&manifest.models[0].files[0]);
         self.blob(&format!(".{}.partial", key.tag()))
     }

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{CacheArg, ManifestArg, QuotaArg, init_logging, load, model_index, open_cache};
+use super::{CacheArg, ManifestArg, QuotaArg, init_logging, model_index, open_cache};
 use crate::units::format_size;
 
 #[derive(Args)]
@@ -20,7 +20,7 @@ pub struct GcArgs {
 
 pub fn gc(args: GcArgs) -> anyhow::Result<i32> {
     init_logging("warn");
-    let manifest = load(&args.manifest.manifest)?;
+    let manifest = args.manifest.load()?;
     let cache = open_cache(&args.cache, &args.quota, &manifest)?;
     let before = cache.disk_usage();
     let plan = cache.plan(cache.excess()?)?;
@@ -84,7 +84,7 @@ pub struct PinArgs {
 /// `pin` (true) or `unpin` (false).
 pub fn pin(args: PinArgs, pin: bool) -> anyhow::Result<i32> {
     init_logging("warn");
-    let manifest = load(&args.manifest.manifest)?;
+    let manifest = args.manifest.load()?;
     let model = &manifest.models[model_index(&manifest, &args.model)?];
     let cache = open_cache(&args.cache, &QuotaArg::none(), &manifest)?;
     if pin {

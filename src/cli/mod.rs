@@ -38,9 +38,37 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct ManifestArg {
-    /// The manifest (TOML) describing models, files and sources.
+    /// The manifest (TOML) describing models, files and sources: modelfs's
+    /// own, or the Model Orchestrator's models.toml (told apart by its keys)
+    /// [default: $MODELFS_MANIFEST, else $WAN_MODELS_MANIFEST].
     #[arg(long, short = 'm', env = "MODELFS_MANIFEST", value_name = "FILE")]
-    manifest: PathBuf,
+    manifest: Option<PathBuf>,
+    /// Where the orchestrator's local://REL sources live (REL under DIR);
+    /// without it they are skipped [default: $MODELFS_LOCAL_ROOT, else $MODELS_ROOT].
+    #[arg(long, env = "MODELFS_LOCAL_ROOT", value_name = "DIR")]
+    local_root: Option<PathBuf>,
+}
+
+impl ManifestArg {
+    fn path(&self) -> Result<PathBuf, UsageError> {
+        self.manifest
+            .clone()
+            .or_else(|| std::env::var_os("WAN_MODELS_MANIFEST").map(PathBuf::from))
+            .ok_or_else(|| {
+                UsageError(
+                    "no manifest: give -m FILE, or set MODELFS_MANIFEST (or WAN_MODELS_MANIFEST)"
+                        .into(),
+                )
+            })
+    }
+
+    fn load(&self) -> anyhow::Result<Manifest> {
+        let root = self
+            .local_root
+            .clone()
+            .or_else(|| std::env::var_os("MODELS_ROOT").map(PathBuf::from));
+        Ok(Manifest::load(&self.path()?, root.as_deref())?)
+    }
 }
 
 #[derive(Args, Clone)]
@@ -252,7 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             cache,
         } => {
             init_logging("warn");
-            let manifest = load(&manifest.manifest)?;
+            let manifest = manifest.load()?;
             report::ls(&manifest, &cache.resolve()?, model.as_deref()).map(|()| 0)
         }
         Command::Status {
@@ -261,7 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             cache,
         } => {
             init_logging("warn");
-            let manifest = load(&manifest.manifest)?;
+            let manifest = manifest.load()?;
             report::status(&manifest, &cache.resolve()?, json).map(|()| 0)
         }
         Command::Manifest(ManifestCommand::Build {
@@ -286,12 +314,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Manifest(ManifestCommand::Check { manifest }) => {
-            let m = load(&manifest.manifest)?;
+            let m = manifest.load()?;
             let files: usize = m.models.iter().map(|m| m.files.len()).sum();
             let bytes: u64 = m.models.iter().flat_map(|m| &m.files).map(|f| f.size).sum();
             println!(
                 "{}: ok, {} models, {files} files, {}",
-                manifest.manifest.display(),
+                manifest.path()?.display(),
                 m.models.len(),
                 crate::units::format_size(bytes)
             );
@@ -340,10 +368,6 @@ fn model_indices(manifest: &Manifest, ids: &[String]) -> Result<Vec<usize>, Usag
         return Ok((0..manifest.models.len()).collect());
     }
     ids.iter().map(|id| model_index(manifest, id)).collect()
-}
-
-fn load(path: &Path) -> anyhow::Result<Manifest> {
-    Ok(Manifest::load(path)?)
 }
 
 /// Logs to stderr, filtered by MODELFS_LOG (default `default`). fuser's own

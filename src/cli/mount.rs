@@ -57,7 +57,7 @@ pub struct MountArgs {
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // Before the fork is fine: the daemon's fd 2 becomes its log file.
     init_logging("info");
-    let manifest = Arc::new(Manifest::load(&args.manifest.manifest)?);
+    let manifest = Arc::new(args.manifest.load()?);
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     let ephemeral = args
         .ephemeral
@@ -130,7 +130,7 @@ fn serve(
         RetryPolicy::default(),
         metrics,
     ));
-    let mtime = std::fs::metadata(&args.manifest.manifest)
+    let mtime = std::fs::metadata(args.manifest.path()?)
         .and_then(|m| m.modified())
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let core = Arc::new(ModelFs::new(
@@ -166,7 +166,7 @@ fn serve(
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     mounted.store(true, Ordering::Release);
-    let record = MountRecord::create(&cache, mountpoint, &args.manifest.manifest);
+    let record = MountRecord::create(&cache, mountpoint, &args.manifest.path()?);
     info!(mountpoint = %mountpoint.display(), cache = %cache.root().display(), "ready");
     if let Some(ready) = ready.take() {
         ready.ok();

@@ -34,7 +34,7 @@ pub struct PrefetchArgs {
 
 pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
     init_logging("warn");
-    let manifest = Arc::new(Manifest::load(&args.manifest.manifest)?);
+    let manifest = Arc::new(args.manifest.load()?);
     // Without --all, clap requires at least one id.
     let models = model_indices(&manifest, &args.models)?;
     let cache = open_cache(&args.cache, &args.quota, &manifest)?;

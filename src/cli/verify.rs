@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{CacheArg, ManifestArg, QuotaArg, init_logging, load, model_indices, open_cache};
+use super::{CacheArg, ManifestArg, QuotaArg, init_logging, model_indices, open_cache};
 use crate::units::format_size;
 
 #[derive(Args)]
@@ -21,7 +21,7 @@ pub struct VerifyArgs {
 /// Exit code 1 if anything was bad (and has been dropped).
 pub fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
     init_logging("warn");
-    let manifest = load(&args.manifest.manifest)?;
+    let manifest = args.manifest.load()?;
     let models = model_indices(&manifest, &args.models)?;
     let cache: Arc<_> = open_cache(&args.cache, &QuotaArg::none(), &manifest)?;
     let mut bad_models = 0;

@@ -3,6 +3,7 @@
 //! names the file, line, column and field.
 
 mod build;
+mod orchestrator;
 mod raw;
 
 use std::fmt;
@@ -30,6 +31,9 @@ pub struct Model {
     pub id: String,
     pub description: Option<String>,
     pub pinned: bool,
+    /// Descriptive keys of the orchestrator's format (`variants`, ...) and
+    /// their values as TOML; empty for native manifests.
+    pub details: Vec<(String, String)>,
     pub files: Vec<FileEntry>,
 }
 
@@ -44,6 +48,10 @@ pub struct FileEntry {
     pub chunks: Option<Vec<Digest>>,
     /// The file's own URLs first, then the model's bases joined with `path`.
     pub locations: Vec<Location>,
+    /// The orchestrator's `component` (`vae`, `text_encoder`, ...).
+    pub component: Option<String>,
+    /// The orchestrator's `optional = true`: a model is usable without it.
+    pub optional: bool,
 }
 
 impl FileEntry {
@@ -53,8 +61,10 @@ impl FileEntry {
 }
 
 impl Manifest {
-    /// Reads and validates a manifest file.
-    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+    /// Reads and validates a manifest file, native or the orchestrator's
+    /// (detected by its keys); `local_root` resolves the latter's `local://`
+    /// sources.
+    pub fn load(path: &Path, local_root: Option<&Path>) -> Result<Manifest, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
             file: path.to_owned(),
             line: 0,
@@ -62,12 +72,48 @@ impl Manifest {
             field: String::new(),
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(path, &text)
+        Self::parse_with(path, &text, local_root)
     }
 
     /// Validates `text`; `path` is used in errors only.
     pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
-        raw::parse(text)
+        Self::parse_with(path, text, None)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn load_text(
+        text: &str,
+        local_root: Option<&Path>,
+    ) -> Result<Manifest, ManifestError> {
+        Self::parse_with("models.toml".as_ref(), text, local_root)
+    }
+
+    fn parse_with(
+        path: &Path,
+        text: &str,
+        local_root: Option<&Path>,
+    ) -> Result<Manifest, ManifestError> {
+        let models = if orchestrator::detect(text) {
+            orchestrator::parse(text, local_root).and_then(|models| {
+                models
+                    .into_iter()
+                    .map(|(raw, extra)| {
+                        let field = format!("models.{:?}", raw.id.get_ref());
+                        let mut model = raw::validate_model(raw, &field, "files")?;
+                        model.details = extra.details;
+                        for (file, (component, optional)) in model.files.iter_mut().zip(extra.files)
+                        {
+                            file.component = component;
+                            file.optional = optional;
+                        }
+                        Ok(model)
+                    })
+                    .collect()
+            })
+        } else {
+            raw::parse(text)
+        };
+        models
             .map(|models| Manifest {
                 path: path.to_owned(),
                 models,

@@ -25,27 +25,27 @@ struct RawManifest {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawModel {
-    id: Spanned<String>,
-    description: Option<String>,
+pub(super) struct RawModel {
+    pub id: Spanned<String>,
+    pub description: Option<String>,
     #[serde(default)]
-    pinned: bool,
+    pub pinned: bool,
     #[serde(default)]
-    sources: Vec<Spanned<String>>,
+    pub sources: Vec<Spanned<String>>,
     #[serde(default)]
-    file: Vec<RawFile>,
+    pub file: Vec<RawFile>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawFile {
-    path: Spanned<String>,
-    size: Spanned<u64>,
-    sha256: Spanned<String>,
-    chunk_size: Option<Spanned<u64>>,
-    chunks: Option<Spanned<Vec<Spanned<String>>>>,
+pub(super) struct RawFile {
+    pub path: Spanned<String>,
+    pub size: Spanned<u64>,
+    pub sha256: Spanned<String>,
+    pub chunk_size: Option<Spanned<u64>>,
+    pub chunks: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
-    sources: Vec<Spanned<String>>,
+    pub sources: Vec<Spanned<String>>,
 }
 
 /// An error with a byte span but no line yet.
@@ -56,7 +56,21 @@ pub(super) struct Unlocated {
     message: String,
 }
 
-fn err<T>(span: Range<usize>, field: String, message: impl Into<String>) -> Result<T, Unlocated> {
+impl Unlocated {
+    pub(super) fn from_toml(e: toml::de::Error) -> Self {
+        Unlocated {
+            span: e.span(),
+            field: String::new(),
+            message: e.message().trim().to_owned(),
+        }
+    }
+}
+
+pub(super) fn err<T>(
+    span: Range<usize>,
+    field: String,
+    message: impl Into<String>,
+) -> Result<T, Unlocated> {
     Err(Unlocated {
         span: Some(span),
         field,
@@ -65,11 +79,7 @@ fn err<T>(span: Range<usize>, field: String, message: impl Into<String>) -> Resu
 }
 
 pub(super) fn parse(text: &str) -> Result<Vec<Model>, Unlocated> {
-    let raw: RawManifest = toml::from_str(text).map_err(|e| Unlocated {
-        span: e.span(),
-        field: String::new(),
-        message: e.message().trim().to_owned(),
-    })?;
+    let raw: RawManifest = toml::from_str(text).map_err(Unlocated::from_toml)?;
     if *raw.version.get_ref() != KNOWN_VERSION {
         return err(
             raw.version.span(),
@@ -93,12 +103,27 @@ pub(super) fn parse(text: &str) -> Result<Vec<Model>, Unlocated> {
                     format!("duplicate model id {:?}", m.id.get_ref()),
                 );
             }
-            validate_model(m, &field)
+            // local:// is the orchestrator's; here a file:// URL says the same.
+            let mut lists = vec![(&m.sources, format!("{field}.sources"))];
+            for (j, f) in m.file.iter().enumerate() {
+                lists.push((&f.sources, format!("{field}.file[{j}].sources")));
+            }
+            for (list, at) in lists {
+                if let Some(s) = list.iter().find(|s| s.get_ref().starts_with("local://")) {
+                    return err(
+                        s.span(),
+                        at,
+                        "local:// belongs to the orchestrator's models.toml; use file:///abs/dir",
+                    );
+                }
+            }
+            validate_model(m, &field, "file")
         })
         .collect()
 }
 
-fn validate_model(m: RawModel, field: &str) -> Result<Model, Unlocated> {
+/// Checks one model; `field` names it in errors, `files` its list of files.
+pub(super) fn validate_model(m: RawModel, field: &str, files: &str) -> Result<Model, Unlocated> {
     let id = m.id.get_ref();
     if let Err(why) = check_id(id) {
         return err(m.id.span(), format!("{field}.id"), why);
@@ -109,7 +134,7 @@ fn validate_model(m: RawModel, field: &str) -> Result<Model, Unlocated> {
     let mut dirs: HashSet<String> = HashSet::new();
     for (j, f) in m.file.iter().enumerate() {
         let path = f.path.get_ref().as_str();
-        let pfield = format!("{field}.file[{j}].path");
+        let pfield = format!("{field}.{files}[{j}].path");
         if let Err(why) = check_path(path) {
             return err(f.path.span(), pfield, why);
         }
@@ -130,7 +155,7 @@ fn validate_model(m: RawModel, field: &str) -> Result<Model, Unlocated> {
         if dirs.contains(f.path.get_ref()) {
             return err(
                 f.path.span(),
-                format!("{field}.file[{}].path", paths[f.path.get_ref().as_str()]),
+                format!("{field}.{files}[{}].path", paths[f.path.get_ref().as_str()]),
                 format!(
                     "{:?} is a file but also a directory of another file",
                     f.path.get_ref()
@@ -143,12 +168,13 @@ fn validate_model(m: RawModel, field: &str) -> Result<Model, Unlocated> {
         .file
         .into_iter()
         .enumerate()
-        .map(|(j, f)| validate_file(f, &format!("{field}.file[{j}]"), &bases))
+        .map(|(j, f)| validate_file(f, &format!("{field}.{files}[{j}]"), &bases))
         .collect::<Result<_, _>>()?;
     Ok(Model {
         id: id.clone(),
         description: m.description,
         pinned: m.pinned,
+        details: Vec::new(),
         files,
     })
 }
@@ -225,6 +251,8 @@ fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntr
         chunk_size,
         chunks,
         locations,
+        component: None,
+        optional: false,
     })
 }
 

@@ -21,6 +21,9 @@ pub enum Location {
         revision: String,
         path: String,
     },
+    /// The orchestrator's `local://REL` when no local root was given: kept,
+    /// so the manifest stays valid, and failed over at once when fetched.
+    LocalUnrooted(String),
 }
 
 impl Location {
@@ -71,6 +74,9 @@ impl Location {
                     path: path.to_owned(),
                 })
             }
+            // Only the orchestrator's format has these; a root, when given,
+            // has already made them file:// URLs.
+            "local" => Ok(Location::LocalUnrooted(rest.trim_matches('/').to_owned())),
             other => Err(format!(
                 "unknown scheme {other:?} in {text:?} (use file, http, https, s3 or hf)"
             )),
@@ -108,6 +114,7 @@ impl Location {
                 revision: revision.clone(),
                 path: join_key(path),
             },
+            Location::LocalUnrooted(base) => Location::LocalUnrooted(join_key(base)),
         }
     }
 }
@@ -124,6 +131,7 @@ impl Location {
             }
             Location::S3 { bucket, .. } => format!("s3://{bucket}"),
             Location::Hf { repo, .. } => format!("hf://{repo}"),
+            Location::LocalUnrooted(_) => "local".into(),
         }
     }
 }
@@ -134,6 +142,7 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::File(path) => write!(f, "file://{}", path.display()),
+            Location::LocalUnrooted(rel) => write!(f, "local://{rel}"),
             Location::Http(url) => {
                 write!(f, "{}://{}", url.scheme(), url.host_str().unwrap_or(""))?;
                 if let Some(port) = url.port() {

@@ -163,6 +163,10 @@ impl Sources {
     ) -> Result<(), StreamError> {
         match location {
             Location::File(path) => file::fetch(path, range, sink).await,
+            Location::LocalUnrooted(_) => Err(SourceError::NotFound(
+                "local:// needs --local-root (or $MODELFS_LOCAL_ROOT, or $MODELS_ROOT)".into(),
+            )
+            .into()),
             Location::Http(url) => self.http.fetch(url, range, sink, None).await,
             Location::S3 { bucket, key } => {
                 let url = self.s3.object_url(bucket, key)?;

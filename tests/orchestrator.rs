@@ -1,0 +1,197 @@
+//! The Model Orchestrator's models.toml, read as it is: the shared fixture
+//! checks, and a manifest in its format with local://, S3 and HTTP sources
+//! mounts and reads byte-exact, a model under the local root fetching
+//! nothing over the network.
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+
+use support::s3_server::S3Server;
+use support::*;
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/orchestrator-models.toml"
+);
+
+#[test]
+fn the_orchestrator_fixture_passes_manifest_check() {
+    let ws = Workspace::new();
+    let out = ws
+        .modelfs()
+        .args(["manifest", "check", "-m", FIXTURE])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("ok, 3 models, 9 files"), "{said}");
+}
+
+/// `[models."<id>"]` with descriptive keys, files and sources, as the
+/// orchestrator writes it.
+fn orchestrator_model(id: &str, files: &[(&str, &[u8], &str)], sources: &[String]) -> String {
+    let mut text = format!(
+        "[models.\"{id}\"]\ndescription = \"{id}\"\nversion = \"2.2.0\"\n\
+         variants = [\"fp16\", \"bf16\"]\nrequired_components = [\"config\"]\n\n\
+         [models.\"{id}\".defaults]\nfps = 24\n\n"
+    );
+    for (path, data, component) in files {
+        text.push_str(&format!(
+            "[[models.\"{id}\".files]]\npath = \"{path}\"\nsize = {}\nsha256 = \"{}\"\ncomponent = \"{component}\"\n\n",
+            data.len(),
+            sha256_hex(data)
+        ));
+    }
+    let list: Vec<String> = sources.iter().map(|s| format!("\"{s}\"")).collect();
+    text.push_str(&format!(
+        "[models.\"{id}\".sources]\npriority = [{}]\n",
+        list.join(", ")
+    ));
+    text
+}
+
+fn write(root: &Path, rel: &str, data: &[u8]) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, data).unwrap();
+}
+
+#[test]
+fn an_orchestrator_manifest_mounts_and_reads_from_local_s3_and_http() {
+    let ws = Workspace::new();
+    let config = br#"{"model_type": "wan"}"#.to_vec();
+    let vae = sample_bytes(3 << 20, 61);
+    let weights = sample_bytes((5 << 20) + 17, 62);
+    // local@1 sits under the local root; remote@1 only in the bucket; both
+    // on the HTTP mirror (ws.models() holds the bucket's directory).
+    let root = ws.path("models-root");
+    write(&root, "wan22/local@1/configuration.json", &config);
+    write(&root, "wan22/local@1/Wan2.1_VAE.pth", &vae);
+    for (id, rel, data) in [
+        ("local@1", "configuration.json", &config),
+        ("local@1", "Wan2.1_VAE.pth", &vae),
+        ("remote@1", "configuration.json", &config),
+        ("remote@1", "model.safetensors", &weights),
+    ] {
+        write(&ws.models(), &format!("ai-models/wan22/{id}/{rel}"), data);
+    }
+    let s3 = S3Server::start(&ws.models());
+    let http = RangeServer::start(&ws.models());
+    let sources = |id: &str| {
+        vec![
+            format!("local://wan22/{id}"),
+            format!("s3://ai-models/wan22/{id}"),
+            format!("{}/ai-models/wan22/{id}", http.url()),
+        ]
+    };
+    let text = format!(
+        "# WAN2.2 Model Manifest\nschema_version = 1\n\n{}\n{}",
+        orchestrator_model(
+            "local@1",
+            &[
+                ("configuration.json", &config, "config"),
+                ("Wan2.1_VAE.pth", &vae, "vae")
+            ],
+            &sources("local@1"),
+        ),
+        orchestrator_model(
+            "remote@1",
+            &[
+                ("configuration.json", &config, "config"),
+                ("model.safetensors", &weights, "transformer"),
+            ],
+            &sources("remote@1"),
+        ),
+    );
+    let manifest = ws.path("models.toml");
+    fs::write(&manifest, text).unwrap();
+
+    // Found through the orchestrator's own variable, and checked.
+    let out = ws
+        .modelfs()
+        .env_remove("MODELFS_MANIFEST")
+        .env("WAN_MODELS_MANIFEST", &manifest)
+        .args(["manifest", "check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let addr = free_addr();
+    let m = Mount::start_with_env(
+        &ws,
+        &[
+            "-m",
+            manifest.to_str().unwrap(),
+            "--local-root",
+            root.to_str().unwrap(),
+            "--metrics-addr",
+            &addr,
+        ],
+        &env,
+    );
+    for (rel, data) in [
+        ("local@1/configuration.json", &config),
+        ("local@1/Wan2.1_VAE.pth", &vae),
+        ("remote@1/configuration.json", &config),
+        ("remote@1/model.safetensors", &weights),
+    ] {
+        assert!(fs::read(m.path(rel)).unwrap() == *data, "{rel}");
+    }
+    let metrics = http_get(&addr, "/metrics").1;
+    let from = |source: &str| {
+        metric(
+            &metrics,
+            &format!("modelfs_fetch_bytes_total{{source=\"{source}\"}}"),
+        )
+    };
+    assert_eq!(
+        from("file"),
+        (config.len() + vae.len()) as f64,
+        "local@1 from the local root"
+    );
+    // Its configuration.json is local@1's (same sha256): stored once, read from the cache.
+    assert_eq!(
+        from("s3://ai-models"),
+        weights.len() as f64,
+        "remote@1's weights from S3"
+    );
+    assert_eq!(http.bytes_sent(), 0, "nothing over HTTP");
+}
+
+#[test]
+fn without_a_local_root_local_sources_are_skipped_with_one_warning() {
+    let ws = Workspace::new();
+    let data = sample_bytes(100_000, 63);
+    write(&ws.models(), "m@1/w.bin", &data);
+    let http = RangeServer::start(&ws.models());
+    let text = format!(
+        "schema_version = 1\n{}",
+        orchestrator_model(
+            "m@1",
+            &[("w.bin", &data, "transformer")],
+            &["local://m@1".into(), format!("{}/m@1", http.url())],
+        )
+    );
+    fs::write(ws.path("manifest.toml"), text).unwrap();
+    let m = ws.mount();
+    assert!(fs::read(m.path("m@1/w.bin")).unwrap() == data);
+    let log = m.log_text();
+    assert_eq!(
+        log.matches("local:// sources are skipped").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("--local-root"));
+}
