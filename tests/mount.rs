@@ -342,22 +342,6 @@ fn daemon_returns_when_ready_and_umount_ends_it() {
     assert!(is_mounted(std::path::Path::new("/proc")));
 }
 
-fn xattr(path: &std::path::Path, name: &str) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    let mut buf = vec![0u8; 256];
-    // SAFETY: valid C strings and a buffer of the given length.
-    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(
-        len >= 0,
-        "getxattr {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    buf.truncate(len as usize);
-    String::from_utf8(buf).unwrap()
-}
-
 #[test]
 fn an_ephemeral_cache_is_gone_after_unmount() {
     let (ws, _server, data) = single_model(3 * MIB as usize, MIB);

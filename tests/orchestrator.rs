@@ -195,3 +195,70 @@ fn without_a_local_root_local_sources_are_skipped_with_one_warning() {
     );
     assert!(log.contains("--local-root"));
 }
+
+#[test]
+fn optional_files_absent_everywhere_are_skipped_and_components_shown() {
+    let ws = Workspace::new();
+    let config = b"{}".to_vec();
+    let vae = sample_bytes(70_000, 64);
+    // The optional VAE exists at no source.
+    write(&ws.models(), "m@1/configuration.json", &config);
+    let http = RangeServer::start(&ws.models());
+    let mut text = format!(
+        "schema_version = 1\n{}",
+        orchestrator_model(
+            "m@1",
+            &[
+                ("configuration.json", &config, "config"),
+                ("Wan2.1_VAE.pth", &vae, "vae")
+            ],
+            &[format!("{}/m@1", http.url())],
+        )
+    );
+    text = text.replace(
+        "component = \"vae\"\n",
+        "component = \"vae\"\noptional = true\n",
+    );
+    fs::write(ws.path("manifest.toml"), text).unwrap();
+
+    let out = ws.modelfs().args(["prefetch", "m@1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("optional file Wan2.1_VAE.pth is absent at every source"),
+        "{err}"
+    );
+    let tree = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(fs::read(Path::new(&tree).join("configuration.json")).unwrap() == config);
+    assert!(!Path::new(&tree).join("Wan2.1_VAE.pth").exists());
+
+    let status = ws.status();
+    let model = &status["models"][0];
+    assert_eq!(
+        model["details"]["variants"],
+        serde_json::json!(["fp16", "bf16"])
+    );
+    assert_eq!(model["details"]["defaults"]["fps"], 24);
+    assert_eq!(model["files"][1]["component"], "vae");
+    assert_eq!(model["files"][1]["optional"], true);
+    assert_eq!(model["files"][1]["verified"], "whole");
+    let ls = ws.run_ok(&["ls".as_ref(), "m@1".as_ref()]);
+    assert!(
+        ls.contains("vae (optional)") && ls.contains("variants: [\"fp16\", \"bf16\"]"),
+        "{ls}"
+    );
+
+    let m = ws.mount();
+    assert_eq!(
+        xattr(&m.path("m@1/configuration.json"), "user.modelfs.component"),
+        "config"
+    );
+    let err = fs::read(m.path("m@1/Wan2.1_VAE.pth"))
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(
+        m.log_text()
+            .contains("optional file is absent at every source")
+    );
+}

@@ -334,16 +334,17 @@ impl Cache {
         open.get(key).and_then(Weak::upgrade)
     }
 
-    /// Writes `CACHE/models/<id>/` for a complete model: its files as
-    /// relative symlinks into `blobs/`, usable without FUSE and valid
-    /// wherever the cache directory is mounted. Replaces an older tree.
-    pub fn link_model(&self, model: &Model) -> io::Result<PathBuf> {
+    /// Writes `CACHE/models/<id>/` for a complete model: `files` (all of
+    /// its files, or all but optional ones that exist nowhere) as relative
+    /// symlinks into `blobs/`, usable without FUSE and valid wherever the
+    /// cache directory is mounted. Replaces an older tree.
+    pub fn link_model(&self, model: &Model, files: &[&FileEntry]) -> io::Result<PathBuf> {
         let models = self.root.join("models");
         let dest = models.join(&model.id);
         // Built in tmp/ so that a crash's half tree is swept like any download.
-        let first = model.files.first().map_or(Digest([0; 32]), |f| f.sha256);
+        let first = files.first().map_or(Digest([0; 32]), |f| f.sha256);
         let ((), tmp) = self.fresh_temp(&first, |p| fs::create_dir(p))?;
-        for file in &model.files {
+        for file in files {
             let link = tmp.join(&file.path);
             fs::create_dir_all(link.parent().expect("a file path has a parent"))?;
             // From models/<id>/<dirs...>/ back up to CACHE.

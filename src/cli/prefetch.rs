@@ -101,8 +101,19 @@ async fn prefetch_model(
     });
     let results = join_all(files).await;
     bar.finish();
-    if let Some(e) = results.into_iter().find_map(Result::err) {
-        return Err(e.into());
+    let mut present = Vec::new();
+    for (file, result) in spec.files.iter().zip(results) {
+        match result {
+            Ok(()) => present.push(file),
+            // A model is whole without its optional files.
+            Err(e) if file.optional && e.is_absent() => {
+                eprintln!(
+                    "modelfs: prefetch {}: optional file {} is absent at every source; skipped",
+                    spec.id, file.path
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(cache.link_model(spec)?)
+    Ok(cache.link_model(spec, &present)?)
 }

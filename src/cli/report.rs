@@ -57,6 +57,30 @@ fn pinned(cache: Option<&Cache>, model: &Model) -> bool {
     cache.map_or(model.pinned, |c| c.is_pinned(model))
 }
 
+/// A value as TOML writes it inline (`["fp16", "bf16"]`, `{ fps = 24 }`).
+fn inline(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Table(t) => {
+            let pairs: Vec<String> = t
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", inline(v)))
+                .collect();
+            format!("{{ {} }}", pairs.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// How a file's bytes are verified: chunk by chunk (reads are lazy), or
+/// only whole (a read waits for the whole file).
+fn verification(f: &crate::manifest::FileEntry) -> &'static str {
+    if f.chunks.is_some() {
+        "chunks"
+    } else {
+        "whole"
+    }
+}
+
 /// Rounded down, so that only a complete model shows 100%.
 fn percent(cached: u64, size: u64) -> String {
     if size == 0 || cached >= size {
@@ -91,13 +115,31 @@ pub fn ls(manifest: &Manifest, cache_root: &Path, model: Option<&str>) -> anyhow
         }
         Some(id) => {
             let m = &manifest.models[super::model_index(manifest, id)?];
-            println!("{:<50} {:>11} {:>7}  SHA256", "FILE", "SIZE", "CACHED");
+            for (key, value) in &m.details {
+                println!("{key}: {}", inline(value));
+            }
+            if !m.details.is_empty() {
+                println!();
+            }
+            // VERIFIED: per chunk (lazy reads), or whole (a read waits for the file).
+            println!(
+                "{:<50} {:>11} {:>7}  {:<8}  {:<22}  SHA256",
+                "FILE", "SIZE", "CACHED", "VERIFIED", "COMPONENT"
+            );
             for (f, p) in m.files.iter().zip(model_presence(cache.as_ref(), m)) {
+                let component = match (&f.component, f.optional) {
+                    (Some(c), true) => format!("{c} (optional)"),
+                    (Some(c), false) => c.clone(),
+                    (None, true) => "(optional)".into(),
+                    (None, false) => "-".into(),
+                };
                 println!(
-                    "{:<50} {:>11} {:>7}  {}",
+                    "{:<50} {:>11} {:>7}  {:<8}  {:<22}  {}",
                     f.path,
                     format_size(f.size),
                     percent(p.bytes(f.size), f.size),
+                    verification(f),
+                    component,
                     &f.sha256.to_hex()[..16]
                 );
             }
@@ -118,13 +160,25 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
                 .files
                 .iter()
                 .zip(&presence)
-                .map(|(f, p)| json!({"path": f.path, "size": f.size, "cached_bytes": p.bytes(f.size)}))
+                .map(|(f, p)| {
+                    json!({"path": f.path, "size": f.size, "cached_bytes": p.bytes(f.size),
+                           "verified": verification(f), "component": f.component,
+                           "optional": f.optional})
+                })
                 .collect();
-            let complete = presence.iter().filter(|p| **p == Presence::Complete).count();
+            let details: serde_json::Map<_, _> = m
+                .details
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            let complete = presence
+                .iter()
+                .filter(|p| **p == Presence::Complete)
+                .count();
             json!({"id": m.id, "state": state, "size": size, "cached_bytes": cached,
                    "needed_bytes": size - cached,
                    "files_complete": complete, "pinned": pinned(cache.as_ref(), m),
-                   "files": files})
+                   "details": details, "files": files})
         })
         .collect();
     let cache_bytes = cache.as_ref().map_or(0, Cache::disk_usage);

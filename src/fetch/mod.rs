@@ -80,10 +80,12 @@ impl fmt::Display for Target {
 /// fetch gets the leader's error.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{target}: every source failed: {}", format_attempts(attempts))]
+    #[error("{target}: {}: {}", if *absent { "absent at every source" } else { "every source failed" }, format_attempts(attempts))]
     AllSourcesFailed {
         target: String,
         attempts: Arc<Vec<(String, String)>>,
+        /// Every source said it has no such object (404 and the like).
+        absent: bool,
     },
     #[error(
         "{target}: every chunk matches its hash but the whole file hashes to {actual}: the manifest is inconsistent"
@@ -101,6 +103,13 @@ pub enum FetchError {
         target: String,
         source: Arc<io::Error>,
     },
+}
+
+impl FetchError {
+    /// Whether every source said the file does not exist.
+    pub fn is_absent(&self) -> bool {
+        matches!(self, FetchError::AllSourcesFailed { absent: true, .. })
+    }
 }
 
 fn format_attempts(attempts: &[(String, String)]) -> String {
@@ -513,6 +522,7 @@ impl Fetcher {
         expected: Option<Digest>,
     ) -> Result<(), FetchError> {
         let mut attempts = Vec::new();
+        let mut absent = true;
         for (i, location) in order.iter().enumerate() {
             let mut writer = RangeWriter {
                 out,
@@ -529,6 +539,7 @@ impl Fetcher {
                 Err(e) => {
                     let why = describe(&e);
                     self.source_failed(location, &why, i + 1 < order.len());
+                    absent &= matches!(e, AttemptError::Source(SourceError::NotFound(_)));
                     warn!(model = target.model_id(), file = %target.entry().path, ?range, source = %location, error = %why, "source failed; trying the next");
                     attempts.push((location.to_string(), why));
                 }
@@ -537,6 +548,7 @@ impl Fetcher {
         Err(FetchError::AllSourcesFailed {
             target: target.to_string(),
             attempts: Arc::new(attempts),
+            absent,
         })
     }
 
@@ -645,6 +657,7 @@ impl Fetcher {
         Err(FetchError::AllSourcesFailed {
             target: target.to_string(),
             attempts: Arc::new(attempts),
+            absent: false,
         })
     }
 

@@ -24,6 +24,8 @@ use tree::{Kind, ROOT, Tree};
 
 pub const XATTR_SHA256: &str = "user.modelfs.sha256";
 pub const XATTR_CACHED: &str = "user.modelfs.cached";
+/// The orchestrator's component of a file (`vae`, `text_encoder`, ...).
+pub const XATTR_COMPONENT: &str = "user.modelfs.component";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -295,6 +297,22 @@ impl ModelFs {
         offset: u64,
         len: u32,
     ) -> Result<Vec<u8>, FsError> {
+        let read = self.fetch_and_read(h, offset, len).await;
+        if let Err(FsError::Fetch(e)) = &read
+            && e.is_absent()
+            && h.target.entry().optional
+        {
+            tracing::warn!(file = %h.target, "an optional file is absent at every source: the model does without it");
+        }
+        read
+    }
+
+    async fn fetch_and_read(
+        &self,
+        h: &OpenFile,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, FsError> {
         let blob = &h.blob;
         let end = offset.saturating_add(len as u64).min(blob.size);
         if h.target.entry().chunks.is_none() {
@@ -369,6 +387,11 @@ impl ModelFs {
         match name {
             XATTR_SHA256 => Ok(entry.sha256.to_hex().into_bytes()),
             XATTR_CACHED => Ok(self.getattr(ino)?.cached.to_string().into_bytes()),
+            XATTR_COMPONENT => entry
+                .component
+                .as_ref()
+                .map(|c| c.clone().into_bytes())
+                .ok_or(FsError::NoAttr),
             _ => Err(FsError::NoAttr),
         }
     }
@@ -376,7 +399,14 @@ impl ModelFs {
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
         Ok(match node.kind {
-            Kind::File { .. } => format!("{XATTR_SHA256}\0{XATTR_CACHED}\0").into_bytes(),
+            Kind::File { model, file } => {
+                let mut names = format!("{XATTR_SHA256}\0{XATTR_CACHED}\0");
+                if self.manifest.models[model].files[file].component.is_some() {
+                    names.push_str(XATTR_COMPONENT);
+                    names.push('\0');
+                }
+                names.into_bytes()
+            }
             Kind::Dir(_) => Vec::new(),
         })
     }

@@ -32,8 +32,8 @@ pub struct Model {
     pub description: Option<String>,
     pub pinned: bool,
     /// Descriptive keys of the orchestrator's format (`variants`, ...) and
-    /// their values as TOML; empty for native manifests.
-    pub details: Vec<(String, String)>,
+    /// their values; empty for native manifests.
+    pub details: Vec<(String, toml::Value)>,
     pub files: Vec<FileEntry>,
 }
 

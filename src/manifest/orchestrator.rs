@@ -73,8 +73,8 @@ struct OrchSources {
 
 /// What an orchestrator model adds to the native one.
 pub(super) struct Extra {
-    /// Descriptive keys and their values, as TOML, in a fixed order.
-    pub details: Vec<(String, String)>,
+    /// Descriptive keys and their values, in a fixed order.
+    pub details: Vec<(String, toml::Value)>,
     /// Per file, in order: its component, and whether it is optional.
     pub files: Vec<(Option<String>, bool)>,
 }
@@ -174,7 +174,7 @@ pub(super) fn parse(
 }
 
 /// The descriptive keys that are set, in the order the orchestrator writes them.
-fn details(m: &OrchModel) -> Vec<(String, String)> {
+fn details(m: &OrchModel) -> Vec<(String, toml::Value)> {
     [
         ("version", &m.version),
         ("variants", &m.variants),
@@ -188,22 +188,8 @@ fn details(m: &OrchModel) -> Vec<(String, String)> {
         ("vram_estimation", &m.vram_estimation),
     ]
     .into_iter()
-    .filter_map(|(k, v)| Some((k.to_owned(), render(v.as_ref()?))))
+    .filter_map(|(k, v)| Some((k.to_owned(), v.clone()?)))
     .collect()
-}
-
-/// A value as TOML writes it inline (`["fp16", "bf16"]`, `{ fps = 24 }`).
-fn render(v: &toml::Value) -> String {
-    match v {
-        toml::Value::Table(t) => {
-            let pairs: Vec<String> = t
-                .iter()
-                .map(|(k, v)| format!("{k} = {}", render(v)))
-                .collect();
-            format!("{{ {} }}", pairs.join(", "))
-        }
-        other => other.to_string(),
-    }
 }
 
 /// A TOML table's entries in the order they were written.
@@ -267,18 +253,13 @@ mod tests {
         assert_eq!(ids, ["b@1", "a@1"], "as written, not sorted");
         let b = &m.models[0];
         assert_eq!(b.description.as_deref(), Some("B"));
-        assert!(
-            b.details
-                .contains(&("variants".into(), "[\"fp16\"]".into()))
-        );
-        assert!(
-            b.details
-                .contains(&("defaults".into(), "{ fps = 24 }".into()))
-        );
-        assert!(
-            b.details
-                .contains(&("allow_patterns".into(), "[\"*.pth\"]".into()))
-        );
+        let detail = |key: &str| {
+            let (_, v) = b.details.iter().find(|(k, _)| k == key).unwrap();
+            v.to_string().replace(char::is_whitespace, "")
+        };
+        assert_eq!(detail("variants"), "[\"fp16\"]");
+        assert_eq!(detail("defaults"), "{fps=24}");
+        assert_eq!(detail("allow_patterns"), "[\"*.pth\"]");
         let f = &b.files[0];
         assert_eq!((f.component.as_deref(), f.optional), (Some("vae"), true));
         assert!(f.chunks.is_none(), "verified whole");

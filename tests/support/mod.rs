@@ -343,6 +343,23 @@ impl Drop for Mount {
     }
 }
 
+/// The value of extended attribute `name` of `path`, which must have it.
+pub fn xattr(path: &std::path::Path, name: &str) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(
+        len >= 0,
+        "getxattr {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    buf.truncate(len as usize);
+    String::from_utf8(buf).unwrap()
+}
+
 /// A loopback address with a port free at the time of the call.
 pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
