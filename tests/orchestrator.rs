@@ -262,3 +262,60 @@ fn optional_files_absent_everywhere_are_skipped_and_components_shown() {
             .contains("optional file is absent at every source")
     );
 }
+
+#[test]
+fn manifest_chunk_adds_chunk_hashes_and_leaves_the_cache_warm() {
+    use std::os::unix::fs::FileExt;
+    let ws = Workspace::new();
+    let config = br#"{"a": 1}"#.to_vec();
+    let weights = sample_bytes((3 << 20) + 5, 65);
+    write(&ws.models(), "m@1/configuration.json", &config);
+    write(&ws.models(), "m@1/w.bin", &weights);
+    let http = RangeServer::start(&ws.models());
+    let text = format!(
+        "# kept as written\nschema_version = 1\n{}",
+        orchestrator_model(
+            "m@1",
+            &[
+                ("configuration.json", &config, "config"),
+                ("w.bin", &weights, "transformer")
+            ],
+            &[format!("{}/m@1", http.url())],
+        )
+    );
+    fs::write(ws.path("manifest.toml"), text).unwrap();
+
+    let chunked = ws.run_ok(&["manifest", "chunk", "--chunk-size", "1M"].map(AsRef::as_ref));
+    assert!(chunked.starts_with("# kept as written\n"), "{chunked}");
+    assert_eq!(chunked.matches("chunk_size = 1048576").count(), 2);
+    assert_eq!(
+        http.bytes_sent(),
+        (config.len() + weights.len()) as u64,
+        "each file fetched once"
+    );
+    fs::write(ws.path("manifest.toml"), &chunked).unwrap();
+    let ls = ws.run_ok(&["ls".as_ref(), "m@1".as_ref()]);
+    assert!(ls.contains("chunks") && !ls.contains("whole"), "{ls}");
+
+    // The cache already holds the files: the first mount reads them warm.
+    http.reset_counters();
+    {
+        let m = ws.mount();
+        assert!(fs::read(m.path("m@1/w.bin")).unwrap() == weights);
+        assert_eq!(http.bytes_sent(), 0);
+    }
+    // A cache without them reads lazily now: a 4 KiB read fetches about a chunk.
+    let other = ws.path("other-cache");
+    let m = Mount::start_with_env(&ws, &[], &[("MODELFS_CACHE_DIR", other.to_str().unwrap())]);
+    let mut piece = [0u8; 4096];
+    fs::File::open(m.path("m@1/w.bin"))
+        .unwrap()
+        .read_exact_at(&mut piece, 2 << 20)
+        .unwrap();
+    assert!(piece[..] == weights[2 << 20..(2 << 20) + 4096]);
+    assert!(
+        http.bytes_sent() <= 2 << 20,
+        "fetched {}",
+        http.bytes_sent()
+    );
+}

@@ -1,6 +1,7 @@
 //! The command line: parse arguments, call into the library, turn errors into
 //! messages and exit codes (0 ok, 1 runtime failure, 2 usage or manifest error).
 
+mod chunk;
 mod daemon;
 mod gc;
 mod mount;
@@ -235,6 +236,15 @@ enum ManifestCommand {
         #[arg(long)]
         description: Option<String>,
     },
+    /// Add chunk hashes to the files of a manifest that has none, so reads become lazy.
+    ///
+    /// Prints the manifest, everything in it as it was (the orchestrator's
+    /// models.toml included), with `chunk_size` and `chunks` added to each file
+    /// that had no chunk hashes. Each such file is fetched once from its
+    /// sources, verified whole and stored in the cache, so the first mount
+    /// afterwards is warm:
+    ///   modelfs manifest chunk -m models.toml > models.chunked.toml
+    Chunk(chunk::ChunkArgs),
     /// Validate a manifest; errors name the line, column and field (exit 2).
     Check {
         #[command(flatten)]
@@ -313,6 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{text}");
             Ok(0)
         }
+        Command::Manifest(ManifestCommand::Chunk(args)) => chunk::chunk(args),
         Command::Manifest(ManifestCommand::Check { manifest }) => {
             let m = manifest.load()?;
             let files: usize = m.models.iter().map(|m| m.files.len()).sum();

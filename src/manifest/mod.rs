@@ -121,6 +121,42 @@ impl Manifest {
             .map_err(|e| e.locate(path, text))
     }
 
+    /// `text` (this manifest's, either format) with chunk hashes added to
+    /// the files in `added` (model index, file index, chunk size, hashes),
+    /// each right after its `sha256` line; all else, comments included, is
+    /// kept as it was.
+    pub fn add_chunk_hashes(
+        &self,
+        text: &str,
+        added: &[(usize, usize, u64, Vec<Digest>)],
+    ) -> Result<String, ManifestError> {
+        let spans = if orchestrator::detect(text) {
+            orchestrator::sha256_spans(text)
+        } else {
+            raw::sha256_spans(text)
+        }
+        .map_err(|e| e.locate(&self.path, text))?;
+        let mut inserts: Vec<(usize, String)> = added
+            .iter()
+            .map(|(model, file, chunk_size, hashes)| {
+                let end = spans[*model][*file].end;
+                let line_end = text[end..].find('\n').map_or(text.len(), |i| end + i);
+                let list: String = hashes.iter().map(|h| format!("  \"{h}\",\n")).collect();
+                (
+                    line_end,
+                    format!("\nchunk_size = {chunk_size}\nchunks = [\n{list}]"),
+                )
+            })
+            .collect();
+        // From the end, so earlier offsets stay valid.
+        inserts.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+        let mut out = text.to_owned();
+        for (at, keys) in inserts {
+            out.insert_str(at, &keys);
+        }
+        Ok(out)
+    }
+
     pub fn model_index(&self, id: &str) -> Option<usize> {
         self.models.iter().position(|m| m.id == id)
     }

@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -59,6 +60,9 @@ struct OrchFile {
     component: Option<String>,
     #[serde(default)]
     optional: bool,
+    /// Not the orchestrator's: `modelfs manifest chunk` adds these.
+    chunk_size: Option<Spanned<u64>>,
+    chunks: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -156,8 +160,8 @@ pub(super) fn parse(
                         path: f.path,
                         size: f.size,
                         sha256: f.sha256,
-                        chunk_size: None,
-                        chunks: None,
+                        chunk_size: f.chunk_size,
+                        chunks: f.chunks,
                         sources: Vec::new(),
                     })
                     .collect(),
@@ -171,6 +175,17 @@ pub(super) fn parse(
         );
     }
     Ok(models)
+}
+
+/// Where each file's `sha256` value is, per model, in the order written.
+pub(super) fn sha256_spans(text: &str) -> Result<Vec<Vec<Range<usize>>>, Unlocated> {
+    let raw: RawOrchestrator = toml::from_str(text).map_err(Unlocated::from_toml)?;
+    Ok(raw
+        .models
+        .0
+        .iter()
+        .map(|(_, m)| m.get_ref().files.iter().map(|f| f.sha256.span()).collect())
+        .collect())
 }
 
 /// The descriptive keys that are set, in the order the orchestrator writes them.

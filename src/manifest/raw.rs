@@ -78,6 +78,16 @@ pub(super) fn err<T>(
     })
 }
 
+/// Where each file's `sha256` value is, per model.
+pub(super) fn sha256_spans(text: &str) -> Result<Vec<Vec<Range<usize>>>, Unlocated> {
+    let raw: RawManifest = toml::from_str(text).map_err(Unlocated::from_toml)?;
+    Ok(raw
+        .model
+        .iter()
+        .map(|m| m.file.iter().map(|f| f.sha256.span()).collect())
+        .collect())
+}
+
 pub(super) fn parse(text: &str) -> Result<Vec<Model>, Unlocated> {
     let raw: RawManifest = toml::from_str(text).map_err(Unlocated::from_toml)?;
     if *raw.version.get_ref() != KNOWN_VERSION {

@@ -1,0 +1,101 @@
+//! `modelfs manifest chunk`: adds chunk hashes to the files of a manifest
+//! that has none (the orchestrator's never do), so that reads become lazy.
+//! Each file is fetched once, verified whole and stored in the cache, then
+//! its chunks are hashed from there: the first mount afterwards is warm.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::{
+    CacheArg, ManifestArg, QuotaArg, SourceArgs, init_logging, model_indices, open_cache,
+    parse_size,
+};
+use crate::cache::chunk_len;
+use crate::fetch::{FetchError, Fetcher, RetryPolicy, Target};
+use crate::hash::Digest;
+use crate::manifest::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::metrics::Metrics;
+
+#[derive(Args)]
+pub struct ChunkArgs {
+    /// Models whose files to chunk [default: every model].
+    models: Vec<String>,
+    /// Chunk size: a power of two from 64K to 64M [default: 8M].
+    #[arg(long, value_parser = parse_size)]
+    chunk_size: Option<u64>,
+    #[command(flatten)]
+    manifest: ManifestArg,
+    #[command(flatten)]
+    cache: CacheArg,
+    #[command(flatten)]
+    quota: QuotaArg,
+    #[command(flatten)]
+    sources: SourceArgs,
+}
+
+pub fn chunk(args: ChunkArgs) -> anyhow::Result<i32> {
+    init_logging("warn");
+    let chunk_size = args.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+    if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Err(super::UsageError(format!(
+            "--chunk-size {chunk_size}: a power of two from 64K to 64M"
+        ))
+        .into());
+    }
+    let path = args.manifest.path()?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let manifest = Arc::new(args.manifest.load()?);
+    let models = model_indices(&manifest, &args.models)?;
+    let cache = open_cache(&args.cache, &args.quota, &manifest)?;
+    let fetcher = Fetcher::new(
+        Arc::clone(&cache),
+        args.sources.build()?,
+        RetryPolicy::default(),
+        Arc::new(Metrics::new()),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut added = Vec::new();
+    for m in models {
+        for (f, entry) in manifest.models[m].files.iter().enumerate() {
+            if entry.chunks.is_some() {
+                continue;
+            }
+            let target = Target::new(Arc::clone(&manifest), m, f);
+            let blob = cache.open_blob(entry).map_err(|e| FetchError::Local {
+                target: target.to_string(),
+                source: Arc::new(e),
+            })?;
+            runtime.block_on(fetcher.prefetch_file(&target, &blob, &|_| {}))?;
+            let file = blob
+                .complete_file()
+                .with_context(|| format!("{target}: not complete after its fetch"))?;
+            let hashes = chunk_digests(&file, entry.size, chunk_size)
+                .with_context(|| format!("{target}: cannot hash the cached file"))?;
+            eprintln!("modelfs: {target}: {} chunks", hashes.len());
+            added.push((m, f, chunk_size, hashes));
+        }
+    }
+    print!("{}", manifest.add_chunk_hashes(&text, &added)?);
+    Ok(0)
+}
+
+/// The sha256 of each chunk of a verified file. Blocking.
+fn chunk_digests(file: &File, size: u64, chunk_size: u64) -> io::Result<Vec<Digest>> {
+    let mut buf = vec![0u8; chunk_size.min(size) as usize];
+    (0..size.div_ceil(chunk_size))
+        .map(|c| {
+            let len = chunk_len(size, chunk_size, c) as usize;
+            file.read_exact_at(&mut buf[..len], c * chunk_size)?;
+            Ok(Digest::of(&buf[..len]))
+        })
+        .collect()
+}
