@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's checks: formatting, lints, unit tests and end-to-end tests
 # (real FUSE mounts, so run as root with /dev/fuse and python3 with
-# safetensors + numpy for the loader test; .ci/run installs those).
+# safetensors, numpy, huggingface_hub and transformers for the loader tests;
+# .ci/run installs those).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The S3 tests run against s3s-fs, a real S3-compatible server.

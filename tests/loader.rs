@@ -81,3 +81,87 @@ fn safetensors_loads_from_a_prefetched_tree_without_a_mount() {
         expected
     );
 }
+
+/// A tiny BERT repo the test writes itself: config, tokenizer files, weights.
+const TINY_BERT: &[(&str, &str)] = &[
+    (
+        "config.json",
+        r#"{"model_type": "bert", "vocab_size": 8, "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 64}"#,
+    ),
+    (
+        "tokenizer_config.json",
+        r#"{"tokenizer_class": "BertTokenizer", "do_lower_case": true}"#,
+    ),
+    (
+        "vocab.txt",
+        "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\nworld\n!\n",
+    ),
+];
+
+/// Through `--layout hf`, with HF_HUB_CACHE at the mount and offline:
+/// `snapshot_download`, `hf_hub_download`, transformers' `AutoConfig` and
+/// `AutoTokenizer`, and safetensors on the snapshot's weights.
+const THROUGH_HUB: &str = r#"
+import os, sys, hashlib
+from huggingface_hub import snapshot_download, hf_hub_download
+snapshot = snapshot_download("acme/tiny-bert")
+print("snapshot", os.path.relpath(snapshot, os.environ["HF_HUB_CACHE"]))
+print("config", open(hf_hub_download("acme/tiny-bert", "config.json")).read().count("bert"))
+from transformers import AutoConfig, AutoTokenizer
+config = AutoConfig.from_pretrained("acme/tiny-bert", local_files_only=True)
+print("model_type", config.model_type, config.hidden_size)
+tokenizer = AutoTokenizer.from_pretrained("acme/tiny-bert", local_files_only=True)
+print("tokens", tokenizer.tokenize("Hello world!"))
+from safetensors import safe_open
+with safe_open(os.path.join(snapshot, "model.safetensors"), framework="np") as f:
+    for name in sorted(f.keys()):
+        t = f.get_tensor(name)
+        print(name, t.shape, t.dtype, hashlib.sha256(t.tobytes()).hexdigest())
+"#;
+
+#[test]
+fn huggingface_hub_and_transformers_read_through_the_hf_layout() {
+    let ws = Workspace::new();
+    for (name, text) in TINY_BERT {
+        ws.add_file("bert", name, text.as_bytes());
+    }
+    let weights = ws.models().join("bert/model.safetensors");
+    python(WRITE, &[&weights]);
+    let tensors = python(SUMMARY, &[&weights]);
+    let server = RangeServer::start(&ws.models());
+    let entry = ws.entry(
+        "bert",
+        "tiny-bert@1",
+        &[format!("{}/bert", server.url())],
+        1 << 16,
+    );
+    // The repo the hub cache shows it as.
+    let entry = entry.replacen('\n', "\nrepo = \"acme/tiny-bert\"\n", 1);
+    ws.write_manifest(&[entry]);
+    let m = Mount::start(&ws, &["--layout", "hf"]);
+
+    let out = Command::new("python3")
+        .args(["-c", THROUGH_HUB])
+        .env("HF_HUB_CACHE", &m.mountpoint)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", ws.path("hf-home"))
+        .env("TRANSFORMERS_VERBOSITY", "error")
+        .output()
+        .expect("python3 with huggingface_hub and transformers (.ci/run installs them)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("snapshot models--acme--tiny-bert/snapshots/"),
+        "{said}"
+    );
+    assert!(said.contains("config 1"), "{said}");
+    assert!(said.contains("model_type bert 32"), "{said}");
+    assert!(said.contains("tokens ['hello', 'world', '!']"), "{said}");
+    assert!(said.ends_with(&tensors), "{said}\nwant tensors:\n{tensors}");
+    assert!(server.bytes_sent() > 0, "read through the mount, lazily");
+}

@@ -19,8 +19,8 @@ use super::{
 };
 use crate::cache::Cache;
 use crate::fetch::{Fetcher, RetryPolicy};
-use crate::fs::ModelFs;
 use crate::fs::fuse::FuseAdapter;
+use crate::fs::{Layout, ModelFs};
 use crate::manifest::Manifest;
 use crate::metrics::{self, Metrics, http::Endpoint};
 
@@ -45,6 +45,12 @@ pub struct MountArgs {
     /// Let other users read the tree (needs user_allow_other in /etc/fuse.conf unless root).
     #[arg(long)]
     allow_other: bool,
+    /// How the tree shows the models: `models` (MOUNTPOINT/<model id>/<path>), or `hf`,
+    /// a Hugging Face hub cache (MOUNTPOINT/models--<org>--<name>/...), so that
+    /// HF_HUB_CACHE=MOUNTPOINT HF_HUB_OFFLINE=1 makes huggingface_hub, transformers and
+    /// diffusers read through it unchanged.
+    #[arg(long, value_enum, default_value = "models")]
+    layout: LayoutArg,
     /// Serve GET /metrics (Prometheus) and GET /healthz (JSON) on this address, e.g. 127.0.0.1:9100.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -52,6 +58,12 @@ pub struct MountArgs {
     quota: QuotaArg,
     #[command(flatten)]
     sources: SourceArgs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LayoutArg {
+    Models,
+    Hf,
 }
 
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -138,6 +150,10 @@ fn serve(
         Arc::clone(&cache),
         fetcher,
         runtime.handle().clone(),
+        match args.layout {
+            LayoutArg::Models => Layout::Models,
+            LayoutArg::Hf => Layout::Hf,
+        },
     ));
     let adapter = FuseAdapter::new(core, runtime.handle().clone(), mtime);
 

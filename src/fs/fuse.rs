@@ -56,6 +56,7 @@ impl FuseAdapter {
         let (kind, perm, nlink) = match a.kind {
             NodeKind::Dir => (FileType::Directory, 0o555, 2),
             NodeKind::File => (FileType::RegularFile, 0o444, 1),
+            NodeKind::Symlink => (FileType::Symlink, 0o777, 1),
         };
         FileAttr {
             ino: INodeNo(a.ino),
@@ -140,6 +141,7 @@ impl Filesystem for FuseAdapter {
                     let kind = match e.kind {
                         NodeKind::Dir => FileType::Directory,
                         NodeKind::File => FileType::RegularFile,
+                        NodeKind::Symlink => FileType::Symlink,
                     };
                     if reply.add(INodeNo(e.ino), offset + i as u64 + 1, kind, &e.name) {
                         break;
@@ -147,6 +149,15 @@ impl Filesystem for FuseAdapter {
                 }
                 reply.ok();
             }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.core.metrics().fuse_op("readlink");
+        let _span = debug_span!("readlink", ino = ino.0).entered();
+        match self.core.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -159,6 +170,11 @@ impl Filesystem for FuseAdapter {
         self.core.metrics().fuse_op("open");
         let span = debug_span!("open", ino = ino.0);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        // A file the tree holds itself (refs/main) needs no handle: reads find it by inode.
+        if !write && self.core.read_text(ino.0, 0, 0).is_some() {
+            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+            return;
+        }
         let (core, modes) = (Arc::clone(&self.core), Arc::clone(&self.modes));
         let passthrough = self.passthrough;
         self.runtime.spawn_blocking(move || {
@@ -211,6 +227,10 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         self.core.metrics().fuse_op("read");
+        if let Some(text) = self.core.read_text(ino.0, offset, size) {
+            reply.data(&text);
+            return;
+        }
         let span = debug_span!("read", ino = ino.0, fh = fh.0, offset, size);
         let now = span.in_scope(|| self.core.read_now(fh.0, offset, size));
         match now {

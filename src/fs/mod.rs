@@ -8,6 +8,8 @@ pub mod fuse;
 mod io_modes;
 mod tree;
 
+pub use tree::Layout;
+
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +43,8 @@ pub enum FsError {
     BadHandle,
     #[error("no such attribute")]
     NoAttr,
+    #[error("not a symbolic link")]
+    NotSymlink,
     #[error("the bytes asked for are not verified")]
     NotVerified,
     #[error(transparent)]
@@ -59,6 +63,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
             FsError::NoAttr => libc::ENODATA,
+            FsError::NotSymlink => libc::EINVAL,
             FsError::NotVerified => libc::EIO,
             FsError::Fetch(FetchError::Local { source, .. }) => local_errno(source),
             FsError::Fetch(FetchError::CacheFull { .. }) => libc::ENOSPC,
@@ -83,6 +88,7 @@ fn local_errno(e: &io::Error) -> i32 {
 pub enum NodeKind {
     Dir,
     File,
+    Symlink,
 }
 
 /// What `stat` shows. `cached` is the number of verified bytes in the cache.
@@ -135,9 +141,10 @@ impl ModelFs {
         cache: Arc<Cache>,
         fetcher: Arc<Fetcher>,
         runtime: tokio::runtime::Handle,
+        layout: Layout,
     ) -> Self {
         ModelFs {
-            tree: Tree::build(&manifest),
+            tree: Tree::build(&manifest, layout),
             manifest,
             cache,
             fetcher,
@@ -171,6 +178,18 @@ impl ModelFs {
                 kind: NodeKind::Dir,
                 size: 0,
                 cached: 0,
+            },
+            Kind::Symlink(ref target) => Attr {
+                ino,
+                kind: NodeKind::Symlink,
+                size: target.len() as u64,
+                cached: 0,
+            },
+            Kind::Text(ref text) => Attr {
+                ino,
+                kind: NodeKind::File,
+                size: text.len() as u64,
+                cached: text.len() as u64,
             },
             Kind::File { model, file } => {
                 let entry = &self.manifest.models[model].files[file];
@@ -215,11 +234,30 @@ impl ModelFs {
             ino: child,
             kind: match self.tree.get(child).map(|n| &n.kind) {
                 Some(Kind::Dir(_)) => NodeKind::Dir,
+                Some(Kind::Symlink(_)) => NodeKind::Symlink,
                 _ => NodeKind::File,
             },
             name: name.clone(),
         });
         Ok(dots.chain(entries).skip(offset as usize).collect())
+    }
+
+    /// Where a symlink points.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        match &self.tree.get(ino).ok_or(FsError::NotFound)?.kind {
+            Kind::Symlink(target) => Ok(target.clone().into_bytes()),
+            _ => Err(FsError::NotSymlink),
+        }
+    }
+
+    /// The bytes of a file the tree holds itself (`refs/main`), if `ino` is one.
+    pub fn read_text(&self, ino: u64, offset: u64, len: u32) -> Option<Vec<u8>> {
+        let Kind::Text(text) = &self.tree.get(ino)?.kind else {
+            return None;
+        };
+        let start = (offset as usize).min(text.len());
+        let end = start.saturating_add(len as usize).min(text.len());
+        Some(text[start..end].to_vec())
     }
 
     pub fn open(&self, ino: u64, write: bool) -> Result<(u64, Arc<OpenFile>), FsError> {
@@ -407,7 +445,7 @@ impl ModelFs {
                 }
                 names.into_bytes()
             }
-            Kind::Dir(_) => Vec::new(),
+            Kind::Dir(_) | Kind::Symlink(_) | Kind::Text(_) => Vec::new(),
         })
     }
 

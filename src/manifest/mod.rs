@@ -31,6 +31,10 @@ pub struct Model {
     pub id: String,
     pub description: Option<String>,
     pub pinned: bool,
+    /// The Hugging Face repo (`org/name`) and revision (40 hex, lowercase)
+    /// `--layout hf` shows the model as, when the manifest says.
+    pub repo: Option<String>,
+    pub revision: Option<String>,
     /// Descriptive keys of the orchestrator's format (`variants`, ...) and
     /// their values; empty for native manifests.
     pub details: Vec<(String, toml::Value)>,

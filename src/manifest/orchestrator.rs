@@ -152,6 +152,8 @@ pub(super) fn parse(
                 id: Spanned::new(span, id),
                 description: m.description,
                 pinned: false,
+                repo: None,
+                revision: None,
                 sources,
                 file: m
                     .files

@@ -30,6 +30,10 @@ pub(super) struct RawModel {
     pub description: Option<String>,
     #[serde(default)]
     pub pinned: bool,
+    /// The Hugging Face repo (`org/name`) `--layout hf` shows the model as.
+    pub repo: Option<Spanned<String>>,
+    /// Its revision there: 40 hex digits.
+    pub revision: Option<Spanned<String>>,
     #[serde(default)]
     pub sources: Vec<Spanned<String>>,
     #[serde(default)]
@@ -180,10 +184,26 @@ pub(super) fn validate_model(m: RawModel, field: &str, files: &str) -> Result<Mo
         .enumerate()
         .map(|(j, f)| validate_file(f, &format!("{field}.{files}[{j}]"), &bases))
         .collect::<Result<_, _>>()?;
+    if let Some(repo) = &m.repo
+        && let Err(why) = check_repo(repo.get_ref())
+    {
+        return err(repo.span(), format!("{field}.repo"), why);
+    }
+    if let Some(rev) = &m.revision
+        && !(rev.get_ref().len() == 40 && rev.get_ref().bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return err(
+            rev.span(),
+            format!("{field}.revision"),
+            "a revision is 40 hex digits (a git commit)",
+        );
+    }
     Ok(Model {
         id: id.clone(),
         description: m.description,
         pinned: m.pinned,
+        repo: m.repo.map(Spanned::into_inner),
+        revision: m.revision.map(|r| r.into_inner().to_ascii_lowercase()),
         details: Vec::new(),
         files,
     })
@@ -273,6 +293,23 @@ fn parse_locations(list: &[Spanned<String>], field: &str) -> Result<Vec<Location
             Location::parse(s.get_ref()).or_else(|why| err(s.span(), format!("{field}[{k}]"), why))
         })
         .collect()
+}
+
+/// `org/name`, as the hub names repos.
+fn check_repo(repo: &str) -> Result<(), String> {
+    let parts: Vec<&str> = repo.split('/').collect();
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 96
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    };
+    if parts.len() != 2 || !parts.iter().all(|p| ok(p)) {
+        return Err(format!(
+            "{repo:?} is not a repo: expected org/name ([A-Za-z0-9._-])"
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn check_id(id: &str) -> Result<(), String> {
