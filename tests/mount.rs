@@ -371,3 +371,23 @@ fn an_ephemeral_cache_is_gone_after_unmount() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("must not exist yet"));
     assert!(ws.cache().is_dir());
 }
+
+#[test]
+fn systemd_is_told_when_the_mount_is_ready_and_when_it_stops() {
+    let (ws, _server, _data) = single_model(1000, MIB);
+    let socket_path = ws.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    let m = Mount::start_with_env(
+        &ws,
+        &[],
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("READY=1 within the deadline");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(is_live_fuse(&m.mountpoint), "ready means mounted");
+    drop(m);
+    let n = socket.recv(&mut buf).expect("STOPPING=1 at unmount");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}

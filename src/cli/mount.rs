@@ -187,6 +187,7 @@ fn serve(
     if let Some(ready) = ready.take() {
         ready.ok();
     }
+    notify_systemd("READY=1");
 
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -203,6 +204,7 @@ fn serve(
         }
     });
     mounted.store(false, Ordering::Release);
+    notify_systemd("STOPPING=1");
     if let Some(signal) = outcome {
         info!(signal, "unmounting");
         if let Err(e) = unmounter.unmount() {
@@ -221,6 +223,26 @@ fn serve(
     runtime.shutdown_timeout(Duration::from_secs(1));
     info!("unmounted");
     Ok(())
+}
+
+/// Tells systemd how the mount is doing (`Type=notify` units): a datagram to
+/// `$NOTIFY_SOCKET`, a path or, with a leading `@`, an abstract socket.
+/// Without the variable there is no one to tell.
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = target.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(Path::new(&target)),
+    };
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
+    if let Err(e) = sent {
+        warn!(error = %e, state, "cannot notify systemd through NOTIFY_SOCKET");
+    }
 }
 
 /// Checks the mountpoint, cleaning up a stale mount a killed modelfs left.
