@@ -196,3 +196,70 @@ fn proxies_come_from_the_environment_and_no_proxy_is_honoured() {
         "{direct_log:?}"
     );
 }
+
+#[test]
+fn manifest_build_hf_describes_a_repo_from_the_hub_api() {
+    let ws = Workspace::new();
+    let config = br#"{"model_type": "bert"}"#.to_vec();
+    let weights = sample_bytes(2 * MIB as usize + 3, 66);
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    // The hub, from files: the API's answer, and the files under resolve/.
+    let api = format!(
+        r#"{{"id": "org/repo", "sha": "{commit}", "siblings": [
+            {{"rfilename": "config.json", "size": {}}},
+            {{"rfilename": "model.safetensors", "size": {n},
+              "lfs": {{"sha256": "{}", "size": {n}, "pointerSize": 134}}}}]}}"#,
+        config.len(),
+        sha256_hex(&weights),
+        n = weights.len(),
+    );
+    ws.add_file("hub", "api/models/org/repo/revision/main", api.as_bytes());
+    ws.add_file(
+        "hub",
+        &format!("org/repo/resolve/{commit}/config.json"),
+        &config,
+    );
+    ws.add_file(
+        "hub",
+        &format!("org/repo/resolve/{commit}/model.safetensors"),
+        &weights,
+    );
+    let hub = RangeServer::start(&ws.models().join("hub"));
+
+    let out = ws
+        .modelfs()
+        .env("HF_ENDPOINT", hub.url())
+        .args(["manifest", "build", "--hf", "org/repo"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entry = String::from_utf8(out.stdout).unwrap();
+    assert!(entry.contains("id = \"repo\""), "{entry}");
+    assert!(entry.contains("repo = \"org/repo\""), "{entry}");
+    assert!(
+        entry.contains(&format!("revision = \"{commit}\"")),
+        "{entry}"
+    );
+    assert!(
+        entry.contains(&format!("sources = [\"hf://org/repo@{commit}\"]")),
+        "{entry}"
+    );
+    assert!(
+        entry.contains(&sha256_hex(&config)),
+        "the small file was hashed"
+    );
+    assert_eq!(
+        hub.bytes_sent(),
+        (api.len() + config.len()) as u64,
+        "the LFS file's hash came from the API, not a download"
+    );
+
+    ws.write_manifest(&[entry]);
+    let m = Mount::start_with_env(&ws, &[], &[("HF_ENDPOINT", &hub.url())]);
+    assert!(fs::read(m.path("repo/config.json")).unwrap() == config);
+    assert!(fs::read(m.path("repo/model.safetensors")).unwrap() == weights);
+}

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cache::{Cache, Catalog, Quota};
-use crate::manifest::{BuildOptions, Manifest, ManifestError, build_entry};
+use crate::manifest::{BuildOptions, Manifest, ManifestError, build_entry, build_hub_entry};
 use crate::source::{Sources, Timeouts};
 use crate::units::parse_size;
 
@@ -220,12 +220,22 @@ enum ManifestCommand {
     /// such entries, e.g.:
     ///   echo 'version = 1' > models.toml
     ///   modelfs manifest build ./llama --id llama@1 --source https://mirror/llama >> models.toml
+    ///
+    /// With --hf ORG/NAME[@REVISION] instead of DIR, the entry comes from the
+    /// Hugging Face hub's API ($HF_ENDPOINT, $HF_TOKEN): sizes and LFS sha256 of
+    /// the large files, the small ones fetched and hashed; it sets `repo` and
+    /// `revision` (the exact commit) and the source hf://ORG/NAME@COMMIT.
     Build {
         /// Directory holding the model's files (symlinks are followed).
-        dir: PathBuf,
-        /// Model id: the directory name under the mount ([A-Za-z0-9._@+-], up to 128 characters).
-        #[arg(long)]
-        id: String,
+        #[arg(required_unless_present = "hf", conflicts_with = "hf")]
+        dir: Option<PathBuf>,
+        /// Describe a Hugging Face repo, at a revision (default main), from the hub's API.
+        #[arg(long, value_name = "ORG/NAME[@REVISION]")]
+        hf: Option<String>,
+        /// Model id: the directory name under the mount ([A-Za-z0-9._@+-], up to 128
+        /// characters) [default with --hf: the repo's name].
+        #[arg(long, required_unless_present = "hf")]
+        id: Option<String>,
         /// Base URL the files can be fetched from (repeatable; tried in order).
         #[arg(long = "source", value_name = "URL")]
         sources: Vec<String>,
@@ -235,6 +245,8 @@ enum ManifestCommand {
         /// Optional description.
         #[arg(long)]
         description: Option<String>,
+        #[command(flatten)]
+        timeouts: SourceArgs,
     },
     /// Add chunk hashes to the files of a manifest that has none, so reads become lazy.
     ///
@@ -304,19 +316,35 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Manifest(ManifestCommand::Build {
             dir,
+            hf,
             id,
             sources,
             chunk_size,
             description,
+            timeouts,
         }) => {
             init_logging("warn");
             let opts = BuildOptions {
-                id,
+                id: id.unwrap_or_default(),
                 sources,
                 chunk_size,
                 description,
             };
-            let text = build_entry(&dir, &opts).map_err(|e| match e {
+            let built = match (hf, dir) {
+                (Some(spec), _) => {
+                    let clients = timeouts.build()?;
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("cannot start the async runtime")?
+                        .block_on(build_hub_entry(&clients, &spec, opts))
+                }
+                (None, Some(dir)) => build_entry(&dir, &opts),
+                (None, None) => Err(crate::manifest::BuildError::Invalid(
+                    "give a directory, or --hf ORG/NAME".into(),
+                )),
+            };
+            let text = built.map_err(|e| match e {
                 crate::manifest::BuildError::Invalid(m) => anyhow::Error::new(UsageError(m)),
                 other => anyhow::Error::new(other),
             })?;

@@ -23,6 +23,9 @@ pub struct BuildOptions {
 pub enum BuildError {
     #[error("{0}")]
     Invalid(String),
+    /// A source could not say or give what the entry needs.
+    #[error("{0}")]
+    Fetch(String),
     #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -63,27 +66,59 @@ pub fn build_entry(dir: &Path, opts: &BuildOptions) -> Result<String, BuildError
     }
     let digests = hash_all(&files, chunk_size)?;
 
-    let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
-    let mut out = String::new();
-    let _ = writeln!(out, "[[model]]\nid = {}", q(&opts.id));
-    if let Some(d) = &opts.description {
-        let _ = writeln!(out, "description = {}", q(d));
-    }
-    let sources: Vec<String> = opts.sources.iter().map(|s| q(s)).collect();
-    let _ = writeln!(out, "sources = [{}]", sources.join(", "));
+    let mut out = entry_head(opts, &[]);
     for (file, (whole, chunks)) in files.iter().zip(digests) {
-        let _ = writeln!(
-            out,
-            "\n[[model.file]]\npath = {}\nsize = {}\nsha256 = \"{whole}\"\nchunk_size = {chunk_size}\nchunks = [",
-            q(&file.rel),
-            file.size
+        write_file(
+            &mut out,
+            &file.rel,
+            file.size,
+            &whole,
+            Some((chunk_size, &chunks)),
         );
-        for c in chunks {
+    }
+    Ok(out)
+}
+
+/// A TOML string.
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// `[[model]]` with its id, description, `keys` (already TOML values) and sources.
+pub(super) fn entry_head(opts: &BuildOptions, keys: &[(&str, String)]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "[[model]]\nid = {}", quoted(&opts.id));
+    if let Some(d) = &opts.description {
+        let _ = writeln!(out, "description = {}", quoted(d));
+    }
+    for (key, value) in keys {
+        let _ = writeln!(out, "{key} = {value}");
+    }
+    let sources: Vec<String> = opts.sources.iter().map(|s| quoted(s)).collect();
+    let _ = writeln!(out, "sources = [{}]", sources.join(", "));
+    out
+}
+
+/// One `[[model.file]]`, with its chunk size and hashes when there are some.
+pub(super) fn write_file(
+    out: &mut String,
+    path: &str,
+    size: u64,
+    sha256: &Digest,
+    chunks: Option<(u64, &[Digest])>,
+) {
+    let _ = writeln!(
+        out,
+        "\n[[model.file]]\npath = {}\nsize = {size}\nsha256 = \"{sha256}\"",
+        quoted(path)
+    );
+    if let Some((chunk_size, hashes)) = chunks {
+        let _ = writeln!(out, "chunk_size = {chunk_size}\nchunks = [");
+        for c in hashes {
             let _ = writeln!(out, "  \"{c}\",");
         }
         out.push_str("]\n");
     }
-    Ok(out)
 }
 
 fn walk(dir: &Path, rel: &str, out: &mut Vec<Found>) -> Result<(), BuildError> {

@@ -3,6 +3,7 @@
 //! names the file, line, column and field.
 
 mod build;
+mod hub;
 mod orchestrator;
 mod raw;
 
@@ -10,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use build::{BuildError, BuildOptions, build_entry};
+pub use hub::build_hub_entry;
 
 use crate::hash::Digest;
 use crate::source::Location;

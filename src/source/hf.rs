@@ -39,6 +39,22 @@ impl Hub {
         url
     }
 
+    /// `ENDPOINT/api/models/owner/repo/revision/REVISION?blobs=true`: the
+    /// repo's files at a revision, with sizes and LFS hashes.
+    pub(super) fn api_url(&self, repo: &str, revision: &str) -> Url {
+        let mut url = self.endpoint.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments
+                .pop_if_empty()
+                .extend(["api", "models"])
+                .extend(repo.split('/'))
+                .push("revision")
+                .push(revision);
+        }
+        url.set_query(Some("blobs=true"));
+        url
+    }
+
     pub(super) fn token(&self) -> Option<&str> {
         self.token.as_deref()
     }

@@ -100,6 +100,44 @@ impl HttpSource {
         Ok(())
     }
 
+    /// A small document (an API's answer) at `url`, whole, within the
+    /// request deadline; more than `limit` bytes is a fault.
+    pub(super) async fn get(
+        &self,
+        url: &Url,
+        bearer: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<u8>, SourceError> {
+        let request = async {
+            let mut request = self.client.get(url.clone());
+            if let Some(token) = bearer {
+                request = request.bearer_auth(token);
+            }
+            let mut response = request
+                .send()
+                .await
+                .map_err(|e| classify(&e, self.read_timeout))?;
+            if !response.status().is_success() {
+                return Err(refusal(&mut response, self.read_timeout).await);
+            }
+            let mut body = Vec::new();
+            while let Some(piece) = response
+                .chunk()
+                .await
+                .map_err(|e| classify(&e, self.read_timeout))?
+            {
+                if body.len() + piece.len() > limit {
+                    return Err(SourceError::LongBody { want: limit as u64 });
+                }
+                body.extend_from_slice(&piece);
+            }
+            Ok(body)
+        };
+        tokio::time::timeout(self.request_timeout, request)
+            .await
+            .unwrap_or(Err(SourceError::Deadline(self.request_timeout)))
+    }
+
     fn check_etag(&self, url: &Url, response: &Response) -> Result<(), SourceError> {
         let Some(now) = response.headers().get(ETAG).and_then(|v| v.to_str().ok()) else {
             return Ok(());
@@ -152,28 +190,32 @@ async fn check_status(
             Ok(())
         }
         StatusCode::OK => Err(SourceError::IgnoredRange),
-        _ => {
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok())
-                .map(Duration::from_secs);
-            let reply = reply(response, read_timeout).await;
-            Err(match status {
-                StatusCode::NOT_FOUND | StatusCode::GONE => SourceError::NotFound(reply),
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::Denied {
-                    reply,
-                    advice: None,
-                },
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
-                    SourceError::Status { reply, retry_after }
-                }
-                _ if status.is_server_error() => SourceError::Status { reply, retry_after },
-                // Other 4xx, or a redirect not followed: asking again won't help.
-                _ => SourceError::Rejected(reply),
-            })
+        _ => Err(refusal(response, read_timeout).await),
+    }
+}
+
+/// What a status other than success means, with the reply's gist.
+async fn refusal(response: &mut Response, read_timeout: Duration) -> SourceError {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .map(Duration::from_secs);
+    let reply = reply(response, read_timeout).await;
+    match status {
+        StatusCode::NOT_FOUND | StatusCode::GONE => SourceError::NotFound(reply),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::Denied {
+            reply,
+            advice: None,
+        },
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
+            SourceError::Status { reply, retry_after }
         }
+        _ if status.is_server_error() => SourceError::Status { reply, retry_after },
+        // Other 4xx, or a redirect not followed: asking again won't help.
+        _ => SourceError::Rejected(reply),
     }
 }
 

@@ -186,6 +186,51 @@ impl Sources {
     }
 }
 
+/// A Hugging Face repo at one revision, as its API describes it.
+#[derive(Debug, serde::Deserialize)]
+pub struct HubRepo {
+    /// The commit the revision names.
+    pub sha: String,
+    pub siblings: Vec<HubFile>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct HubFile {
+    pub rfilename: String,
+    pub size: Option<u64>,
+    /// Set for files stored in LFS (the large ones): their sha256.
+    pub lfs: Option<HubLfs>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct HubLfs {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// An API answer larger than this is not one.
+const HUB_API_MAX: usize = 16 << 20;
+
+impl Sources {
+    /// What the hub (`$HF_ENDPOINT`, `$HF_TOKEN`) says `repo` holds at `revision`.
+    pub async fn hub_repo(&self, repo: &str, revision: &str) -> Result<HubRepo, SourceError> {
+        let url = self.hub.api_url(repo, revision);
+        let body = self
+            .http
+            .get(&url, self.hub.token(), HUB_API_MAX)
+            .await
+            .map_err(|e| match e {
+                SourceError::Denied { reply, .. } => SourceError::Denied {
+                    reply,
+                    advice: Some(self.hub.denied_advice()),
+                },
+                other => other,
+            })?;
+        serde_json::from_slice(&body)
+            .map_err(|e| SourceError::Request(format!("the hub's answer for {repo}: {e}")))
+    }
+}
+
 /// Adds what to check to an access-denied answer; the scheme knows its credentials.
 fn advise_if_denied(
     result: Result<(), StreamError>,

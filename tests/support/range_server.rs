@@ -184,6 +184,8 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         }
         None => (None, target.to_owned()),
     };
+    // Files are found by path; a query (an API's options) does not change which.
+    let path = path.split('?').next().unwrap_or_default().to_owned();
     let mut range = None;
     let mut authorization = None;
     loop {
