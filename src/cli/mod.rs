@@ -210,6 +210,10 @@ enum Command {
     /// Write and check manifests.
     #[command(subcommand)]
     Manifest(ManifestCommand),
+    /// Print a shell completion script, e.g. `modelfs completions bash > /etc/bash_completion.d/modelfs`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `modelfs man > /usr/local/share/man/man1/modelfs.1`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -291,6 +295,17 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Mount(args) => mount::mount(args).map(|()| 0),
         Command::Umount { mountpoint } => mount::umount(&mountpoint).map(|()| 0),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "modelfs", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            page.render(&mut std::io::stdout())
+                .context("cannot write the man page")?;
+            Ok(0)
+        }
         Command::Prefetch(args) => prefetch::prefetch(args),
         Command::Gc(args) => gc::gc(args),
         Command::Pin(args) => gc::pin(args, true),

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use modelfs::manifest::{BuildOptions, build_entry};
+#[allow(unused_imports)] // not every test binary serves files
 pub use range_server::RangeServer;
 use sha2::{Digest as _, Sha256};
 
