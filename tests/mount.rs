@@ -391,3 +391,40 @@ fn systemd_is_told_when_the_mount_is_ready_and_when_it_stops() {
     let n = socket.recv(&mut buf).expect("STOPPING=1 at unmount");
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+#[test]
+fn an_fstab_line_mounts_through_the_mount_fuse_helper() {
+    let (ws, _server, data) = single_model(2 * MIB as usize + 3, MIB);
+    /// Detaches the mount however the test ends; the daemon then exits.
+    struct Detach(std::path::PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    // mount(8) runs mount.fuse, which runs `modelfs MANIFEST MOUNTPOINT -o OPTIONS`,
+    // as the fstab line `/abs/modelfs#MANIFEST MOUNTPOINT fuse OPTIONS 0 0` would
+    // (with type fuse.modelfs, modelfs is looked up in mount's own PATH instead).
+    let status = std::process::Command::new("mount")
+        .args(["-t", "fuse"])
+        .arg(format!("{BIN}#{}", ws.path("manifest.toml").display()))
+        .arg(ws.mnt())
+        .arg("-o")
+        .arg(format!(
+            "nodev,nosuid,cache_dir={},max_cache_size=1G",
+            ws.cache().display()
+        ))
+        .env_remove("MODELFS_MANIFEST")
+        .status()
+        .unwrap();
+    let _detach = Detach(ws.mnt());
+    assert!(status.success(), "mount -t fuse failed");
+    assert!(is_live_fuse(&ws.mnt()), "mounted when mount returned");
+    assert!(fs::read(ws.mnt().join("m@1/weights.bin")).unwrap() == data);
+    assert_eq!(ws.status()["mounts"][0]["max_cache_size"], 1u64 << 30);
+    ws.run_ok(&["umount".as_ref(), ws.mnt().as_os_str()]);
+    assert!(!is_mounted(&ws.mnt()));
+}

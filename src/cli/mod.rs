@@ -3,6 +3,7 @@
 
 mod chunk;
 mod daemon;
+mod fstab;
 mod gc;
 mod mount;
 mod prefetch;
@@ -275,7 +276,15 @@ pub struct UsageError(pub String);
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match fstab::translate(&args) {
+        None => Cli::parse(),
+        Some(Ok(mount)) => Cli::parse_from(mount),
+        Some(Err(e)) => {
+            eprintln!("modelfs: {e}");
+            return 2;
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
