@@ -26,3 +26,49 @@ fn version_completions_and_man_page() {
     );
     assert!(man.contains("manifest"), "the subcommands are listed");
 }
+
+/// Each line of `out`, parsed as JSON.
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn ls_prefetch_verify_and_gc_speak_json_one_object_per_line() {
+    let ws = Workspace::new();
+    let data = sample_bytes(300_000, 67);
+    ws.add_file("m", "w.bin", &data);
+    let server = RangeServer::start(&ws.models());
+    ws.write_manifest(&[ws.entry("m", "m@1", &[format!("{}/m", server.url())], 1 << 16)]);
+    let run =
+        |args: &[&str]| json_lines(&ws.run_ok(&args.iter().map(AsRef::as_ref).collect::<Vec<_>>()));
+
+    let prefetched = run(&["prefetch", "--json", "m@1"]);
+    assert_eq!(prefetched.len(), 1);
+    assert_eq!(prefetched[0]["model"], "m@1");
+    assert_eq!(prefetched[0]["ok"], true);
+    assert!(
+        prefetched[0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("models/m@1")
+    );
+
+    let models = run(&["ls", "--json"]);
+    assert_eq!(models[0]["id"], "m@1");
+    assert_eq!(models[0]["cached_bytes"], data.len() as u64);
+    let files = run(&["ls", "--json", "m@1"]);
+    assert_eq!(files[0]["path"], "w.bin");
+    assert_eq!(files[0]["sha256"], sha256_hex(&data));
+    assert_eq!(files[0]["verified"], "chunks");
+
+    let verified = run(&["verify", "--json"]);
+    assert_eq!(verified[0]["ok"], true);
+    assert_eq!(verified[0]["checked_bytes"], data.len() as u64);
+
+    let gc = run(&["gc", "--json", "--dry-run", "--max-cache-size", "1"]);
+    assert_eq!(gc[0]["sha256"], sha256_hex(&data));
+    assert_eq!(gc[0]["evicted"], false, "a dry run evicts nothing");
+    assert_eq!(gc.last().unwrap()["dry_run"], true);
+}

@@ -10,6 +10,9 @@ pub struct GcArgs {
     /// Show what would be evicted; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// One JSON object per file evicted (or kept), then one for the cache.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     quota: QuotaArg,
     #[command(flatten)]
@@ -31,21 +34,40 @@ pub fn gc(args: GcArgs) -> anyhow::Result<i32> {
     };
     let mut freed = 0;
     for victim in &plan.evict {
-        if !args.dry_run && !cache.evict(victim)? {
-            println!("kept {}: opened meanwhile", victim.digest);
-            continue;
+        let gone = args.dry_run || cache.evict(victim)?;
+        if gone {
+            freed += victim.bytes;
         }
-        freed += victim.bytes;
-        let what = if victim.models.is_empty() {
-            "no model of this manifest".to_owned()
+        if args.json {
+            let line = serde_json::json!({"sha256": victim.digest.to_hex(), "bytes": victim.bytes,
+                                          "models": victim.models, "evicted": gone && !args.dry_run});
+            println!("{line}");
+        } else if !gone {
+            println!("kept {}: opened meanwhile", victim.digest);
         } else {
-            victim.models.join(", ")
-        };
-        println!(
-            "{verb} {} ({}): {what}",
-            &victim.digest.to_hex()[..16],
-            format_size(victim.bytes)
-        );
+            let what = if victim.models.is_empty() {
+                "no model of this manifest".to_owned()
+            } else {
+                victim.models.join(", ")
+            };
+            println!(
+                "{verb} {} ({}): {what}",
+                &victim.digest.to_hex()[..16],
+                format_size(victim.bytes)
+            );
+        }
+    }
+    if args.json {
+        let line = serde_json::json!({"cache_dir": cache.root(), "bytes_before": before,
+                                      "freed_bytes": freed, "dry_run": args.dry_run,
+                                      "quota_bytes": cache.quota().max_bytes,
+                                      "still_over_bytes": plan.short});
+        println!("{line}");
+        return Ok(if plan.short > 0 && !args.dry_run {
+            1
+        } else {
+            0
+        });
     }
     let quota = cache.quota().max_bytes.map_or("no quota".to_owned(), |q| {
         format!("quota {}", format_size(q))

@@ -176,6 +176,9 @@ enum Command {
     Ls {
         /// Show this model's files.
         model: Option<String>,
+        /// One JSON object per line: per model, or per file of MODEL.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         manifest: ManifestArg,
         #[command(flatten)]
@@ -322,12 +325,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Verify(args) => verify::verify(args),
         Command::Ls {
             model,
+            json,
             manifest,
             cache,
         } => {
             init_logging("warn");
             let manifest = manifest.load()?;
-            report::ls(&manifest, &cache.resolve()?, model.as_deref()).map(|()| 0)
+            report::ls(&manifest, &cache.resolve()?, model.as_deref(), json).map(|()| 0)
         }
         Command::Status {
             json,

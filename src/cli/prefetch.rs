@@ -22,6 +22,9 @@ pub struct PrefetchArgs {
     /// Fetch every model of the manifest.
     #[arg(long)]
     all: bool,
+    /// One JSON object per model: {"model", "ok", "path" or "error", "skipped"}.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     manifest: ManifestArg,
     #[command(flatten)]
@@ -56,25 +59,38 @@ pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
     ));
     let mut failed = 0;
     for (&m, result) in models.iter().zip(results) {
+        let id = &manifest.models[m].id;
         match result {
-            Ok(path) => println!("{}", path.display()),
+            Ok((path, skipped)) if args.json => {
+                let line = serde_json::json!({"model": id, "ok": true, "path": path,
+                                              "skipped": skipped});
+                println!("{line}");
+            }
+            Ok((path, _)) => println!("{}", path.display()),
             Err(e) => {
                 failed += 1;
-                eprintln!("modelfs: prefetch {}: {e:#}", manifest.models[m].id);
+                if args.json {
+                    let line = serde_json::json!({"model": id, "ok": false,
+                                                  "error": format!("{e:#}")});
+                    println!("{line}");
+                } else {
+                    eprintln!("modelfs: prefetch {id}: {e:#}");
+                }
             }
         }
     }
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
-/// Every file of one model, complete and verified, then its link tree.
+/// Every file of one model, complete and verified, then its link tree:
+/// its path, and the optional files absent at every source.
 async fn prefetch_model(
     fetcher: &Fetcher,
     cache: &Cache,
     manifest: &Arc<Manifest>,
     model: usize,
     bars: &MultiProgress,
-) -> anyhow::Result<std::path::PathBuf> {
+) -> anyhow::Result<(std::path::PathBuf, Vec<String>)> {
     let spec = &manifest.models[model];
     let total: u64 = spec.files.iter().map(|f| f.size).sum();
     let bar = bars.add(ProgressBar::new(total));
@@ -101,7 +117,7 @@ async fn prefetch_model(
     });
     let results = join_all(files).await;
     bar.finish();
-    let mut present = Vec::new();
+    let (mut present, mut skipped) = (Vec::new(), Vec::new());
     for (file, result) in spec.files.iter().zip(results) {
         match result {
             Ok(()) => present.push(file),
@@ -111,9 +127,10 @@ async fn prefetch_model(
                     "modelfs: prefetch {}: optional file {} is absent at every source; skipped",
                     spec.id, file.path
                 );
+                skipped.push(file.path.clone());
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(cache.link_model(spec, &present)?)
+    Ok((cache.link_model(spec, &present)?, skipped))
 }

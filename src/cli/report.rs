@@ -57,6 +57,13 @@ fn pinned(cache: Option<&Cache>, model: &Model) -> bool {
     cache.map_or(model.pinned, |c| c.is_pinned(model))
 }
 
+/// One file as `ls --json` and `status --json` show it.
+fn file_json(f: &crate::manifest::FileEntry, p: Presence) -> serde_json::Value {
+    json!({"path": f.path, "size": f.size, "cached_bytes": p.bytes(f.size),
+           "sha256": f.sha256.to_hex(), "verified": verification(f),
+           "component": f.component, "optional": f.optional})
+}
+
 /// A value as TOML writes it inline (`["fp16", "bf16"]`, `{ fps = 24 }`).
 fn inline(v: &toml::Value) -> String {
     match v {
@@ -89,9 +96,28 @@ fn percent(cached: u64, size: u64) -> String {
     format!("{}%", (cached as u128 * 100 / size as u128) as u64)
 }
 
-pub fn ls(manifest: &Manifest, cache_root: &Path, model: Option<&str>) -> anyhow::Result<()> {
+pub fn ls(
+    manifest: &Manifest,
+    cache_root: &Path,
+    model: Option<&str>,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let cache = existing_cache(cache_root)?;
     match model {
+        None if as_json => {
+            for m in &manifest.models {
+                let (_, size, cached) = model_state(m, &model_presence(cache.as_ref(), m));
+                let line = json!({"id": m.id, "files": m.files.len(), "size": size,
+                                  "cached_bytes": cached, "pinned": pinned(cache.as_ref(), m)});
+                println!("{line}");
+            }
+        }
+        Some(id) if as_json => {
+            let m = &manifest.models[super::model_index(manifest, id)?];
+            for (f, p) in m.files.iter().zip(model_presence(cache.as_ref(), m)) {
+                println!("{}", file_json(f, p));
+            }
+        }
         None => {
             println!(
                 "{:<40} {:>6} {:>11} {:>7}  PINNED",
@@ -160,11 +186,7 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
                 .files
                 .iter()
                 .zip(&presence)
-                .map(|(f, p)| {
-                    json!({"path": f.path, "size": f.size, "cached_bytes": p.bytes(f.size),
-                           "verified": verification(f), "component": f.component,
-                           "optional": f.optional})
-                })
+                .map(|(f, p)| file_json(f, *p))
                 .collect();
             let details: serde_json::Map<_, _> = m
                 .details

@@ -12,6 +12,9 @@ use crate::units::format_size;
 pub struct VerifyArgs {
     /// Model ids to check [default: every model of the manifest].
     models: Vec<String>,
+    /// One JSON object per model: {"model", "ok", "checked_bytes", "problems"}.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     manifest: ManifestArg,
     #[command(flatten)]
@@ -50,10 +53,16 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
                 ));
             }
         }
-        if problems.is_empty() {
+        if !problems.is_empty() {
+            bad_models += 1;
+        }
+        if args.json {
+            let line = serde_json::json!({"model": model.id, "ok": problems.is_empty(),
+                                          "checked_bytes": checked, "problems": problems});
+            println!("{line}");
+        } else if problems.is_empty() {
             println!("{}: ok, {} checked", model.id, format_size(checked));
         } else {
-            bad_models += 1;
             println!("{}: BAD: {}", model.id, problems.join("; "));
         }
     }
