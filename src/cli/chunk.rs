@@ -16,10 +16,9 @@ use super::{
     parse_size,
 };
 use crate::cache::chunk_len;
-use crate::fetch::{FetchError, Fetcher, RetryPolicy, Target};
+use crate::fetch::{FetchError, Target};
 use crate::hash::Digest;
 use crate::manifest::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-use crate::metrics::Metrics;
 
 #[derive(Args)]
 pub struct ChunkArgs {
@@ -53,16 +52,7 @@ pub fn chunk(args: ChunkArgs) -> anyhow::Result<i32> {
     let manifest = Arc::new(args.manifest.load()?);
     let models = model_indices(&manifest, &args.models)?;
     let cache = open_cache(&args.cache, &args.quota, &manifest)?;
-    let fetcher = Fetcher::new(
-        Arc::clone(&cache),
-        args.sources.build()?,
-        RetryPolicy::default(),
-        Arc::new(Metrics::new()),
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let (fetcher, runtime) = args.sources.fetcher(&cache)?;
     let mut added = Vec::new();
     for m in models {
         for (f, entry) in manifest.models[m].files.iter().enumerate() {

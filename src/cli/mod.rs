@@ -143,6 +143,25 @@ struct SourceArgs {
 }
 
 impl SourceArgs {
+    /// A fetcher on `cache` with these sources, and a runtime to drive it:
+    /// for the commands that fetch outside a mount.
+    fn fetcher(
+        &self,
+        cache: &std::sync::Arc<Cache>,
+    ) -> anyhow::Result<(crate::fetch::Fetcher, tokio::runtime::Runtime)> {
+        let fetcher = crate::fetch::Fetcher::new(
+            std::sync::Arc::clone(cache),
+            self.build()?,
+            crate::fetch::RetryPolicy::default(),
+            std::sync::Arc::new(crate::metrics::Metrics::new()),
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        Ok((fetcher, runtime))
+    }
+
     fn build(&self) -> anyhow::Result<Sources> {
         Sources::new(Timeouts {
             connect: self.connect_timeout,

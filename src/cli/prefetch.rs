@@ -3,16 +3,14 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Args;
 use futures::future::join_all;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::{CacheArg, ManifestArg, QuotaArg, SourceArgs, init_logging, model_indices, open_cache};
 use crate::cache::Cache;
-use crate::fetch::{FetchError, Fetcher, RetryPolicy, Target};
+use crate::fetch::{FetchError, Fetcher, Target};
 use crate::manifest::Manifest;
-use crate::metrics::Metrics;
 
 #[derive(Args)]
 pub struct PrefetchArgs {
@@ -41,16 +39,7 @@ pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
     // Without --all, clap requires at least one id.
     let models = model_indices(&manifest, &args.models)?;
     let cache = open_cache(&args.cache, &args.quota, &manifest)?;
-    let fetcher = Fetcher::new(
-        Arc::clone(&cache),
-        args.sources.build()?,
-        RetryPolicy::default(),
-        Arc::new(Metrics::new()),
-    );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let (fetcher, runtime) = args.sources.fetcher(&cache)?;
     let bars = MultiProgress::new();
     let results = runtime.block_on(join_all(
         models
