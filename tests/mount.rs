@@ -428,3 +428,23 @@ fn an_fstab_line_mounts_through_the_mount_fuse_helper() {
     ws.run_ok(&["umount".as_ref(), ws.mnt().as_os_str()]);
     assert!(!is_mounted(&ws.mnt()));
 }
+
+#[test]
+fn a_sequential_reader_moves_a_mebibyte_per_fuse_request() {
+    let (ws, _server, data) = single_model(8 * MIB as usize, MIB);
+    let addr = free_addr();
+    let m = Mount::start(&ws, &["--metrics-addr", &addr]);
+    assert!(
+        m.log_text()
+            .contains("raised the mount's readahead kb=1024"),
+        "{}",
+        m.log_text()
+    );
+    assert!(fs::read(m.path("m@1/weights.bin")).unwrap() == data);
+    let reads = metric(
+        &http_get(&addr, "/metrics").1,
+        "modelfs_fuse_ops_total{op=\"read\"}",
+    );
+    // 8 MiB in 1 MiB requests; with the default 128 KiB readahead it took 64.
+    assert!(reads <= 12.0, "{reads} FUSE reads for 8 MiB");
+}
