@@ -448,3 +448,41 @@ fn a_sequential_reader_moves_a_mebibyte_per_fuse_request() {
     // 8 MiB in 1 MiB requests; with the default 128 KiB readahead it took 64.
     assert!(reads <= 12.0, "{reads} FUSE reads for 8 MiB");
 }
+
+#[test]
+fn the_first_open_of_a_model_fetches_its_small_files_together() {
+    let ws = Workspace::new();
+    // A loader's model: a big weights file and twenty small ones.
+    let small: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                format!("cfg/file{i}.json"),
+                sample_bytes(3000 + i * 100, 70 + i as u64),
+            )
+        })
+        .collect();
+    for (rel, data) in &small {
+        ws.add_file("m", rel, data);
+    }
+    ws.add_file("m", "weights.bin", &sample_bytes(6 * MIB as usize, 69));
+    let server = RangeServer::start(&ws.models());
+    ws.write_manifest(&[ws.entry("m", "m@1", &[format!("{}/m", server.url())], MIB)]);
+    let m = ws.mount();
+
+    // One open and read of one small file...
+    assert!(fs::read(m.path(&format!("m@1/{}", small[0].0))).unwrap() == small[0].1);
+    // ...and every small file of the model is fetched, the big one untouched.
+    let small_bytes: u64 = small.iter().map(|(_, d)| d.len() as u64).sum();
+    wait_for("the small files to be fetched ahead", || {
+        ws.cached_bytes("m@1") == small_bytes
+    });
+    server.reset_counters();
+    for (rel, data) in &small {
+        assert!(fs::read(m.path(&format!("m@1/{rel}"))).unwrap() == *data);
+    }
+    assert_eq!(
+        server.requests(),
+        0,
+        "the loader's next opens cost no round trip"
+    );
+}

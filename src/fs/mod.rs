@@ -133,7 +133,14 @@ pub struct ModelFs {
     runtime: tokio::runtime::Handle,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_fh: AtomicU64,
+    /// Models whose small files were fetched ahead (see [`SMALL_FILE`]).
+    small_files_started: Mutex<std::collections::HashSet<usize>>,
 }
+
+/// Files up to this size (configs, tokenizers, index JSON) are fetched for
+/// the whole model at its first open, in parallel: a loader opens dozens of
+/// them one after another, and each would otherwise cost a round trip.
+pub const SMALL_FILE: u64 = 1 << 20;
 
 impl ModelFs {
     pub fn new(
@@ -151,6 +158,7 @@ impl ModelFs {
             runtime,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            small_files_started: Mutex::default(),
         }
     }
 
@@ -282,7 +290,39 @@ impl ModelFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(fh, Arc::clone(&handle));
+        self.fetch_small_files(model);
         Ok((fh, handle))
+    }
+
+    /// At a model's first open, its small files are fetched in parallel,
+    /// in the background: the loader's next opens then find them cached.
+    fn fetch_small_files(&self, model: usize) {
+        let first = self
+            .small_files_started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(model);
+        if !first {
+            return;
+        }
+        let files = &self.manifest.models[model].files;
+        for file in (0..files.len()).filter(|&f| files[f].size <= SMALL_FILE) {
+            let (cache, fetcher) = (Arc::clone(&self.cache), Arc::clone(&self.fetcher));
+            let target = self.target(model, file);
+            self.runtime.spawn(async move {
+                let t = target.clone();
+                let fetched = match crate::fileio::blocking(move || cache.open_blob(t.entry())).await {
+                    Ok(blob) => fetcher.prefetch_file(&target, &blob, &|_| {}).await,
+                    Err(e) => Err(FetchError::Local {
+                        target: target.to_string(),
+                        source: Arc::new(e),
+                    }),
+                };
+                if let Err(e) = fetched {
+                    debug!(file = %target, error = %e, "a small file was not fetched ahead; a read of it will try");
+                }
+            });
+        }
     }
 
     pub fn release(&self, fh: u64) {
