@@ -113,9 +113,11 @@ impl Blob {
                 blob.complete = AtomicBool::new(true);
                 return Ok(blob);
             }
+            // Named by a sha256 whose size this entry disagrees with: one of
+            // them is wrong, and this one will never verify. The file stays
+            // for whoever it is right for (verify and eviction deal with it).
             Ok(_) => {
-                tracing::warn!(path = %complete.display(), "cached file has the wrong size; discarding it");
-                fs::remove_file(complete)?;
+                tracing::warn!(path = %complete.display(), size = entry.size, "the cached file with this sha256 has another size than the manifest says");
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -173,8 +175,11 @@ impl Blob {
         file.set_len(self.size)?;
         let id = identity(&file.metadata()?);
         let map_tmp = temp()?;
-        // The data first: a crash between the renames leaves a partial file
-        // whose map describes another, and the next open starts afresh.
+        // The old map goes before the new data takes the name: a map whose
+        // partial file is gone must not meet a new file that got its inode
+        // number. A crash between the renames leaves a partial file without
+        // a map, and the next open starts afresh.
+        files::remove(&self.paths.map)?;
         fs::rename(&tmp, &self.paths.partial)?;
         let map = ChunkMap::create(&self.paths.map, (map_tmp.0, &map_tmp.1), &id)?;
         Ok((file, map))
@@ -546,7 +551,11 @@ fn reverify(map: &ChunkMap, file: &File, blob: &Blob) -> io::Result<(u64, u64)> 
         if !map.is_set(index) && !map.is_suspect(index) {
             continue;
         }
-        if chunk_matches(file, blob, index)? {
+        // Claimed, as a fetcher claims it: no one rewrites it while it is hashed.
+        map.claim(index)?;
+        let matches = chunk_matches(file, blob, index);
+        map.release(index)?;
+        if matches? {
             map.set(index);
             kept += 1;
         } else {

@@ -318,15 +318,29 @@ impl Cache {
                     paths.push(path);
                 }
             }
-            // Under the directory lock nobody can open them meanwhile.
-            for path in &paths {
-                if !path.to_string_lossy().ends_with(".map") && super::files::is_locked(path)? {
-                    return Ok(false);
+            // Held exclusively until they are gone: a process that opened
+            // one without the directory lock (a complete file) either got
+            // its shared lock first, and the file stays, or finds it gone.
+            let mut held = Vec::new();
+            for path in paths
+                .iter()
+                .filter(|p| !p.to_string_lossy().ends_with(".map"))
+            {
+                match super::files::open_ro(path).map(|f| (f.try_lock(), f)) {
+                    Ok((Ok(()), file)) => held.push(file),
+                    Ok((Err(fs::TryLockError::WouldBlock), _)) => return Ok(false),
+                    Ok((Err(fs::TryLockError::Error(e)), _)) => return Err(e),
+                    // Gone already, or a planted symlink: nothing holds it.
+                    Err(_) => {}
                 }
             }
+            // Maps first: a map must never outlive its partial file, whose
+            // inode number a new file could get.
+            paths.sort_by_key(|p| !p.to_string_lossy().ends_with(".map"));
             for path in &paths {
                 super::files::remove(path)?;
             }
+            drop(held);
         }
         tracing::info!(
             digest = %victim.digest,

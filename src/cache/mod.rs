@@ -28,7 +28,7 @@ mod reftest;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -130,7 +130,12 @@ impl Cache {
             let path = path.to_owned();
             move |source| CacheError::Io { path, source }
         };
-        fs::create_dir_all(root).map_err(at(root))?;
+        // 0755 whatever the umask: a group-writable root (umask 002) is refused below.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(root)
+            .map_err(at(root))?;
         let root = fs::canonicalize(root).map_err(at(root))?;
         files::check_dir(&root).map_err(at(&root))?;
         for sub in ["blobs", "tmp"] {
@@ -182,6 +187,9 @@ impl Cache {
     fn drop_v1_partials(&self) -> io::Result<()> {
         for dir in fs::read_dir(self.root.join("blobs"))? {
             let dir = dir?.path();
+            if !fs::symlink_metadata(&dir)?.is_dir() {
+                continue;
+            }
             files::check_dir(&dir)?;
             for file in fs::read_dir(&dir)? {
                 let path = file?.path();

@@ -18,13 +18,14 @@ use super::{
 use crate::cache::chunk_len;
 use crate::fetch::{FetchError, Target};
 use crate::hash::Digest;
-use crate::manifest::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 
 #[derive(Args)]
 pub struct ChunkArgs {
     /// Models whose files to chunk [default: every model].
     models: Vec<String>,
-    /// Chunk size: a power of two from 64K to 64M [default: 8M].
+    /// Chunk size: a power of two from 64K to 64M [default: the file's own
+    /// chunk_size, else 8M].
     #[arg(long, value_parser = parse_size)]
     chunk_size: Option<u64>,
     #[command(flatten)]
@@ -39,8 +40,10 @@ pub struct ChunkArgs {
 
 pub fn chunk(args: ChunkArgs) -> anyhow::Result<i32> {
     init_logging("warn");
-    let chunk_size = args.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
-    if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+    if let Some(chunk_size) = args.chunk_size
+        && (!chunk_size.is_power_of_two()
+            || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size))
+    {
         return Err(super::UsageError(format!(
             "--chunk-size {chunk_size}: a power of two from 64K to 64M"
         ))
@@ -50,7 +53,9 @@ pub fn chunk(args: ChunkArgs) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let manifest = Arc::new(args.manifest.load()?);
-    let models = model_indices(&manifest, &args.models)?;
+    let mut models = model_indices(&manifest, &args.models)?;
+    models.sort_unstable();
+    models.dedup();
     let cache = open_cache(&args.cache, &args.quota, &manifest)?;
     let (fetcher, runtime) = args.sources.fetcher(&cache)?;
     let mut added = Vec::new();
@@ -68,6 +73,8 @@ pub fn chunk(args: ChunkArgs) -> anyhow::Result<i32> {
             let file = blob
                 .complete_file()
                 .with_context(|| format!("{target}: not complete after its fetch"))?;
+            // The file's own chunk_size when it has one (the default otherwise).
+            let chunk_size = args.chunk_size.unwrap_or(entry.chunk_size);
             let hashes = chunk_digests(&file, entry.size, chunk_size)
                 .with_context(|| format!("{target}: cannot hash the cached file"))?;
             eprintln!("modelfs: {target}: {} chunks", hashes.len());

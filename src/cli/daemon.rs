@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The child's end of the readiness pipe.
@@ -25,7 +26,12 @@ impl Ready {
 ///
 /// Must be called while the process has a single thread.
 pub fn daemonize(log: &Path) -> io::Result<Ready> {
-    let log = OpenOptions::new().create(true).append(true).open(log)?;
+    // Never through a symlink: the default log lives in the cache dir.
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(log)?;
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into the array we own.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

@@ -299,7 +299,18 @@ pub struct UsageError(pub String);
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cli = match fstab::translate(&args) {
+    // A subcommand first is an ordinary call, whatever files exist here.
+    let subcommand = args.get(1).and_then(|a| a.to_str()).is_some_and(|first| {
+        <Cli as clap::CommandFactory>::command()
+            .get_subcommands()
+            .any(|c| c.get_name() == first)
+    });
+    let helper_call = if subcommand {
+        None
+    } else {
+        fstab::translate(&args)
+    };
+    let cli = match helper_call {
         None => Cli::parse(),
         Some(Ok(mount)) => Cli::parse_from(mount),
         Some(Err(e)) => {

@@ -429,7 +429,9 @@ impl EphemeralCache {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(EphemeralCache(dir))
     }
 

@@ -47,6 +47,12 @@ pub async fn build_hub_entry(
         let size = file
             .size
             .ok_or_else(|| BuildError::Fetch(format!("{repo}: {path}: the hub gave no size")))?;
+        // Files outside LFS are small; a larger claim is not to be believed.
+        if size > SMALL_FILE_MAX {
+            return Err(BuildError::Fetch(format!(
+                "{repo}: {path}: {size} bytes but not in LFS: the hub's answer is not believable"
+            )));
+        }
         let location = Location::Hf {
             repo: repo.to_owned(),
             revision: info.sha.clone(),
@@ -80,6 +86,9 @@ pub async fn build_hub_entry(
     }
     Ok(out)
 }
+
+/// The most a file outside LFS may be (the hub keeps larger ones in LFS).
+const SMALL_FILE_MAX: u64 = 64 << 20;
 
 /// A small file's bytes, gathered whole.
 struct Bytes(Vec<u8>);

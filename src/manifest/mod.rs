@@ -142,18 +142,29 @@ impl Manifest {
             raw::sha256_spans(text)
         }
         .map_err(|e| e.locate(&self.path, text))?;
-        let mut inserts: Vec<(usize, String)> = added
-            .iter()
-            .map(|(model, file, chunk_size, hashes)| {
-                let end = spans[*model][*file].end;
-                let line_end = text[end..].find('\n').map_or(text.len(), |i| end + i);
-                let list: String = hashes.iter().map(|h| format!("  \"{h}\",\n")).collect();
-                (
-                    line_end,
-                    format!("\nchunk_size = {chunk_size}\nchunks = [\n{list}]"),
-                )
-            })
-            .collect();
+        let mut inserts: Vec<(usize, String)> = Vec::new();
+        for (model, file, chunk_size, hashes) in added {
+            let Some((span, explicit)) = spans.get(*model).and_then(|m| m.get(*file)) else {
+                return Err(self.whole_file_error(format!(
+                    "the manifest changed while it was being chunked (model {model}, file {file})"
+                )));
+            };
+            let line_end = text[span.end..]
+                .find('\n')
+                .map_or(text.len(), |i| span.end + i);
+            let list: String = hashes.iter().map(|h| format!("  \"{h}\",\n")).collect();
+            // A chunk_size the file already has is kept, and must be the one used.
+            let size_line = match explicit {
+                None => format!("\nchunk_size = {chunk_size}"),
+                Some(given) if given == chunk_size => String::new(),
+                Some(given) => {
+                    return Err(self.whole_file_error(format!(
+                        "model {model}, file {file} has chunk_size = {given}, not {chunk_size}"
+                    )));
+                }
+            };
+            inserts.push((line_end, format!("{size_line}\nchunks = [\n{list}]")));
+        }
         // From the end, so earlier offsets stay valid.
         inserts.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
         let mut out = text.to_owned();
@@ -161,6 +172,16 @@ impl Manifest {
             out.insert_str(at, &keys);
         }
         Ok(out)
+    }
+
+    fn whole_file_error(&self, message: String) -> ManifestError {
+        ManifestError {
+            file: self.path.clone(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message,
+        }
     }
 
     pub fn model_index(&self, id: &str) -> Option<usize> {

@@ -11,14 +11,13 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use toml::Spanned;
 
-use super::raw::{RawFile, RawModel, Unlocated, err};
+use super::raw::{HashAt, RawFile, RawModel, Unlocated, err};
 
 const KNOWN_SCHEMA: i64 = 1;
 
@@ -179,14 +178,21 @@ pub(super) fn parse(
     Ok(models)
 }
 
-/// Where each file's `sha256` value is, per model, in the order written.
-pub(super) fn sha256_spans(text: &str) -> Result<Vec<Vec<Range<usize>>>, Unlocated> {
+/// Where each file's `sha256` value is, and its `chunk_size` if it has one,
+/// per model, in the order written.
+pub(super) fn sha256_spans(text: &str) -> Result<Vec<Vec<HashAt>>, Unlocated> {
     let raw: RawOrchestrator = toml::from_str(text).map_err(Unlocated::from_toml)?;
     Ok(raw
         .models
         .0
         .iter()
-        .map(|(_, m)| m.get_ref().files.iter().map(|f| f.sha256.span()).collect())
+        .map(|(_, m)| {
+            m.get_ref()
+                .files
+                .iter()
+                .map(|f| (f.sha256.span(), f.chunk_size.as_ref().map(|c| *c.get_ref())))
+                .collect()
+        })
         .collect())
 }
 
@@ -306,5 +312,38 @@ mod tests {
         let e = Manifest::load_text(&bad, None).unwrap_err();
         assert_eq!(e.field, "models.\"b@1\".files[0].sha256", "{e}");
         assert_eq!(e.line, 11, "{e}");
+    }
+
+    #[test]
+    fn chunk_hashes_are_added_after_sha256_and_an_existing_chunk_size_is_kept() {
+        let text = text("").replacen(
+            "component = \"vae\"\n",
+            "component = \"vae\"\nchunk_size = 65536\n",
+            1,
+        );
+        let m = Manifest::load_text(&text, None).unwrap();
+        let hashes = vec![crate::hash::Digest([3; 32])];
+        let out = m
+            .add_chunk_hashes(
+                &text,
+                &[
+                    (0, 0, 65536, hashes.clone()),
+                    (1, 0, 1 << 23, hashes.clone()),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            out.matches("chunk_size = 65536").count(),
+            1,
+            "not written twice:\n{out}"
+        );
+        assert_eq!(out.matches("chunk_size = 8388608").count(), 1, "{out}");
+        let again = Manifest::load_text(&out, None).unwrap();
+        assert!(again.models.iter().all(|m| m.files[0].chunks.is_some()));
+        // Another chunk size than the file's own is refused, not written.
+        assert!(
+            m.add_chunk_hashes(&text, &[(0, 0, 131072, hashes)])
+                .is_err()
+        );
     }
 }

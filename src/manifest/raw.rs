@@ -82,13 +82,21 @@ pub(super) fn err<T>(
     })
 }
 
-/// Where each file's `sha256` value is, per model.
-pub(super) fn sha256_spans(text: &str) -> Result<Vec<Vec<Range<usize>>>, Unlocated> {
+/// Where a file's `sha256` value is in the text, and its `chunk_size` if it has one.
+pub(super) type HashAt = (Range<usize>, Option<u64>);
+
+/// Where each file's `sha256` value is, and its `chunk_size` if it has one, per model.
+pub(super) fn sha256_spans(text: &str) -> Result<Vec<Vec<HashAt>>, Unlocated> {
     let raw: RawManifest = toml::from_str(text).map_err(Unlocated::from_toml)?;
     Ok(raw
         .model
         .iter()
-        .map(|m| m.file.iter().map(|f| f.sha256.span()).collect())
+        .map(|m| {
+            m.file
+                .iter()
+                .map(|f| (f.sha256.span(), f.chunk_size.as_ref().map(|c| *c.get_ref())))
+                .collect()
+        })
         .collect())
 }
 
