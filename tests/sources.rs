@@ -258,6 +258,18 @@ fn manifest_build_hf_describes_a_repo_from_the_hub_api() {
         "the LFS file's hash came from the API, not a download"
     );
 
+    // Options are checked as the manifest will check them, before the hub is asked.
+    hub.reset_counters();
+    let bad = ws
+        .modelfs()
+        .env("HF_ENDPOINT", hub.url())
+        .args(["manifest", "build", "--hf", "org/repo", "--chunk-size", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--chunk-size"));
+    assert_eq!(hub.requests(), 0);
+
     ws.write_manifest(&[entry]);
     let m = Mount::start_with_env(&ws, &[], &[("HF_ENDPOINT", &hub.url())]);
     assert!(fs::read(m.path("repo/config.json")).unwrap() == config);

@@ -18,7 +18,7 @@ use super::{
 use crate::cache::chunk_len;
 use crate::fetch::{FetchError, Target};
 use crate::hash::Digest;
-use crate::manifest::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::manifest::check_chunk_size;
 
 #[derive(Args)]
 pub struct ChunkArgs {
@@ -40,14 +40,9 @@ pub struct ChunkArgs {
 
 pub fn chunk(args: ChunkArgs) -> anyhow::Result<i32> {
     init_logging("warn");
-    if let Some(chunk_size) = args.chunk_size
-        && (!chunk_size.is_power_of_two()
-            || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size))
-    {
-        return Err(super::UsageError(format!(
-            "--chunk-size {chunk_size}: a power of two from 64K to 64M"
-        ))
-        .into());
+    if let Some(chunk_size) = args.chunk_size {
+        check_chunk_size(chunk_size)
+            .map_err(|e| super::UsageError(format!("--chunk-size: {e}")))?;
     }
     let path = args.manifest.path()?;
     let text = std::fs::read_to_string(&path)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use super::DEFAULT_CHUNK_SIZE;
 use crate::hash::Digest;
 use crate::source::Location;
 
@@ -17,6 +17,21 @@ pub struct BuildOptions {
     pub sources: Vec<String>,
     pub chunk_size: Option<u64>,
     pub description: Option<String>,
+}
+
+impl BuildOptions {
+    /// Checks the options as the manifest will: the chunk size to use, or
+    /// what is wrong with them.
+    pub(super) fn check(&self) -> Result<u64, BuildError> {
+        let chunk_size = self.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+        super::check_chunk_size(chunk_size)
+            .map_err(|e| BuildError::Invalid(format!("--chunk-size: {e}")))?;
+        super::raw::check_id(&self.id).map_err(|e| BuildError::Invalid(format!("--id: {e}")))?;
+        for s in &self.sources {
+            Location::parse(s).map_err(|e| BuildError::Invalid(format!("--source: {e}")))?;
+        }
+        Ok(chunk_size)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,16 +60,7 @@ struct Found {
 
 /// Returns the TOML text of one `[[model]]` entry for the files under `dir`.
 pub fn build_entry(dir: &Path, opts: &BuildOptions) -> Result<String, BuildError> {
-    let chunk_size = opts.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
-    if !chunk_size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
-        return Err(BuildError::Invalid(format!(
-            "--chunk-size {chunk_size} is not a power of two from 64 KiB to 64 MiB"
-        )));
-    }
-    super::raw::check_id(&opts.id).map_err(|e| BuildError::Invalid(format!("--id: {e}")))?;
-    for s in &opts.sources {
-        Location::parse(s).map_err(|e| BuildError::Invalid(format!("--source: {e}")))?;
-    }
+    let chunk_size = opts.check()?;
     let mut files = Vec::new();
     walk(dir, "", &mut files)?;
     files.sort_by(|a, b| a.rel.cmp(&b.rel));

@@ -22,15 +22,16 @@ pub async fn build_hub_entry(
             "--hf {spec:?}: expected org/name[@revision]"
         )));
     };
-    let at_hub = |e| BuildError::Fetch(format!("{repo}@{revision}: {e}"));
-    let info = sources.hub_repo(repo, revision).await.map_err(at_hub)?;
     if opts.id.is_empty() {
         opts.id = name.to_owned();
     }
+    // Before asking the hub: bad options fail at once, and offline.
+    let chunk_size = opts.check()?;
+    let at_hub = |e| BuildError::Fetch(format!("{repo}@{revision}: {e}"));
+    let info = sources.hub_repo(repo, revision).await.map_err(at_hub)?;
     if opts.sources.is_empty() {
         opts.sources = vec![format!("hf://{repo}@{}", info.sha)];
     }
-    let chunk_size = opts.chunk_size.unwrap_or(super::DEFAULT_CHUNK_SIZE);
     let quoted = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let mut out = entry_head(
         &opts,

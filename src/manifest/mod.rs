@@ -60,6 +60,17 @@ pub struct FileEntry {
     pub optional: bool,
 }
 
+/// A chunk size modelfs takes: a power of two from 64 KiB to 64 MiB.
+pub fn check_chunk_size(size: u64) -> Result<(), String> {
+    if size.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{size} is not a power of two from 65536 (64 KiB) to 67108864 (64 MiB)"
+        ))
+    }
+}
+
 impl FileEntry {
     pub fn chunk_count(&self) -> u64 {
         self.size.div_ceil(self.chunk_size)

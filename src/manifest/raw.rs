@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{DEFAULT_CHUNK_SIZE, FileEntry, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, ManifestError, Model};
+use super::{DEFAULT_CHUNK_SIZE, FileEntry, ManifestError, Model};
 use crate::hash::Digest;
 use crate::source::Location;
 
@@ -237,12 +237,8 @@ fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntr
         None => DEFAULT_CHUNK_SIZE,
         Some(cs) => {
             let v = *cs.get_ref();
-            if !v.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&v) {
-                return err(
-                    cs.span(),
-                    format!("{field}.chunk_size"),
-                    format!("{v} is not a power of two from 65536 (64 KiB) to 67108864 (64 MiB)"),
-                );
+            if let Err(why) = super::check_chunk_size(v) {
+                return err(cs.span(), format!("{field}.chunk_size"), why);
             }
             v
         }
