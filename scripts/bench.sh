@@ -10,6 +10,9 @@
 #
 #   scripts/bench.sh            # 1 GiB file
 #   SIZE_MB=256 scripts/bench.sh
+#   BASELINE_BIN=/path/to/an/older/modelfs scripts/bench.sh
+#       also measures that build's mount (cold, warm, 4 KiB, RSS) in the
+#       same run, alternating with this one, and prints both side by side
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mb=${SIZE_MB:-1024}
@@ -50,7 +53,7 @@ timed() {
 }
 mbps() { awk "BEGIN { printf \"%d\", $size / $1 / 1e6 }"; }
 ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
-mount_modelfs() { "$modelfs" mount "$work/mnt" -m "$work/m.toml" --cache-dir "$1" --daemon --log-file "$work/mount.log"; }
+mount_modelfs() { "${bin:-$modelfs}" mount "$work/mnt" -m "$work/m.toml" --cache-dir "$1" --daemon --log-file "$work/mount.log"; }
 umount_modelfs() { "$modelfs" umount "$work/mnt"; for _ in $(seq 200); do mountpoint -q "$work/mnt" || break; sleep 0.05; done; }
 
 t_curl=$(timed curl -sf -o /dev/null "$url/m/big.bin")
@@ -60,17 +63,32 @@ rm -f "$work/aria/curl.bin"; sync
 t_aria=$(timed aria2c -q -x 8 -s 8 -k 8M --allow-overwrite=true -d "$work/aria" "$url/m/big.bin")
 rm -f "$work/aria/big.bin"; sync
 
-mount_modelfs "$work/cache"
-pid=$(pgrep -f "modelfs mount $work/mnt" | head -n1)
-t_cold=$(timed dd if="$work/mnt/m/big.bin" of=/dev/null bs=1M)
-rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-t_same=$(timed dd if="$work/mnt/m/big.bin" of=/dev/null bs=1M)
-umount_modelfs
-sync
-# A new mount over the complete cache file: opened with FUSE passthrough.
-mount_modelfs "$work/cache"
-t_warm=$(timed dd if="$work/mnt/m/big.bin" of=/dev/null bs=1M)
-umount_modelfs
+# The modelfs rows for the build `bin`, with a cache of its own under
+# "$work/$1": sets t_cold, t_same, t_warm, rss_kb, random_bytes.
+measure_modelfs() {
+    mount_modelfs "$work/$1"
+    pid=$(pgrep -f "mount $work/mnt" | head -n1)
+    t_cold=$(timed dd if="$work/mnt/m/big.bin" of=/dev/null bs=1M)
+    rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    t_same=$(timed dd if="$work/mnt/m/big.bin" of=/dev/null bs=1M)
+    umount_modelfs
+    sync
+    # A new mount over the complete cache file: opened with FUSE passthrough.
+    mount_modelfs "$work/$1"
+    t_warm=$(timed dd if="$work/mnt/m/big.bin" of=/dev/null bs=1M)
+    umount_modelfs
+    mount_modelfs "$work/$1-random"
+    local before; before=$(stats)
+    dd if="$work/mnt/m/big.bin" of=/dev/null bs=4096 count=1 skip=$(( (size / 4096) * 3 / 4 )) 2>/dev/null
+    random_bytes=$(( $(stats) - before ))
+    umount_modelfs
+}
+
+if [ -n "${BASELINE_BIN:-}" ]; then
+    bin=$BASELINE_BIN measure_modelfs baseline
+    b_cold=$t_cold b_same=$t_same b_warm=$t_warm b_rss=$rss_kb b_random=$random_bytes
+fi
+measure_modelfs cache
 blob=$(find "$work/cache/blobs" -type f -size +1M | head -n1)
 t_disk=$(timed dd if="$blob" of=/dev/null bs=1M)
 
@@ -82,11 +100,6 @@ t_rcold=$(timed dd if="$work/rmnt/big.bin" of=/dev/null bs=1M)
 t_rwarm=$(timed dd if="$work/rmnt/big.bin" of=/dev/null bs=1M)
 fusermount3 -u "$work/rmnt"
 
-mount_modelfs "$work/cache-random"
-before=$(stats)
-dd if="$work/mnt/m/big.bin" of=/dev/null bs=4096 count=1 skip=$(( (size / 4096) * 3 / 4 )) 2>/dev/null
-random_bytes=$(( $(stats) - before ))
-umount_modelfs
 
 # The same file from a real S3-compatible server (bucket "models"), signed requests.
 mkdir -p "$work/s3/models"
@@ -131,3 +144,14 @@ printf '%-42s %8s %s\n' "warm: dd of the cache file" "$(mbps "$t_disk")" "$(rati
 printf '%-42s %8s %s\n' "warm: rclone mount" "$(mbps "$t_rwarm")" "$(ratio "$t_rwarm" "$t_warm")"
 echo "one 4 KiB read at 3/4 of the file fetched $random_bytes bytes"
 echo "peak RSS of the mount process during the cold read: $((rss_kb / 1024)) MiB"
+if [ -n "${BASELINE_BIN:-}" ]; then
+    echo
+    echo "this build vs BASELINE_BIN ($BASELINE_BIN), same file and server, same run"
+    printf '%-42s %10s %10s %s\n' "" "baseline" "this" "this ÷ baseline"
+    row() { printf '%-42s %10s %10s %s\n' "$1" "$(mbps "$2")" "$(mbps "$3")" "$(ratio "$2" "$3")"; }
+    row "cold: dd through FUSE (MB/s)" "$b_cold" "$t_cold"
+    row "warm: same mount (MB/s)" "$b_same" "$t_same"
+    row "warm: new mount (MB/s)" "$b_warm" "$t_warm"
+    printf '%-42s %10s %10s\n' "one 4 KiB read at 3/4: bytes fetched" "$b_random" "$random_bytes"
+    printf '%-42s %10s %10s\n' "peak RSS during the cold read (MiB)" "$((b_rss / 1024))" "$((rss_kb / 1024))"
+fi
