@@ -16,7 +16,7 @@ use super::{
     parse_size,
 };
 use crate::cache::chunk_len;
-use crate::fetch::{FetchError, Target};
+use crate::fetch::Target;
 use crate::hash::Digest;
 use crate::manifest::check_chunk_size;
 
@@ -60,11 +60,7 @@ pub fn chunk(args: ChunkArgs) -> anyhow::Result<i32> {
                 continue;
             }
             let target = Target::new(Arc::clone(&manifest), m, f);
-            let blob = cache.open_blob(entry).map_err(|e| FetchError::Local {
-                target: target.to_string(),
-                source: Arc::new(e),
-            })?;
-            runtime.block_on(fetcher.prefetch_file(&target, &blob, &|_| {}))?;
+            let blob = runtime.block_on(fetcher.fetch_file(&target, &|_| {}))?;
             let file = blob
                 .complete_file()
                 .with_context(|| format!("{target}: not complete after its fetch"))?;

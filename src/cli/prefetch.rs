@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::{CacheArg, ManifestArg, QuotaArg, SourceArgs, init_logging, model_indices, open_cache};
 use crate::cache::Cache;
-use crate::fetch::{FetchError, Fetcher, Target};
+use crate::fetch::{Fetcher, Target};
 use crate::manifest::Manifest;
 
 #[derive(Args)]
@@ -95,13 +95,7 @@ async fn prefetch_model(
         let bar = bar.clone();
         async move {
             let target = Target::new(Arc::clone(manifest), model, f);
-            let entry = target.entry();
-            let blob = cache.open_blob(entry).map_err(|e| FetchError::Local {
-                target: target.to_string(),
-                source: Arc::new(e),
-            })?;
-            bar.inc(blob.presence().bytes(entry.size));
-            fetcher.prefetch_file(&target, &blob, &|n| bar.inc(n)).await
+            fetcher.fetch_file(&target, &|n| bar.inc(n)).await.map(drop)
         }
     });
     let results = join_all(files).await;

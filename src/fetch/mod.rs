@@ -730,6 +730,23 @@ impl Fetcher {
 }
 
 impl Fetcher {
+    /// Opens `target`'s blob (off the async workers: it may wait on other
+    /// processes) and makes it complete as [`Fetcher::prefetch_file`] does;
+    /// `progress` first gets the bytes already cached.
+    pub async fn fetch_file(
+        &self,
+        target: &Target,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Arc<Blob>, FetchError> {
+        let (cache, t) = (Arc::clone(&self.cache), target.clone());
+        let blob = blocking(move || cache.open_blob(t.entry()))
+            .await
+            .map_err(|e| local(target, e))?;
+        progress(blob.presence().bytes(blob.size));
+        self.prefetch_file(target, &blob, progress).await?;
+        Ok(blob)
+    }
+
     /// Makes one file complete: fetches every chunk not yet verified (as
     /// many at once as requests allowed), then checks the whole file and
     /// publishes it. `progress` gets the byte count of each chunk fetched

@@ -307,18 +307,10 @@ impl ModelFs {
         }
         let files = &self.manifest.models[model].files;
         for file in (0..files.len()).filter(|&f| files[f].size <= SMALL_FILE) {
-            let (cache, fetcher) = (Arc::clone(&self.cache), Arc::clone(&self.fetcher));
+            let fetcher = Arc::clone(&self.fetcher);
             let target = self.target(model, file);
             self.runtime.spawn(async move {
-                let t = target.clone();
-                let fetched = match crate::fileio::blocking(move || cache.open_blob(t.entry())).await {
-                    Ok(blob) => fetcher.prefetch_file(&target, &blob, &|_| {}).await,
-                    Err(e) => Err(FetchError::Local {
-                        target: target.to_string(),
-                        source: Arc::new(e),
-                    }),
-                };
-                if let Err(e) = fetched {
+                if let Err(e) = fetcher.fetch_file(&target, &|_| {}).await {
                     debug!(file = %target, error = %e, "a small file was not fetched ahead; a read of it will try");
                 }
             });
