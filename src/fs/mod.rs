@@ -386,19 +386,21 @@ impl ModelFs {
         let blob = &h.blob;
         let end = offset.saturating_add(len as u64).min(blob.size);
         if h.target.entry().chunks.is_none() {
-            self.fetcher.metrics().cache_miss(end - offset);
-            return match self.fetcher.ensure_whole(&h.target, blob).await {
-                Ok(()) => Ok(read_blob(blob, offset, end)?),
+            let bytes = match self.fetcher.ensure_whole(&h.target, blob).await {
+                Ok(()) => read_blob(blob, offset, end)?,
                 Err(full @ FetchError::CacheFull { .. }) => {
                     self.fetcher.tell_cache_full(&full);
                     let bytes = self
                         .fetcher
                         .fetch_whole_uncached(&h.target, blob, full)
                         .await?;
-                    Ok(bytes[offset as usize..end as usize].to_vec())
+                    bytes[offset as usize..end as usize].to_vec()
                 }
-                Err(e) => Err(e.into()),
+                Err(e) => return Err(e.into()),
             };
+            // Counted once the bytes are had, as for chunks below.
+            self.fetcher.metrics().cache_miss(end - offset);
+            return Ok(bytes);
         }
         let cs = blob.chunk_size;
         let chunks = offset / cs..=(end - 1) / cs;
