@@ -55,7 +55,7 @@ fn readahead(c: &mut Criterion) {
         b.iter(|| {
             let mut ra = Readahead::new(8 << 20);
             for i in 0..1024u64 {
-                black_box(ra.on_read(i << 17, 1 << 17, 1 << 30));
+                black_box(ra.on_read(i << 17, 1 << 17, 1 << 30).fetch);
             }
         })
     });

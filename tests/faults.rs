@@ -102,7 +102,8 @@ fn server_errors_are_retried_on_the_same_source() {
     c.read_ok();
     assert_eq!(c.second.requests(), 0, "no failover for a transient error");
     assert_eq!(c.metric("modelfs_source_failovers_total"), 0.0);
-    assert!(c.first.requests() >= 4 + 3);
+    // The three faults, then at least one request that served the file.
+    assert!(c.first.requests() > 3);
 }
 
 #[test]

@@ -5,7 +5,10 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
 
 use super::chunk_map::{ChunkMap, Identity};
 use super::{BlobKey, Presence, files};
@@ -50,6 +53,28 @@ pub struct Blob {
     /// bits, so checking for completion after each chunk costs nothing
     /// until the count says every chunk is in.
     verified: AtomicU64,
+    /// The whole file's sha256 over its first chunks, in order, as far as
+    /// it got (see [`Blob::follow_whole`]): the check before publishing
+    /// continues from there, so every byte is hashed for it once. Shared
+    /// with the thread that follows the chunks, which must not keep the
+    /// blob itself alive while it waits.
+    whole: Arc<Whole>,
+    /// Whether a thread follows the chunks with the whole-file hash.
+    followed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Whole {
+    hash: Mutex<WholeHash>,
+    /// Rung when this process verifies a chunk.
+    chunk_verified: Condvar,
+}
+
+#[derive(Default)]
+struct WholeHash {
+    hasher: Sha256,
+    /// The first chunk not hashed yet.
+    next: u64,
 }
 
 impl Blob {
@@ -66,6 +91,8 @@ impl Blob {
             complete: AtomicBool::new(false),
             finishing: Mutex::new(()),
             verified: AtomicU64::new(0),
+            whole: Arc::default(),
+            followed: AtomicBool::new(false),
         }
     }
 
@@ -272,11 +299,43 @@ impl Blob {
     /// map is dirty while open, so a power loss before the data reaches the
     /// disk makes the next open re-verify instead of trusting the bit.
     pub fn mark_verified(&self, index: u64) {
-        if let Some(map) = &self.map
-            && map.set(index)
-        {
-            self.verified.fetch_add(1, Ordering::AcqRel);
+        if let Some(map) = &self.map {
+            if map.set(index) {
+                self.verified.fetch_add(1, Ordering::AcqRel);
+            }
+            // Fetched again after a power loss: no longer in doubt.
+            map.clear_suspect(index);
+            self.whole.chunk_verified.notify_all();
         }
+    }
+
+    /// Starts, once per blob, a thread that extends the whole-file hash
+    /// over chunks as they verify in order, at the lowest CPU priority: on a
+    /// link slower than the CPU it keeps up, and the file is complete the
+    /// moment its last chunk is; when readers keep the CPU busy, it waits
+    /// and [`Blob::finish_chunked`] does what is left. It stops when the
+    /// blob is closed everywhere in this process.
+    pub fn follow_whole(self: &Arc<Self>) {
+        if self.map.is_none() || self.is_complete() || self.followed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (blob, whole) = (Arc::downgrade(self), Arc::clone(&self.whole));
+        let spawned = std::thread::Builder::new()
+            .name("modelfs-hash".into())
+            .spawn(move || follow(&blob, &whole));
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "cannot start the whole-file hash; it will run at the end");
+        }
+    }
+
+    /// Extends the whole-file hash over chunk `whole.next`. Blocking.
+    fn hash_next(&self, whole: &mut WholeHash, file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+        let len = super::chunk_len(self.size, self.chunk_size, whole.next) as usize;
+        buf.resize(len, 0);
+        file.read_exact_at(buf, whole.next * self.chunk_size)?;
+        whole.hasher.update(&buf[..]);
+        whole.next += 1;
+        Ok(())
     }
 
     /// Waits until no other process fetches chunk `index`, then claims it
@@ -286,6 +345,48 @@ impl Blob {
             map.claim(index)?;
         }
         Ok(ChunkClaim { blob: self, index })
+    }
+
+    /// Claims chunk `index` unless another process is fetching it (`None`
+    /// then). Never waits.
+    pub fn try_claim_chunk(self: &Arc<Self>, index: u64) -> io::Result<Option<ChunkClaim>> {
+        if let Some(map) = &self.map
+            && !map.try_claim(index)?
+        {
+            return Ok(None);
+        }
+        Ok(Some(ChunkClaim {
+            blob: Arc::clone(self),
+            index,
+        }))
+    }
+
+    /// Bytes of unverified chunk `index` already written from its start, as
+    /// recorded by the fetch that wrote them (perhaps in a process since
+    /// killed): a fetch re-hashes them and asks the source for the rest.
+    pub fn progress(&self, index: u64) -> u64 {
+        let len = super::chunk_len(self.size, self.chunk_size, index);
+        self.map.as_ref().map_or(0, |m| m.progress(index).min(len))
+    }
+
+    /// Records how far chunk `index` is written; call with the chunk claimed.
+    pub fn record_progress(&self, index: u64, bytes: u64) {
+        if let Some(map) = &self.map {
+            map.set_progress(index, bytes);
+        }
+    }
+
+    /// Hashes the first `len` bytes of chunk `index` as they are on disk,
+    /// into `hasher`: the prefix a resumed fetch continues after. Blocking.
+    pub fn hash_prefix(&self, index: u64, len: u64, hasher: &mut sha2::Sha256) -> io::Result<()> {
+        use sha2::Digest as _;
+        let file = self
+            .data_file()
+            .ok_or_else(|| io::Error::other("no partial file"))?;
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, index * self.chunk_size)?;
+        hasher.update(&buf);
+        Ok(())
     }
 
     /// Takes in the bits other processes set; after waiting on a claim.
@@ -336,6 +437,16 @@ impl Blob {
         data.as_ref()?.try_clone().ok()
     }
 
+    /// Records a use now, for eviction's least-recently-used order: at the
+    /// end of each use (a reader's close, a prefetch), not when the blob is
+    /// dropped, which background work (the whole-file check) may delay.
+    pub fn mark_used(&self) {
+        let data = self.data.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(file) = data.as_ref() {
+            touch(file);
+        }
+    }
+
     /// Whether chunk `index` was verified before a power loss and awaits
     /// [`Blob::confirm_suspect`] before it is served.
     pub fn is_suspect(&self, index: u64) -> bool {
@@ -383,7 +494,14 @@ impl Blob {
         let file = self
             .data_file()
             .ok_or_else(|| io::Error::other("no partial file"))?;
-        let actual = Digest::of_file(&file)?;
+        let actual = {
+            let mut whole = self.whole.hash.lock().unwrap_or_else(|p| p.into_inner());
+            let mut buf = Vec::new();
+            while whole.next < self.chunk_count() {
+                self.hash_next(&mut whole, &file, &mut buf)?;
+            }
+            Digest(whole.hasher.clone().finalize().into())
+        };
         if actual != self.digest {
             if let Some(map) = &self.map {
                 map.set_failed_whole(actual)?;
@@ -437,6 +555,45 @@ impl Blob {
     }
 }
 
+/// The body of [`Blob::follow_whole`]'s thread.
+fn follow(blob: &Weak<Blob>, whole: &Whole) {
+    // SAFETY: setpriority on this thread (a tid is a valid `who` for
+    // PRIO_PROCESS on Linux); failing leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+    }
+    let mut buf = Vec::new();
+    // Each turn hashes a chunk or waits for one; the thread ends with the
+    // file's last chunk, or when the blob is closed everywhere here.
+    loop {
+        let mut hash = whole.hash.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let Some(blob) = blob.upgrade() else { return };
+            if blob.is_complete()
+                || blob.failed_whole().is_some()
+                || hash.next >= blob.chunk_count()
+            {
+                return;
+            }
+            if blob.has_chunk(hash.next) {
+                let hashed = blob
+                    .data_file()
+                    .ok_or_else(|| io::Error::other("no partial file"))
+                    .and_then(|file| blob.hash_next(&mut hash, &file, &mut buf));
+                if let Err(e) = hashed {
+                    tracing::debug!(error = %e, "the whole-file hash stops here; the final check goes on");
+                    return;
+                }
+                continue;
+            }
+        }
+        // Chunks other processes verify ring no bell here: look again soon.
+        let _ = whole
+            .chunk_verified
+            .wait_timeout(hash, Duration::from_millis(100));
+    }
+}
+
 /// Whether `path` names the file open as `file` (and is no symlink).
 fn same_file(path: &Path, file: &File) -> io::Result<bool> {
     let open = file.metadata()?;
@@ -481,7 +638,6 @@ impl Drop for ChunkClaim {
     }
 }
 
-/// When this process lets go of a file, the time is recorded for eviction.
 /// When the last user of a partial file lets go, its data is made durable
 /// and then its map marked clean. The sync may take seconds, so inside a
 /// runtime it runs on the blocking pool, never on the FUSE thread or an
@@ -489,9 +645,6 @@ impl Drop for ChunkClaim {
 impl Drop for Blob {
     fn drop(&mut self) {
         let data = self.data.get_mut().map_or(None, Option::take);
-        if let Some(file) = &data {
-            touch(file);
-        }
         let Some(map) = self.map.take() else { return };
         let complete = self.is_complete();
         let path = self.paths.partial.clone();

@@ -1,14 +1,16 @@
 //! A persistent bitmap of verified chunks, one bit per chunk, shared through
 //! `mmap` so every process using the cache sees a bit the moment it is set.
 //!
-//! File format (little-endian, version 2): `b"MFSCMAP\x02"`, `chunk_size: u64`,
+//! File format (little-endian, version 3): `b"MFSCMAP\x03"`, `chunk_size: u64`,
 //! `size: u64`, `chunk_list: [u8; 32]` (the digest of the chunk hashes that
 //! verified the bits), `dev: u64`, `ino: u64` (the partial file the bits
 //! describe), `boot_id: [u8; 16]`, `dirty: u64`, `failed_whole: [u8; 32]`
 //! (what the whole file hashed to when it failed its sha256; zeros if it
 //! never did), 32 reserved bytes, then two bitmaps of `ceil(chunks / 8)`
 //! bytes each, chunk `i` at bit `i % 8` of byte `i / 8`: the verified chunks,
-//! and the suspect ones.
+//! and the suspect ones; then, 8-aligned, a `u16` per chunk: how many 4 KiB
+//! units of a chunk not yet verified are written from its start (its
+//! *progress*), so a fetch stopped by a crash resumes inside the chunk.
 //!
 //! The first 72 bytes are the map's [`Identity`]: a map is only ever used for
 //! the very partial file and chunk hashes it was made for, so neither another
@@ -23,6 +25,11 @@
 //! data: its verified bits all become suspect, and each suspect chunk is
 //! re-hashed the first time it is needed (see [`super::Blob`]).
 //!
+//! Progress is only a hint: the bytes it covers are re-hashed before the
+//! fetch resumes after them, and the chunk is verified whole before its bit
+//! is set, so progress that ran ahead of its data (a power loss) costs a
+//! refetch, never a wrong byte.
+//!
 //! The map file also carries the claims of fetchers: an OFD write lock on
 //! byte `CLAIMS_AT + i` while some process fetches chunk `i`. The kernel
 //! drops it when the holder's file closes, so a killed process leaves no
@@ -32,14 +39,14 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU64, Ordering};
 
 use memmap2::MmapRaw;
 
 use super::files;
 use crate::hash::Digest;
 
-const MAGIC: [u8; 8] = *b"MFSCMAP\x02";
+const MAGIC: [u8; 8] = *b"MFSCMAP\x03";
 const HEADER_LEN: usize = 128;
 /// Bytes of the header that identify what the map describes.
 const IDENTITY_LEN: usize = 72;
@@ -52,6 +59,14 @@ const SUSPECT: u64 = 1;
 
 fn bitmap_len(chunks: u64) -> u64 {
     chunks.div_ceil(8)
+}
+
+/// The unit progress is recorded in: a 64 MiB chunk is 16,384 of them.
+pub const PROGRESS_UNIT: u64 = 4096;
+
+/// Where the progress counters start: after the bitmaps, 8-aligned.
+fn progress_at(chunks: u64) -> u64 {
+    (HEADER_LEN as u64 + 2 * bitmap_len(chunks)).next_multiple_of(8)
 }
 
 /// Where claim locks start: far past the bitmap of any file, so they never
@@ -97,7 +112,7 @@ impl Identity {
     }
 
     fn file_len(&self) -> u64 {
-        HEADER_LEN as u64 + 2 * bitmap_len(self.chunks())
+        progress_at(self.chunks()) + 2 * self.chunks()
     }
 }
 
@@ -244,6 +259,29 @@ impl ChunkMap {
         (0..self.chunks).all(|c| self.is_set(c))
     }
 
+    fn progress_word(&self, chunk: u64) -> &AtomicU16 {
+        assert!(chunk < self.chunks, "chunk {chunk} out of {}", self.chunks);
+        let at = progress_at(self.chunks) + 2 * chunk;
+        // SAFETY: in bounds (chunk asserted above; the map's length was
+        // checked at open or written at creation), 2-aligned (progress_at is
+        // 8-aligned in a page-aligned mapping), the mapping lives as long as
+        // `self`, and every process touches the counters only through atomics.
+        unsafe { AtomicU16::from_ptr(self.mmap.as_mut_ptr().add(at as usize).cast::<u16>()) }
+    }
+
+    /// Bytes of chunk `chunk` written from its start, unverified, as far as
+    /// a fetch recorded them (a multiple of [`PROGRESS_UNIT`]).
+    pub fn progress(&self, chunk: u64) -> u64 {
+        u64::from(self.progress_word(chunk).load(Ordering::Acquire)) * PROGRESS_UNIT
+    }
+
+    /// Records that `bytes` of chunk `chunk` are written from its start
+    /// (rounded down to whole units). Only the chunk's claimant calls it.
+    pub fn set_progress(&self, chunk: u64, bytes: u64) {
+        let units = u16::try_from(bytes / PROGRESS_UNIT).unwrap_or(u16::MAX);
+        self.progress_word(chunk).store(units, Ordering::Release);
+    }
+
     /// Whether chunk `chunk` was verified before a power loss that may have
     /// lost its data: it must be re-hashed before it is trusted again.
     pub fn is_suspect(&self, chunk: u64) -> bool {
@@ -281,8 +319,8 @@ impl ChunkMap {
             .map(drop)
     }
 
-    #[cfg(test)]
-    fn try_claim(&self, chunk: u64) -> io::Result<bool> {
+    /// Claims `chunk` unless another process holds it: false then.
+    pub fn try_claim(&self, chunk: u64) -> io::Result<bool> {
         self.claim_lock(chunk, libc::F_WRLCK, libc::F_OFD_SETLK)
     }
 
@@ -425,6 +463,22 @@ mod tests {
         drop(b);
         // Closing the file drops its claims, as a killed process's are.
         assert!(a.try_claim(4).unwrap());
+    }
+
+    #[test]
+    fn progress_persists_per_chunk_in_whole_units() {
+        let dir = tempfile::tempdir().unwrap();
+        // 9 chunks: the bitmaps end off an 8-byte boundary.
+        let mine = id(9 << 26, 1 << 26, 1, 7);
+        let map = open(dir.path(), &mine);
+        assert_eq!(map.progress(8), 0);
+        map.set_progress(8, (1 << 26) - 1);
+        map.set_progress(0, 3 * PROGRESS_UNIT + 5);
+        drop(map);
+        let map = open(dir.path(), &mine);
+        assert_eq!(map.progress(0), 3 * PROGRESS_UNIT);
+        assert_eq!(map.progress(8), (1 << 26) - PROGRESS_UNIT);
+        assert!((1..8).all(|c| map.progress(c) == 0 && !map.is_set(c)));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use sha2::{Digest as _, Sha256};
 
-pub use blob::Blob;
+pub use blob::{Blob, ChunkClaim};
 pub use evict::{Catalog, MIN_FREE_PERCENT, Plan, Quota, Stored};
 
 use crate::hash::Digest;

@@ -266,7 +266,9 @@ enum ManifestCommand {
         /// Base URL the files can be fetched from (repeatable; tried in order).
         #[arg(long = "source", value_name = "URL")]
         sources: Vec<String>,
-        /// Chunk size: a power of two from 64K to 64M [default: 8M].
+        /// Chunk size, the unit of verification: a power of two from 64K to 64M
+        /// [default: 1M]. Requests span many chunks, so smaller chunks cost no
+        /// throughput; they make a random read wait for less.
         #[arg(long, value_parser = parse_size)]
         chunk_size: Option<u64>,
         /// Optional description.

@@ -3,39 +3,46 @@
 //! retries with backoff, failover across a file's sources, and verification
 //! before anything is marked present.
 
+mod flight;
 mod health;
 pub mod readahead;
 mod retry;
 #[cfg(test)]
 mod tests;
+mod writer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt as _;
 use futures::future::join_all;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
 
 pub use retry::RetryPolicy;
 
-use crate::cache::{Blob, BlobKey, Cache};
+use crate::cache::{Blob, BlobKey, Cache, ChunkClaim};
 use crate::fileio::blocking;
 use crate::hash::Digest;
 use crate::manifest::{FileEntry, Manifest};
 use crate::metrics::Metrics;
-use crate::source::{Location, Sink, Source, SourceError, StreamError};
+use crate::source::{Location, Source, SourceError, StreamError};
+use flight::{ChunkFlights, Flights, Lead, Next, Seen, join_flight};
+use writer::{ChunkDone, Memory, NoBookkeeping, RangeWriter, Stop, TempFile, WholeOut, WriteAt};
 
-/// Range requests in flight at once per process; more only queue at the
-/// server and spread the same bandwidth thinner.
+/// Range requests in flight at once per process, for each [`Urgency`];
+/// more only queue at the server and spread the same bandwidth thinner.
 pub const MAX_CONCURRENT_REQUESTS: usize = 16;
+
+/// The most one ranged request asks for: enough to keep a fast link busy
+/// between requests, while a readahead window still spreads over several
+/// requests in parallel (one connection may be capped, a mirror's say).
+pub const MAX_REQUEST_BYTES: u64 = 8 << 20;
 
 /// Memory for chunks served uncached while the cache is full: a few chunks
 /// of each of several readers (8 MiB chunks: 8 of them).
@@ -43,6 +50,16 @@ const RECENT_UNCACHED_BYTES: usize = 64 << 20;
 
 /// Key of the single in-flight fetch of a whole file without chunk hashes.
 const WHOLE: u64 = u64::MAX;
+
+/// How soon bytes are wanted: each kind has its own request slots, so a
+/// reader waiting on a chunk never queues behind readahead or a prefetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Urgency {
+    /// A reader is waiting (or is about to: a model's small files).
+    Demand,
+    /// Readahead and prefetch.
+    Background,
+}
 
 /// One file of one model of a manifest.
 #[derive(Clone)]
@@ -123,14 +140,14 @@ fn format_attempts(attempts: &[(String, String)]) -> String {
 /// One chunk of one blob (or [`WHOLE`]).
 type ChunkKey = (BlobKey, u64);
 
-/// Fetches under way, by blob and chunk: whoever asks for one joins it.
-type Flights<T> = Mutex<HashMap<ChunkKey, Arc<OnceCell<Result<T, FetchError>>>>>;
-
 pub struct Fetcher {
     sources: Box<dyn Source>,
     retry: RetryPolicy,
-    requests: Semaphore,
-    inflight: Flights<()>,
+    demand: Semaphore,
+    background: Semaphore,
+    chunks: ChunkFlights,
+    /// Whole-file downloads under way.
+    whole: Flights<()>,
     /// Chunks being fetched into memory because the cache is full.
     uncached: Flights<Arc<[u8]>>,
     /// The latest of those, most recent last: the kernel reads a chunk in
@@ -143,115 +160,20 @@ pub struct Fetcher {
     health: health::SourceHealth,
 }
 
-/// Where one attempt's bytes go: hashed as they arrive and written at their
-/// offset, so a broken stream resumes where it stopped.
-struct RangeWriter<'a> {
-    out: &'a dyn WriteAt,
-    range: Range<u64>,
-    pos: u64,
-    hasher: Option<Sha256>,
-}
-
-trait WriteAt: Sync {
-    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
-}
-
-impl WriteAt for Blob {
-    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        Blob::write_at(self, data, offset)
-    }
-}
-
-/// A chunk's bytes held in memory; `start` is the chunk's offset in the file.
-struct Memory {
-    start: u64,
-    bytes: Mutex<Vec<u8>>,
-}
-
-impl WriteAt for Memory {
-    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
-        let at = (offset - self.start) as usize;
-        bytes
-            .get_mut(at..at + data.len())
-            .ok_or_else(|| io::Error::other("bytes past the chunk"))?
-            .copy_from_slice(data);
-        Ok(())
-    }
-}
-
-/// Where one round of a whole-file download goes.
-trait WholeOut: WriteAt + Send + 'static {
-    /// The sha256 of what was written. Blocking.
-    fn digest(&self) -> io::Result<Digest>;
-    /// Gives up a round whose bytes are not the file's.
-    fn discard(self);
-}
-
-/// A private file in the cache's `tmp/`, published once verified.
-struct TempFile {
-    file: File,
-    path: std::path::PathBuf,
-}
-
-impl WriteAt for TempFile {
-    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(data, offset)
-    }
-}
-
-impl WholeOut for TempFile {
-    /// Hashed through the descriptor written, never reopened by name.
-    fn digest(&self) -> io::Result<Digest> {
-        Digest::of_file(&self.file)
-    }
-
-    fn discard(self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl WholeOut for Memory {
-    fn digest(&self) -> io::Result<Digest> {
-        Ok(Digest::of(
-            &self.bytes.lock().unwrap_or_else(|p| p.into_inner()),
-        ))
-    }
-
-    fn discard(self) {}
-}
-
-impl WriteAt for File {
-    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        self.write_all_at(data, offset)
-    }
-}
-
-impl Sink for RangeWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
-        self.out.write_at(data, self.pos)?;
-        if let Some(h) = &mut self.hasher {
-            h.update(data);
-        }
-        self.pos += data.len() as u64;
-        Ok(())
-    }
-}
-
-impl RangeWriter<'_> {
-    fn restart(&mut self) {
-        self.pos = self.range.start;
-        if self.hasher.is_some() {
-            self.hasher = Some(Sha256::new());
-        }
-    }
-}
-
 /// A failed attempt at one source, or a local failure that no source can fix.
 enum AttemptError {
     Source(SourceError),
     Mismatch { actual: Digest },
     Local(io::Error),
+    Cancelled,
+}
+
+/// How a request over many sources ended, when it did not fail.
+#[derive(PartialEq)]
+enum Ended {
+    Done,
+    /// The run's reader went away; what verified so far stays.
+    Cancelled,
 }
 
 impl Fetcher {
@@ -264,8 +186,10 @@ impl Fetcher {
         Fetcher {
             sources: Box::new(sources),
             retry,
-            requests: Semaphore::new(MAX_CONCURRENT_REQUESTS),
-            inflight: Mutex::default(),
+            demand: Semaphore::new(MAX_CONCURRENT_REQUESTS),
+            background: Semaphore::new(MAX_CONCURRENT_REQUESTS),
+            chunks: ChunkFlights::default(),
+            whole: Mutex::default(),
             uncached: Mutex::default(),
             recent_uncached: Mutex::default(),
             told_full: AtomicBool::new(false),
@@ -308,14 +232,18 @@ impl Fetcher {
         }
     }
 
-    /// One of the [`MAX_CONCURRENT_REQUESTS`] slots, held from before a
-    /// chunk is claimed until it is verified or given up: retries and
-    /// failover included, so a chunk once started is not overtaken.
-    async fn request_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
-        self.requests
-            .acquire()
-            .await
-            .expect("the semaphore is never closed")
+    /// One of the [`MAX_CONCURRENT_REQUESTS`] slots of `urgency`, held
+    /// from before a run of chunks is claimed until it is verified or given
+    /// up: retries and failover included, so a run once started is not
+    /// overtaken.
+    async fn request_slot(&self, urgency: Urgency) -> tokio::sync::SemaphorePermit<'_> {
+        match urgency {
+            Urgency::Demand => &self.demand,
+            Urgency::Background => &self.background,
+        }
+        .acquire()
+        .await
+        .expect("the semaphore is never closed")
     }
 
     /// Counts a failed attempt at `location`, and the move to the next
@@ -329,115 +257,306 @@ impl Fetcher {
         }
     }
 
-    /// Makes chunk `index` of `blob` verified and present, fetching it unless
-    /// it already is or another task is already fetching it.
+    /// Makes chunk `index` of `blob` verified and present, for a reader.
     pub async fn ensure_chunk(
         &self,
         target: &Target,
         blob: &Arc<Blob>,
         index: u64,
     ) -> Result<(), FetchError> {
-        self.single_flight(blob, index, || {
-            async move {
-                let started = std::time::Instant::now();
-                let result = self.fetch_chunk(target, blob, index).await;
-                self.metrics.fetch_took(started.elapsed());
-                result
-            }
-            .instrument(info_span!("fetch_chunk", file = %target, chunk = index))
-        })
-        .await
+        let mut results = self
+            .ensure_chunks(target, blob, index..index + 1, Urgency::Demand)
+            .await;
+        results.pop().expect("one chunk, one result")
     }
 
-    /// Makes a file without chunk hashes complete: fetched whole, verified.
-    pub async fn ensure_whole(&self, target: &Target, blob: &Arc<Blob>) -> Result<(), FetchError> {
-        self.single_flight(blob, WHOLE, || {
-            self.fetch_whole(target, blob)
-                .instrument(info_span!("fetch_whole", file = %target))
-        })
-        .await
-    }
-
-    async fn single_flight<F>(
-        &self,
-        blob: &Arc<Blob>,
-        index: u64,
-        fetch: impl FnOnce() -> F,
-    ) -> Result<(), FetchError>
-    where
-        F: Future<Output = Result<(), FetchError>>,
-    {
-        let present = || {
-            let done = if index == WHOLE {
-                blob.is_complete()
-            } else {
-                blob.has_chunk(index)
-            };
-            done.then_some(())
-        };
-        join_flight(&self.inflight, (blob.key, index), present, fetch).await
-    }
-
-    async fn fetch_chunk(
+    /// Makes the chunks `chunks` of `blob` verified and present: joins the
+    /// fetches under way, and fetches the rest in runs of consecutive
+    /// chunks, one ranged request each. One result per chunk, in order.
+    pub async fn ensure_chunks(
         &self,
         target: &Target,
         blob: &Arc<Blob>,
-        index: u64,
+        chunks: Range<u64>,
+        urgency: Urgency,
+    ) -> Vec<Result<(), FetchError>> {
+        let mut results: Vec<Option<Result<(), FetchError>>> =
+            vec![None; (chunks.end - chunks.start) as usize];
+        // Each round settles every chunk but those whose leader gave them
+        // up unresolved (a cancelled readahead; another process's claim);
+        // those are looked at again, and then led by this task.
+        for _ in 0..MAX_ROUNDS {
+            let pending: Vec<u64> = chunks
+                .clone()
+                .filter(|c| results[(c - chunks.start) as usize].is_none())
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            let mut waits = Vec::new();
+            let leads = self.chunks.scan(
+                blob.key,
+                pending,
+                |c| blob.has_chunk(c),
+                |c, seen| match seen {
+                    Seen::Present => {
+                        results[(c - chunks.start) as usize] = Some(Ok(()));
+                        Next::Skip
+                    }
+                    Seen::InFlight(rx) => {
+                        waits.push((c, rx));
+                        Next::Skip
+                    }
+                    Seen::Free => Next::Lead,
+                },
+            );
+            waits.extend(leads.iter().map(|l| (l.chunk(), l.outcome())));
+            let runs = group_runs(blob, leads).into_iter().map(|run| async move {
+                let _slot = self.request_slot(urgency).await;
+                // Its outcome reaches this task through the leads.
+                let _ = self.fetch_run(target, blob, run, urgency, None).await;
+            });
+            let outcomes = async {
+                join_all(
+                    waits
+                        .into_iter()
+                        .map(|(c, rx)| async move { (c, flight::wait(rx).await) }),
+                )
+                .await
+            };
+            let (_, outcomes) = futures::join!(join_all(runs), outcomes);
+            for (c, outcome) in outcomes {
+                results[(c - chunks.start) as usize] = outcome;
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(local(
+                        target,
+                        io::Error::other("the chunk's fetch was given up too many times"),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Makes a file without chunk hashes complete: fetched whole, verified.
+    pub async fn ensure_whole(
+        &self,
+        target: &Target,
+        blob: &Arc<Blob>,
+        urgency: Urgency,
     ) -> Result<(), FetchError> {
-        let entry = target.entry();
-        // The blob's chunking, which its key says is the entry's.
-        let start = index * blob.chunk_size;
-        let range = start..(start + blob.chunk_size).min(blob.size);
-        let expected = blob.chunk_hash(index);
+        join_flight(
+            &self.whole,
+            (blob.key, WHOLE),
+            || blob.is_complete().then_some(()),
+            || {
+                self.fetch_whole(target, blob, urgency)
+                    .instrument(info_span!("fetch_whole", file = %target))
+            },
+        )
+        .await
+    }
+
+    /// Fetches what is missing of `chunks` in the background (readahead,
+    /// prefetch): chunks present or in flight are skipped, the rest fetched
+    /// in runs, one request slot held throughout. Stops early once `cancel`
+    /// is set (the reader it was for went away).
+    pub async fn fill(
+        &self,
+        target: &Target,
+        blob: &Arc<Blob>,
+        chunks: Range<u64>,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<(), FetchError> {
+        let _slot = self.request_slot(Urgency::Background).await;
+        let max = run_chunks(blob);
+        let mut from = chunks.start;
+        while from < chunks.end && !cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
+            let mut taken = 0;
+            let run = self.chunks.scan(
+                blob.key,
+                from..chunks.end,
+                |c| blob.has_chunk(c),
+                |c, seen| match seen {
+                    Seen::Free if taken == 0 || (taken < max && blob.progress(c) == 0) => {
+                        taken += 1;
+                        Next::Lead
+                    }
+                    _ if taken == 0 => Next::Skip,
+                    _ => Next::Stop,
+                },
+            );
+            let Some(last) = run.last() else { break };
+            from = last.chunk() + 1;
+            if self
+                .fetch_run(target, blob, run, Urgency::Background, cancel)
+                .await?
+                == Ended::Cancelled
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches a run of consecutive chunks this task leads with one ranged
+    /// request (retried, resumed, failed over as one), handing each chunk
+    /// on as it verifies. Every lead is resolved, or dropped unresolved for
+    /// its waiters to try again (a claim another process holds, a cancel).
+    /// The caller holds a request slot.
+    async fn fetch_run(
+        &self,
+        target: &Target,
+        blob: &Arc<Blob>,
+        run: Vec<Lead<'_>>,
+        urgency: Urgency,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Ended, FetchError> {
+        let first = run.first().map_or(0, Lead::chunk);
+        let span = info_span!("fetch_run", file = %target, first, chunks = run.len());
+        let started = std::time::Instant::now();
+        let result = async {
+            let mut state = RunState {
+                blob,
+                leads: VecDeque::from(run),
+                claims: VecDeque::new(),
+                cancel,
+            };
+            match self.prepare_run(target, &mut state, urgency).await {
+                Ok(Some(range)) => {
+                    blob.follow_whole();
+                    let result = self.stream_run(target, &mut state, range).await;
+                    if let Err(e) = &result {
+                        state
+                            .leads
+                            .drain(..)
+                            .for_each(|l| l.resolve(Err(e.clone())));
+                    }
+                    result
+                }
+                Ok(None) => Ok(Ended::Done),
+                Err(e) => {
+                    state
+                        .leads
+                        .drain(..)
+                        .for_each(|l| l.resolve(Err(e.clone())));
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        self.metrics.fetch_took(started.elapsed());
+        if blob.all_chunks_verified() {
+            finish_in_background(target, blob);
+        }
+        result
+    }
+
+    /// Claims the run's chunks from other processes and settles those that
+    /// need no fetch after all; returns the byte range left to fetch, with
+    /// its cache space reserved.
+    async fn prepare_run(
+        &self,
+        target: &Target,
+        state: &mut RunState<'_, '_>,
+        urgency: Urgency,
+    ) -> Result<Option<Range<u64>>, FetchError> {
+        let blob = state.blob;
         if let Some(actual) = blob.failed_whole() {
             return Err(FetchError::Inconsistent {
                 target: target.to_string(),
                 actual,
             });
         }
-        // The request slot first: a task queued behind this process's other
-        // fetches neither holds a claim others wait on nor reserves quota
-        // for bytes it is not fetching yet.
-        let _slot = self.request_slot().await;
-        // Held until the bit is set: another process that wants this chunk
-        // waits here, then finds it present.
-        let _claim = {
-            let blob = Arc::clone(blob);
-            blocking(move || blob.claim_chunk(index))
-                .await
-                .map_err(|e| local(target, e))?
-        };
-        if blob.has_chunk(index) {
-            debug!(file = %target, chunk = index, "fetched by another process");
-            finish_if_verified(target, blob);
-            return Ok(());
-        }
-        if blob.is_suspect(index) {
-            let b = Arc::clone(blob);
-            if blocking(move || b.confirm_suspect(index))
-                .await
-                .map_err(|e| local(target, e))?
-            {
-                debug!(file = %target, chunk = index, "re-verified a chunk cached before an unclean shutdown");
-                finish_if_verified(target, blob);
-                return Ok(());
+        // A reader waits for another process's fetch of its first chunk;
+        // past that, and for the background, a chunk another process holds
+        // ends the run (its waiters look again).
+        for (i, lead) in state.leads.iter().enumerate() {
+            let c = lead.chunk();
+            let claim = if i == 0 && urgency == Urgency::Demand {
+                let b = Arc::clone(blob);
+                Some(blocking(move || b.claim_chunk(c)).await)
+            } else {
+                blob.try_claim_chunk(c).transpose()
+            };
+            match claim {
+                Some(claim) => state.claims.push_back(claim.map_err(|e| local(target, e))?),
+                None => break,
             }
         }
-        let (for_chunk, chunk) = (Arc::clone(blob), range.clone());
-        self.make_room(target, range.end - range.start, move || {
-            for_chunk.allocate(chunk)
-        })
-        .await?;
+        state.leads.truncate(state.claims.len());
+        // Done meanwhile by another process, or verified before a power
+        // loss and intact: no fetch. At the front only; one further on
+        // ends the run before it.
+        while let Some(c) = state.leads.front().map(Lead::chunk) {
+            let done = blob.has_chunk(c) || {
+                blob.is_suspect(c) && {
+                    let b = Arc::clone(blob);
+                    blocking(move || b.confirm_suspect(c))
+                        .await
+                        .map_err(|e| local(target, e))?
+                }
+            };
+            if !done {
+                break;
+            }
+            debug!(file = %target, chunk = c, "verified by another process, or before an unclean shutdown");
+            state.settle_front();
+            finish_if_verified(target, blob);
+        }
+        if let Some(cut) = state.leads.iter().position(|l| blob.has_chunk(l.chunk())) {
+            state.leads.truncate(cut);
+            state.claims.truncate(cut);
+        }
+        let (Some(first), Some(last)) = (state.leads.front(), state.leads.back()) else {
+            return Ok(None);
+        };
+        let cs = blob.chunk_size;
+        let range = first.chunk() * cs..((last.chunk() + 1) * cs).min(blob.size);
+        let (for_run, r) = (Arc::clone(blob), range.clone());
+        self.make_room(target, range.end - range.start, move || for_run.allocate(r))
+            .await?;
+        Ok(Some(range))
+    }
+
+    /// Streams `range` (the run's chunks) from the sources, resuming the
+    /// first chunk after what an earlier, interrupted fetch wrote of it.
+    async fn stream_run(
+        &self,
+        target: &Target,
+        state: &mut RunState<'_, '_>,
+        range: Range<u64>,
+    ) -> Result<Ended, FetchError> {
+        let blob = state.blob;
+        let first = range.start / blob.chunk_size;
+        let prefix = blob.progress(first);
+        let resumed = if prefix > 0 {
+            let b = Arc::clone(blob);
+            blocking(move || {
+                let mut hasher = Sha256::new();
+                b.hash_prefix(first, prefix, &mut hasher)?;
+                Ok(hasher)
+            })
+            .await
+            .inspect_err(|e| debug!(file = %target, chunk = first, error = %e, "cannot read back a chunk's start; fetching it whole"))
+            .ok()
+        } else {
+            None
+        };
         let order = self
             .health
-            .order(&entry.locations, std::time::Instant::now());
-        self.fetch_from_sources(target, &order, blob.as_ref(), range, expected)
-            .await?;
-        blob.mark_verified(index);
-        if blob.all_chunks_verified() {
-            finish_in_background(target, blob);
+            .order(&target.entry().locations, std::time::Instant::now());
+        let mut writer = RangeWriter::chunks(blob.as_ref(), blob, range, state);
+        if let Some(hasher) = resumed {
+            debug!(file = %target, chunk = first, bytes = prefix, "resuming inside the chunk");
+            writer.resume(prefix, hasher);
         }
-        Ok(())
+        self.fetch_from_sources(target, &order, &mut writer).await
     }
 
     /// A chunk the cache has no room for: fetched into memory, verified,
@@ -451,7 +570,7 @@ impl Fetcher {
     ) -> Result<Arc<[u8]>, FetchError> {
         let key = (blob.key, index);
         let fetch = || async {
-            let _slot = self.request_slot().await;
+            let _slot = self.request_slot(Urgency::Demand).await;
             let start = index * blob.chunk_size;
             let range = start..(start + blob.chunk_size).min(blob.size);
             let memory = Memory {
@@ -461,8 +580,10 @@ impl Fetcher {
             let order = self
                 .health
                 .order(&target.entry().locations, std::time::Instant::now());
-            self.fetch_from_sources(target, &order, &memory, range, blob.chunk_hash(index))
-                .await?;
+            let mut none = NoBookkeeping;
+            let mut writer = RangeWriter::chunks(&memory, blob, range, &mut none);
+            self.fetch_from_sources(target, &order, &mut writer).await?;
+            drop(writer);
             Ok(self.keep_uncached(key, memory))
         };
         join_flight(&self.uncached, key, || self.recent_uncached(&key), fetch)
@@ -509,39 +630,33 @@ impl Fetcher {
         }
     }
 
-    /// Fetches `range` into `out` from the first source of `order` that
-    /// delivers it (verified against `expected` when there is a hash),
-    /// retrying each as the policy says: the one loop behind chunks, parts
-    /// of whole files, and uncached chunks.
+    /// Fetches what `writer` still lacks from the first source of `order`
+    /// that delivers it, retrying each as the policy says: the one loop
+    /// behind runs of chunks, parts of whole files, and uncached chunks.
     async fn fetch_from_sources(
         &self,
         target: &Target,
         order: &[&Location],
-        out: &dyn WriteAt,
-        range: Range<u64>,
-        expected: Option<Digest>,
-    ) -> Result<(), FetchError> {
+        writer: &mut RangeWriter<'_>,
+    ) -> Result<Ended, FetchError> {
         let mut attempts = Vec::new();
         let mut absent = true;
         for (i, location) in order.iter().enumerate() {
-            let mut writer = RangeWriter {
-                out,
-                range: range.clone(),
-                pos: range.start,
-                hasher: expected.map(|_| Sha256::new()),
-            };
-            match self.fetch_range(location, &mut writer, expected).await {
+            match self.fetch_range(location, writer).await {
                 Ok(()) => {
                     self.health.succeeded(&location.origin());
-                    return Ok(());
+                    return Ok(Ended::Done);
                 }
+                Err(AttemptError::Cancelled) => return Ok(Ended::Cancelled),
                 Err(AttemptError::Local(e)) => return Err(local(target, e)),
                 Err(e) => {
                     let why = describe(&e);
                     self.source_failed(location, &why, i + 1 < order.len());
                     absent &= matches!(e, AttemptError::Source(SourceError::NotFound(_)));
-                    warn!(model = target.model_id(), file = %target.entry().path, ?range, source = %location, error = %why, "source failed; trying the next");
+                    warn!(model = target.model_id(), file = %target.entry().path, range = ?writer.pos..writer.range.end, source = %location, error = %why, "source failed; trying the next");
                     attempts.push((location.to_string(), why));
+                    // The next source starts the chunk afresh.
+                    writer.restart_chunk();
                 }
             }
         }
@@ -555,7 +670,12 @@ impl Fetcher {
     /// Fetches a file without chunk hashes into a private temporary file in
     /// parallel ranges, verifies it whole, then publishes it. A mismatch is
     /// retried with the next source first.
-    async fn fetch_whole(&self, target: &Target, blob: &Arc<Blob>) -> Result<(), FetchError> {
+    async fn fetch_whole(
+        &self,
+        target: &Target,
+        blob: &Arc<Blob>,
+        urgency: Urgency,
+    ) -> Result<(), FetchError> {
         let entry = target.entry();
         self.make_room(target, entry.size, || Ok(())).await?;
         let temp = || {
@@ -566,7 +686,9 @@ impl Fetcher {
             Ok(TempFile { file, path })
         };
         let done = self
-            .whole_rounds(target, blob, || temp().map_err(|e| local(target, e)))
+            .whole_rounds(target, blob, urgency, || {
+                temp().map_err(|e| local(target, e))
+            })
             .await?;
         let b = Arc::clone(blob);
         blocking(move || {
@@ -592,7 +714,7 @@ impl Fetcher {
         let key = (blob.key, WHOLE);
         let fetch = || async {
             let memory = self
-                .whole_rounds(target, blob, || {
+                .whole_rounds(target, blob, Urgency::Demand, || {
                     Ok(Memory {
                         start: 0,
                         bytes: Mutex::new(vec![0; blob.size as usize]),
@@ -613,6 +735,7 @@ impl Fetcher {
         &self,
         target: &Target,
         blob: &Blob,
+        urgency: Urgency,
         make: impl Fn() -> Result<O, FetchError>,
     ) -> Result<O, FetchError> {
         let entry = target.entry();
@@ -634,6 +757,7 @@ impl Fetcher {
                     &out,
                     &order,
                     start..(start + entry.chunk_size).min(entry.size),
+                    urgency,
                 )
             });
             if let Some(e) = join_all(parts).await.into_iter().find_map(Result::err) {
@@ -667,41 +791,62 @@ impl Fetcher {
         out: &dyn WriteAt,
         order: &[&Location],
         range: Range<u64>,
+        urgency: Urgency,
     ) -> Result<(), FetchError> {
-        let _slot = self.request_slot().await;
-        self.fetch_from_sources(target, order, out, range, None)
+        let _slot = self.request_slot(urgency).await;
+        let mut writer = RangeWriter::unchecked(out, range);
+        self.fetch_from_sources(target, order, &mut writer)
             .await
+            .map(drop)
     }
 
-    /// Fetches `writer.range` from one source, retrying transient faults with
-    /// backoff and resuming after the bytes already received; then checks the
-    /// bytes against `expected`.
+    /// Fetches what `writer` lacks from one source, retrying transient
+    /// faults with backoff and resuming after the bytes already received.
+    /// A request that verified a chunk before it failed starts the count of
+    /// attempts afresh: a long run on a slow link is not a failing source.
     async fn fetch_range(
         &self,
         location: &Location,
         writer: &mut RangeWriter<'_>,
-        expected: Option<Digest>,
     ) -> Result<(), AttemptError> {
         let mut retry = 0;
         loop {
-            let before = writer.pos;
+            let before = writer.received;
             let result = self
                 .sources
                 .fetch(location, writer.pos..writer.range.end, writer)
                 .await;
             self.metrics
-                .fetched(&location.origin(), writer.pos - before);
+                .fetched(&location.origin(), writer.received - before);
             let error = match result {
-                Ok(()) => break,
-                Err(StreamError::Sink(e)) => return Err(AttemptError::Local(e)),
+                Ok(()) => return Ok(()),
+                Err(StreamError::Sink(e)) => match writer.take_stop() {
+                    Some(Stop::Cancelled) => return Err(AttemptError::Cancelled),
+                    Some(Stop::Mismatch { resumed: true, .. }) => {
+                        // The start came from disk, written before a crash
+                        // (and maybe lost to a power failure): not the
+                        // source's fault. The chunk is fetched whole.
+                        debug!(source = %location, "a resumed chunk did not verify; fetching it whole");
+                        writer.restart_chunk();
+                        continue;
+                    }
+                    Some(Stop::Mismatch { actual, .. }) => {
+                        self.metrics.verify_failed();
+                        return Err(AttemptError::Mismatch { actual });
+                    }
+                    None => return Err(AttemptError::Local(e)),
+                },
                 Err(StreamError::Source(e)) => e,
             };
-            // Every byte arrived and then the connection failed (a timeout
-            // waiting for its end, say): nothing is left to ask for, and an
-            // empty range cannot be asked for. The hash below decides.
-            if writer.pos == writer.range.end && !matches!(error, SourceError::LongBody { .. }) {
+            // Every byte arrived (and verified) and then the connection
+            // failed (a timeout waiting for its end, say): nothing is left
+            // to ask for, and an empty range cannot be asked for.
+            if writer.is_done() && !matches!(error, SourceError::LongBody { .. }) {
                 debug!(source = %location, %error, "failed after the last byte; keeping the bytes");
-                break;
+                return Ok(());
+            }
+            if writer.take_verified() {
+                retry = 0;
             }
             retry += 1;
             if !error.is_transient() || retry >= self.retry.attempts {
@@ -709,22 +854,11 @@ impl Fetcher {
             }
             // An over-long body put wrong bytes where right ones may follow: start over.
             if matches!(error, SourceError::LongBody { .. }) {
-                writer.restart();
+                writer.restart_chunk();
             }
             let delay = self.retry.delay(retry, error.retry_after());
             debug!(source = %location, %error, ?delay, resume_at = writer.pos, "retrying");
             tokio::time::sleep(delay).await;
-        }
-        match (expected, writer.hasher.take()) {
-            (Some(expected), Some(hasher)) => {
-                let actual = Digest(hasher.finalize().into());
-                if actual != expected {
-                    self.metrics.verify_failed();
-                    return Err(AttemptError::Mismatch { actual });
-                }
-                Ok(())
-            }
-            _ => Ok(()),
         }
     }
 }
@@ -736,6 +870,7 @@ impl Fetcher {
     pub async fn fetch_file(
         &self,
         target: &Target,
+        urgency: Urgency,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Arc<Blob>, FetchError> {
         let (cache, t) = (Arc::clone(&self.cache), target.clone());
@@ -743,18 +878,20 @@ impl Fetcher {
             .await
             .map_err(|e| local(target, e))?;
         progress(blob.presence().bytes(blob.size));
-        self.prefetch_file(target, &blob, progress).await?;
+        self.prefetch_file(target, &blob, urgency, progress).await?;
+        blob.mark_used();
         Ok(blob)
     }
 
-    /// Makes one file complete: fetches every chunk not yet verified (as
-    /// many at once as requests allowed), then checks the whole file and
-    /// publishes it. `progress` gets the byte count of each chunk fetched
-    /// or found fetched by another process.
+    /// Makes one file complete: fetches every chunk not yet verified (in
+    /// runs, as many at once as request slots allow), then checks the whole
+    /// file and publishes it. `progress` gets the byte count of chunks as
+    /// they are fetched or found fetched by another process.
     pub async fn prefetch_file(
         &self,
         target: &Target,
         blob: &Arc<Blob>,
+        urgency: Urgency,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), FetchError> {
         if blob.is_complete() {
@@ -762,20 +899,50 @@ impl Fetcher {
         }
         let entry = target.entry();
         if entry.chunks.is_none() {
-            self.ensure_whole(target, blob).await?;
+            self.ensure_whole(target, blob, urgency).await?;
             progress(entry.size);
             return Ok(());
         }
-        let missing = (0..blob.chunk_count()).filter(|&c| !blob.has_chunk(c));
-        let mut fetches = futures::stream::iter(missing)
-            .map(|c| async move {
-                self.ensure_chunk(target, blob, c).await?;
-                progress(crate::cache::chunk_len(blob.size, blob.chunk_size, c));
+        let count = blob.chunk_count();
+        let bytes = |chunks: &[u64]| -> u64 {
+            chunks
+                .iter()
+                .map(|&c| crate::cache::chunk_len(blob.size, blob.chunk_size, c))
+                .sum()
+        };
+        let step = run_chunks(blob);
+        let parts = (0..count)
+            .step_by(step as usize)
+            .map(|s| s..(s + step).min(count));
+        let mut fills = futures::stream::iter(parts)
+            .map(|part| async move {
+                let before = missing_of(blob, part.clone());
+                match urgency {
+                    Urgency::Background => self.fill(target, blob, part, None).await?,
+                    Urgency::Demand => {
+                        for r in self.ensure_chunks(target, blob, part, urgency).await {
+                            r?;
+                        }
+                    }
+                }
+                progress(bytes(&before) - bytes(&missing_of(blob, before.iter().copied())));
                 Ok::<_, FetchError>(())
             })
             .buffer_unordered(MAX_CONCURRENT_REQUESTS);
-        while let Some(done) = fetches.next().await {
+        while let Some(done) = fills.next().await {
             done?;
+        }
+        // Chunks other tasks or processes were fetching: waited for, and
+        // fetched here if they gave up.
+        let left = missing_of(blob, 0..count);
+        if let (Some(&first), Some(&last)) = (left.first(), left.last()) {
+            for r in self
+                .ensure_chunks(target, blob, first..last + 1, urgency)
+                .await
+            {
+                r?;
+            }
+            progress(bytes(&left));
         }
         blob.recount_verified();
         let finished = {
@@ -792,32 +959,77 @@ impl Fetcher {
     }
 }
 
-/// Joins the fetch of `key` under way in `flights`, or starts it with
-/// `fetch`; `already` says, under the map's lock, that there is nothing to
-/// do (a finished fetch leaves its result visible before it leaves the map,
-/// so a caller sees one or the other). Every joiner gets the leader's result.
-async fn join_flight<T: Clone, F>(
-    flights: &Flights<T>,
-    key: ChunkKey,
-    already: impl FnOnce() -> Option<T>,
-    fetch: impl FnOnce() -> F,
-) -> Result<T, FetchError>
-where
-    F: Future<Output = Result<T, FetchError>>,
-{
-    let flight = {
-        let mut map = flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(done) = already() {
-            return Ok(done);
+/// Rounds [`Fetcher::ensure_chunks`] may take before it gives up on chunks
+/// whose leaders keep dropping them.
+const MAX_ROUNDS: usize = 16;
+
+/// The chunks of `chunks` that are still not verified.
+fn missing_of(blob: &Blob, chunks: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    chunks.into_iter().filter(|&c| !blob.has_chunk(c)).collect()
+}
+
+/// Chunks one request asks for at most.
+fn run_chunks(blob: &Blob) -> u64 {
+    (MAX_REQUEST_BYTES / blob.chunk_size).max(1)
+}
+
+/// Splits leads (in chunk order) into runs for one request each: consecutive
+/// chunks, at most [`run_chunks`], and a chunk that an interrupted fetch
+/// left partly written starts a run of its own, to resume inside it.
+fn group_runs<'f>(blob: &Blob, leads: Vec<Lead<'f>>) -> Vec<Vec<Lead<'f>>> {
+    let max = run_chunks(blob) as usize;
+    let mut runs: Vec<Vec<Lead<'f>>> = Vec::new();
+    for lead in leads {
+        let c = lead.chunk();
+        match runs.last_mut() {
+            Some(run)
+                if run.len() < max
+                    && run.last().is_some_and(|l| l.chunk() + 1 == c)
+                    && blob.progress(c) == 0 =>
+            {
+                run.push(lead)
+            }
+            _ => runs.push(vec![lead]),
         }
-        Arc::clone(map.entry(key).or_default())
-    };
-    let result = flight.get_or_init(fetch).await.clone();
-    let mut map = flights.lock().unwrap_or_else(|p| p.into_inner());
-    if map.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-        map.remove(&key);
     }
-    result
+    runs
+}
+
+/// The chunks of one run being fetched, front first, with their claims:
+/// each verified chunk is marked, its claim let go and its waiters woken
+/// before the next one streams in.
+struct RunState<'a, 'f> {
+    blob: &'a Arc<Blob>,
+    leads: VecDeque<Lead<'f>>,
+    claims: VecDeque<ChunkClaim>,
+    cancel: Option<&'a AtomicBool>,
+}
+
+impl RunState<'_, '_> {
+    /// The front chunk is verified: wake its waiters, let go of its claim.
+    fn settle_front(&mut self) {
+        self.claims.pop_front();
+        if let Some(lead) = self.leads.pop_front() {
+            lead.resolve(Ok(()));
+        }
+    }
+}
+
+impl ChunkDone for RunState<'_, '_> {
+    fn written(&mut self, chunk: u64, bytes: u64) {
+        self.blob.record_progress(chunk, bytes);
+    }
+
+    fn verified(&mut self, chunk: u64) -> Result<(), Stop> {
+        debug_assert_eq!(self.leads.front().map(Lead::chunk), Some(chunk));
+        self.blob.mark_verified(chunk);
+        self.blob.record_progress(chunk, 0);
+        self.settle_front();
+        match self.cancel {
+            Some(c) if c.load(Ordering::Acquire) && !self.leads.is_empty() => Err(Stop::Cancelled),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Publishes a partial file whose chunks are all verified, counting the bits
@@ -861,6 +1073,7 @@ fn describe(e: &AttemptError) -> String {
         AttemptError::Source(e) => e.to_string(),
         AttemptError::Mismatch { actual } => format!("chunk hash mismatch (got {actual})"),
         AttemptError::Local(e) => e.to_string(),
+        AttemptError::Cancelled => "cancelled".into(),
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! A sequential reader gets a window of bytes requested ahead of it that
 //! doubles each time it has consumed half of the window, up to a cap; a
-//! random reader gets nothing ahead (only the chunks it touches).
+//! random reader gets nothing ahead (only the chunks it touches), and a
+//! reader that seeks away leaves its old window behind, to be cancelled.
 
 use std::ops::Range;
 
@@ -11,9 +12,18 @@ use std::ops::Range;
 /// sequential: the kernel issues up to 1 MiB per request and may have a few
 /// in flight out of order.
 const SEQUENTIAL_SLACK: u64 = 2 << 20;
-/// Cap on bytes requested ahead of one reader, and on chunks in that window.
-const MAX_WINDOW_BYTES: u64 = 256 << 20;
-const MAX_WINDOW_CHUNKS: u64 = 16;
+/// Cap on bytes requested ahead of one reader: enough for every request
+/// slot to carry a full request (16 × 8 MiB).
+const MAX_WINDOW_BYTES: u64 = 128 << 20;
+
+/// What to do after one read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ahead {
+    /// Bytes to fetch ahead (empty for none).
+    pub fetch: Range<u64>,
+    /// The reader left what was fetched ahead for it behind: stop that.
+    pub cancel: bool,
+}
 
 #[derive(Debug)]
 pub struct Readahead {
@@ -28,9 +38,7 @@ pub struct Readahead {
 
 impl Readahead {
     pub fn new(chunk_size: u64) -> Self {
-        let max = (chunk_size * MAX_WINDOW_CHUNKS)
-            .min(MAX_WINDOW_BYTES)
-            .max(chunk_size);
+        let max = MAX_WINDOW_BYTES.max(chunk_size);
         Readahead {
             next: 0,
             requested_to: 0,
@@ -41,28 +49,38 @@ impl Readahead {
     }
 
     /// Records a read of `len` bytes at `offset` in a file of `size` bytes and
-    /// returns the bytes to fetch ahead of it (empty for none).
-    pub fn on_read(&mut self, offset: u64, len: u64, size: u64) -> Range<u64> {
+    /// says what to fetch ahead of it.
+    pub fn on_read(&mut self, offset: u64, len: u64, size: u64) -> Ahead {
         let end = offset.saturating_add(len).min(size);
-        let sequential =
-            offset <= self.next + SEQUENTIAL_SLACK && offset + SEQUENTIAL_SLACK >= self.next;
+        let none = |cancel| Ahead {
+            fetch: end..end,
+            cancel,
+        };
+        // A jump forward into what was fetched ahead still uses it.
+        let prev = self.next;
+        let sequential = offset + SEQUENTIAL_SLACK >= prev
+            && offset <= (prev + SEQUENTIAL_SLACK).max(self.requested_to);
         self.next = end;
         if !sequential {
+            let cancel = self.requested_to > prev;
             self.window = self.initial;
             self.requested_to = end;
-            return end..end;
+            return none(cancel);
         }
         if self.requested_to.saturating_sub(end) > self.window / 2 {
-            return end..end;
+            return none(false);
         }
-        if self.requested_to > end {
-            // The reader is keeping up with what was fetched for it: widen.
+        if self.requested_to >= end {
+            // The reader is reading what was fetched for it: widen.
             self.window = (self.window * 2).min(self.max);
         }
         let from = self.requested_to.max(end);
         let to = (end + self.window).min(size);
         self.requested_to = to.max(self.requested_to);
-        from..to.max(from)
+        Ahead {
+            fetch: from..to.max(from),
+            cancel: false,
+        }
     }
 }
 
@@ -76,13 +94,13 @@ mod tests {
     fn sequential_window_doubles_to_the_cap() {
         let mut ra = Readahead::new(8 * MIB);
         let size = 10_000 * MIB;
-        let first = ra.on_read(0, 128 << 10, size);
+        let first = ra.on_read(0, 128 << 10, size).fetch;
         assert_eq!(first, (128 << 10)..(8 * MIB + (128 << 10)));
         let mut widest = 0;
         let mut requested_to = first.end;
         let mut offset = 128 << 10;
         while offset < 2_000 * MIB {
-            let r = ra.on_read(offset, 128 << 10, size);
+            let r = ra.on_read(offset, 128 << 10, size).fetch;
             if !r.is_empty() {
                 assert_eq!(r.start, requested_to, "windows are contiguous");
                 requested_to = r.end;
@@ -100,19 +118,48 @@ mod tests {
     fn random_reads_get_nothing_ahead_and_reset_the_window() {
         let mut ra = Readahead::new(8 * MIB);
         let size = 1_000 * MIB;
-        assert!(!ra.on_read(0, MIB, size).is_empty());
-        assert!(ra.on_read(500 * MIB, 4096, size).is_empty());
-        assert!(ra.on_read(100 * MIB, 4096, size).is_empty());
+        assert!(!ra.on_read(0, MIB, size).fetch.is_empty());
+        let seek = ra.on_read(500 * MIB, 4096, size);
+        assert!(seek.fetch.is_empty());
+        assert!(
+            seek.cancel,
+            "the window ahead of offset 1 MiB is left behind"
+        );
+        let again = ra.on_read(100 * MIB, 4096, size);
+        assert_eq!(
+            again,
+            Ahead {
+                fetch: 100 * MIB + 4096..100 * MIB + 4096,
+                cancel: false
+            },
+            "nothing was fetched ahead of a random read"
+        );
         // Reading on from there is sequential again, with the first window.
-        let r = ra.on_read(100 * MIB + 4096, 4096, size);
+        let r = ra.on_read(100 * MIB + 4096, 4096, size).fetch;
         assert_eq!(r.end - r.start, 8 * MIB);
+        // A jump forward into that window (a skipped tensor) keeps it.
+        let skip = ra.on_read(100 * MIB + 6 * MIB, 4096, size);
+        assert!(!skip.cancel);
+    }
+
+    #[test]
+    fn reads_as_large_as_a_chunk_still_widen_the_window() {
+        // The kernel asks for 1 MiB at a time; chunks are 1 MiB too.
+        let mut ra = Readahead::new(MIB);
+        let size = 1_000 * MIB;
+        let widest = (0..64)
+            .map(|i| ra.on_read(i * MIB, MIB, size).fetch)
+            .map(|r| r.end - r.start)
+            .max()
+            .unwrap();
+        assert!(widest >= 32 * MIB, "widest {widest}");
     }
 
     #[test]
     fn never_past_the_end() {
         let mut ra = Readahead::new(8 * MIB);
-        let r = ra.on_read(0, 4096, 5 * MIB);
+        let r = ra.on_read(0, 4096, 5 * MIB).fetch;
         assert_eq!(r, 4096..5 * MIB);
-        assert!(ra.on_read(5 * MIB - 4096, 4096, 5 * MIB).is_empty());
+        assert!(ra.on_read(5 * MIB - 4096, 4096, 5 * MIB).fetch.is_empty());
     }
 }

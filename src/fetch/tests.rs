@@ -7,15 +7,18 @@ use std::sync::Arc;
 
 use super::*;
 use crate::metrics::Metrics;
+use crate::source::Sink;
 use crate::source::scripted::{Fault, Scripted};
 
 const CHUNK: usize = 65536;
 
 /// 4 chunks and a bit: the last chunk is short.
 fn data() -> Vec<u8> {
-    (0..4 * CHUNK + 1000)
-        .map(|i| (i * 31 % 251) as u8)
-        .collect()
+    data_of(4 * CHUNK + 1000)
+}
+
+fn data_of(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
 /// A one-file manifest with two sources, a and b; chunk hashes optional.
@@ -54,7 +57,14 @@ impl Setup {
         chunk_hashes: bool,
         script: impl FnOnce(Scripted, &Location, &Location) -> Scripted,
     ) -> Setup {
-        let data = data();
+        Setup::with_data(data(), chunk_hashes, script)
+    }
+
+    fn with_data(
+        data: Vec<u8>,
+        chunk_hashes: bool,
+        script: impl FnOnce(Scripted, &Location, &Location) -> Scripted,
+    ) -> Setup {
         let manifest = manifest(&data, chunk_hashes);
         let target = Target::new(Arc::clone(&manifest), 0, 0);
         let locations = &target.entry().locations;
@@ -208,7 +218,10 @@ async fn a_file_without_chunk_hashes_is_verified_whole_then_fetched_again_elsewh
     // starts from b.
     let s = Setup::new(false, |src, a, _| src.queue(a, &[Fault::Corrupt]));
     assert!(!s.blob.is_complete());
-    s.fetcher.ensure_whole(&s.target, &s.blob).await.unwrap();
+    s.fetcher
+        .ensure_whole(&s.target, &s.blob, Urgency::Demand)
+        .await
+        .unwrap();
     assert!(s.blob.is_complete());
     assert_eq!(s.metric("modelfs_chunk_verify_failures_total"), 1);
     let parts = s.data.len().div_ceil(CHUNK);
@@ -231,7 +244,10 @@ async fn each_whole_file_round_starts_from_another_source_even_after_a_demotion(
             .queue(a, &vec![Fault::Unavailable; 12])
             .always(a, Fault::Corrupt)
     });
-    s.fetcher.ensure_whole(&s.target, &s.blob).await.unwrap();
+    s.fetcher
+        .ensure_whole(&s.target, &s.blob, Urgency::Demand)
+        .await
+        .unwrap();
     assert!(s.blob.is_complete());
     let mut got = vec![0u8; s.data.len()];
     s.blob.read_at(&mut got, 0).unwrap();
@@ -281,4 +297,89 @@ async fn a_whole_file_the_cache_cannot_hold_is_verified_and_served_from_memory()
     );
     assert!(!s.blob.is_complete(), "nothing stored");
     assert_eq!(s.metric("modelfs_chunk_verify_failures_total"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_of_chunks_is_one_request_and_a_cut_resumes_inside_it() {
+    let cut = 2 * CHUNK as u64 + 5000;
+    let s = Setup::new(true, |src, a, _| src.queue(a, &[Fault::CutAfter(cut)]));
+    let all = 0..s.blob.chunk_count();
+    s.fetcher
+        .fill(&s.target, &s.blob, all.clone(), None)
+        .await
+        .unwrap();
+    let len = s.data.len() as u64;
+    assert_eq!(s.source.requests(s.a()), [0..len, cut..len]);
+    all.for_each(|c| s.assert_chunk_right(c as usize));
+    assert!(s.source.requests(s.b()).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chunk_left_half_written_by_a_killed_fetch_resumes_after_its_recorded_bytes() {
+    let s = Setup::new(true, |src, _, _| src);
+    // As a killed process leaves it: 10,000 bytes of chunk 1 written, and
+    // progress recorded in whole units.
+    let start = CHUNK as u64;
+    s.blob
+        .write_at(&s.data[CHUNK..CHUNK + 10_000], start)
+        .unwrap();
+    s.blob.record_progress(1, 10_000);
+    s.fetcher.ensure_chunk(&s.target, &s.blob, 1).await.unwrap();
+    let unit = crate::cache::chunk_map::PROGRESS_UNIT;
+    let resumed_at = start + 10_000 / unit * unit;
+    let asked = s.source.requests(s.a());
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0], resumed_at..start + CHUNK as u64);
+    s.assert_chunk_right(1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_chunk_whose_start_on_disk_is_bad_is_fetched_whole_from_the_same_source() {
+    let s = Setup::new(true, |src, _, _| src);
+    // Progress that ran ahead of its data (a power loss): zeros on disk.
+    s.blob.record_progress(2, 8192);
+    s.fetcher.ensure_chunk(&s.target, &s.blob, 2).await.unwrap();
+    let whole = chunk_range(2, s.data.len());
+    assert_eq!(
+        s.source.requests(s.a()),
+        [whole.start + 8192..whole.end, whole.clone()]
+    );
+    assert!(
+        s.source.requests(s.b()).is_empty(),
+        "not the source's fault"
+    );
+    assert_eq!(s.metric("modelfs_chunk_verify_failures_total"), 0);
+    s.assert_chunk_right(2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_never_waits_for_a_request_slot_behind_background_fetches() {
+    let chunks = MAX_CONCURRENT_REQUESTS + 8;
+    let stall = std::time::Duration::from_secs(30);
+    let last = chunks as u64 - 1;
+    let s = Setup::with_data(data_of(chunks * CHUNK), true, |src, a, _| {
+        let offset = last * CHUNK as u64;
+        src.always(
+            a,
+            Fault::SlowBefore {
+                offset,
+                pause: stall,
+            },
+        )
+    });
+    // Every background slot stalls on a one-chunk fill; more fills queue.
+    let fills = (0..last).map(|c| s.fetcher.fill(&s.target, &s.blob, c..c + 1, None));
+    let reader = async {
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        s.fetcher
+            .ensure_chunk(&s.target, &s.blob, last)
+            .await
+            .unwrap();
+        started.elapsed()
+    };
+    let (fills, waited) = futures::join!(join_all(fills), reader);
+    assert!(fills.iter().all(Result::is_ok));
+    assert!(waited < stall / 10, "the reader waited {waited:?}");
+    (0..chunks).for_each(|c| s.assert_chunk_right(c));
 }

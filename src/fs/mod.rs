@@ -12,15 +12,14 @@ pub use tree::Layout;
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::future::join_all;
 use tracing::debug;
 
 use crate::cache::{Blob, Cache};
 use crate::fetch::readahead::Readahead;
-use crate::fetch::{FetchError, Fetcher, Target};
+use crate::fetch::{FetchError, Fetcher, Target, Urgency};
 use crate::manifest::Manifest;
 use tree::{Kind, ROOT, Tree};
 
@@ -111,6 +110,9 @@ pub struct OpenFile {
     target: Target,
     blob: Arc<Blob>,
     readahead: Mutex<Readahead>,
+    /// Set to stop the readahead started for this open: the reader sought
+    /// away from it (then a new flag takes its place) or closed the file.
+    stop_readahead: Mutex<Arc<AtomicBool>>,
 }
 
 impl OpenFile {
@@ -282,6 +284,7 @@ impl ModelFs {
         self.finish_if_verified(&target, &blob);
         let handle = Arc::new(OpenFile {
             readahead: Mutex::new(Readahead::new(blob.chunk_size)),
+            stop_readahead: Mutex::default(),
             target,
             blob,
         });
@@ -295,7 +298,7 @@ impl ModelFs {
     }
 
     /// At a model's first open, its small files are fetched in parallel,
-    /// in the background: the loader's next opens then find them cached.
+    /// at once: the loader's next opens then find them cached (or in flight).
     fn fetch_small_files(&self, model: usize) {
         let first = self
             .small_files_started
@@ -310,7 +313,7 @@ impl ModelFs {
             let fetcher = Arc::clone(&self.fetcher);
             let target = self.target(model, file);
             self.runtime.spawn(async move {
-                if let Err(e) = fetcher.fetch_file(&target, &|_| {}).await {
+                if let Err(e) = fetcher.fetch_file(&target, Urgency::Demand, &|_| {}).await {
                     debug!(file = %target, error = %e, "a small file was not fetched ahead; a read of it will try");
                 }
             });
@@ -324,6 +327,11 @@ impl ModelFs {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
         if let Some(h) = &handle {
+            h.blob.mark_used();
+            h.stop_readahead
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .store(true, Ordering::Release);
             self.finish_if_verified(&h.target, &h.blob);
         }
         // Dropping the last handle on a partial file syncs it: let that
@@ -386,7 +394,11 @@ impl ModelFs {
         let blob = &h.blob;
         let end = offset.saturating_add(len as u64).min(blob.size);
         if h.target.entry().chunks.is_none() {
-            let bytes = match self.fetcher.ensure_whole(&h.target, blob).await {
+            let bytes = match self
+                .fetcher
+                .ensure_whole(&h.target, blob, Urgency::Demand)
+                .await
+            {
                 Ok(()) => read_blob(blob, offset, end)?,
                 Err(full @ FetchError::CacheFull { .. }) => {
                     self.fetcher.tell_cache_full(&full);
@@ -403,13 +415,14 @@ impl ModelFs {
             return Ok(bytes);
         }
         let cs = blob.chunk_size;
-        let chunks = offset / cs..=(end - 1) / cs;
-        let fetches = chunks
-            .clone()
-            .map(|c| self.fetcher.ensure_chunk(&h.target, blob, c));
+        let chunks = offset / cs..(end - 1) / cs + 1;
+        let fetched = self
+            .fetcher
+            .ensure_chunks(&h.target, blob, chunks.clone(), Urgency::Demand)
+            .await;
         // Chunks the cache has no room for are served from memory instead.
         let mut uncached = HashMap::new();
-        for (c, fetched) in chunks.zip(join_all(fetches).await) {
+        for (c, fetched) in chunks.zip(fetched) {
             match fetched {
                 Ok(()) => {}
                 Err(full @ FetchError::CacheFull { .. }) => {
@@ -433,18 +446,29 @@ impl ModelFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .on_read(offset, len, h.blob.size);
-        if ahead.is_empty() {
+        let stop = {
+            let mut stop = h.stop_readahead.lock().unwrap_or_else(|p| p.into_inner());
+            if ahead.cancel {
+                stop.store(true, Ordering::Release);
+                *stop = Arc::default();
+            }
+            Arc::clone(&stop)
+        };
+        if ahead.fetch.is_empty() {
             return;
         }
         let cs = h.blob.chunk_size;
-        for chunk in ahead.start / cs..=(ahead.end - 1) / cs {
-            if h.blob.has_chunk(chunk) {
-                continue;
-            }
-            let (fetcher, h) = (Arc::clone(&self.fetcher), Arc::clone(h));
+        let chunks = ahead.fetch.start / cs..(ahead.fetch.end - 1) / cs + 1;
+        // One task per request's worth, each waiting for a request slot:
+        // parallel requests, planned only once a slot is free, so a reader's
+        // own reads meanwhile lead the chunks they need.
+        let step = (crate::fetch::MAX_REQUEST_BYTES / cs).max(1);
+        for start in chunks.clone().step_by(step as usize) {
+            let part = start..(start + step).min(chunks.end);
+            let (fetcher, h, stop) = (Arc::clone(&self.fetcher), Arc::clone(h), Arc::clone(&stop));
             self.runtime.spawn(async move {
-                if let Err(e) = fetcher.ensure_chunk(&h.target, &h.blob, chunk).await {
-                    debug!(error = %e, chunk, "readahead failed; a read of it will retry");
+                if let Err(e) = fetcher.fill(&h.target, &h.blob, part, Some(&stop)).await {
+                    debug!(error = %e, "readahead failed; a read will retry");
                 }
             });
         }

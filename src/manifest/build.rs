@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::DEFAULT_CHUNK_SIZE;
+use super::BUILD_CHUNK_SIZE;
 use crate::hash::Digest;
 use crate::source::Location;
 
@@ -23,7 +23,7 @@ impl BuildOptions {
     /// Checks the options as the manifest will: the chunk size to use, or
     /// what is wrong with them.
     pub(super) fn check(&self) -> Result<u64, BuildError> {
-        let chunk_size = self.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+        let chunk_size = self.chunk_size.unwrap_or(BUILD_CHUNK_SIZE);
         super::check_chunk_size(chunk_size)
             .map_err(|e| BuildError::Invalid(format!("--chunk-size: {e}")))?;
         super::raw::check_id(&self.id).map_err(|e| BuildError::Invalid(format!("--id: {e}")))?;

@@ -22,6 +22,9 @@ pub enum Fault {
     CutAfter(u64),
     /// Sends the whole range with one byte flipped.
     Corrupt,
+    /// Answers a range that starts before `offset` after `pause`, then
+    /// sends it; other ranges at once.
+    SlowBefore { offset: u64, pause: Duration },
 }
 
 #[derive(Default)]
@@ -101,6 +104,12 @@ impl Scripted {
             }
             Some(Fault::NotFound) => return Err(SourceError::NotFound("HTTP 404".into()).into()),
             Some(Fault::CutAfter(n)) => n.min(body.len() as u64) as usize,
+            Some(Fault::SlowBefore { offset, pause }) => {
+                if range.start < offset {
+                    tokio::time::sleep(pause).await;
+                }
+                body.len()
+            }
             Some(Fault::Corrupt) => {
                 body[0] ^= 0xff;
                 body.len()
