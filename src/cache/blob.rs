@@ -188,10 +188,18 @@ impl Blob {
         match files::open_rw(&self.paths.partial) {
             Ok(file) => {
                 let meta = files::check_writable(&self.paths.partial, &file)?;
-                if meta.len() == self.size
-                    && let Some(map) = ChunkMap::open(&self.paths.map, &identity(&meta))?
-                {
-                    return Ok((file, map));
+                if meta.len() == self.size {
+                    let id = identity(&meta);
+                    if let Some(map) = ChunkMap::open(&self.paths.map, &id)? {
+                        return Ok((file, map));
+                    }
+                    let (tmp, tmp_path) = temp()?;
+                    if let Some(map) = ChunkMap::upgrade_v2(&self.paths.map, (tmp, &tmp_path), &id)?
+                    {
+                        tracing::info!(path = %self.paths.map.display(), "upgraded a chunk map from version 2");
+                        return Ok((file, map));
+                    }
+                    files::remove(&tmp_path)?;
                 }
                 tracing::warn!(path = %self.paths.partial.display(), "partly fetched file does not match its chunk map; starting it afresh");
             }

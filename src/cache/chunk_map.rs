@@ -157,6 +157,40 @@ impl ChunkMap {
         Self::map(file, id)
     }
 
+    /// A map of version 2 (the same, without progress counters) for `id`,
+    /// rewritten as this version through `tmp` and renamed over it, so the
+    /// chunks an older modelfs verified are kept. `None` if `path` holds
+    /// no such map.
+    pub fn upgrade_v2(
+        path: &Path,
+        tmp: (File, &Path),
+        id: &Identity,
+    ) -> io::Result<Option<ChunkMap>> {
+        let old = match files::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let header = id.header();
+        let bitmaps = 2 * bitmap_len(id.chunks()) as usize;
+        if old.len() != HEADER_LEN + bitmaps
+            || old[..8] != *b"MFSCMAP\x02"
+            || old[8..IDENTITY_LEN] != header[8..IDENTITY_LEN]
+        {
+            return Ok(None);
+        }
+        let mut new = Vec::with_capacity(id.file_len() as usize);
+        new.extend_from_slice(&header[..IDENTITY_LEN]);
+        // Boot id, dirty flag, failed whole-file check and the bitmaps as they were.
+        new.extend_from_slice(&old[IDENTITY_LEN..]);
+        new.resize(id.file_len() as usize, 0);
+        let (mut file, tmp_path) = tmp;
+        file.write_all(&new)?;
+        file.sync_all()?;
+        std::fs::rename(tmp_path, path)?;
+        Self::map(file, id).map(Some)
+    }
+
     fn map(file: File, id: &Identity) -> io::Result<ChunkMap> {
         Ok(ChunkMap {
             mmap: MmapRaw::map_raw(&file)?,
@@ -438,6 +472,40 @@ mod tests {
             );
             assert_eq!(read_bits(&path, &other).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn a_version_2_map_is_upgraded_with_its_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.map");
+        let mine = id(20 * 65536, 65536, 1, 7);
+        let mut v2 = mine.header()[..HEADER_LEN].to_vec();
+        v2[..8].copy_from_slice(b"MFSCMAP\x02");
+        // 20 chunks: two bitmaps of 3 bytes; verified 0 and 2, suspect 8.
+        v2.extend_from_slice(&[0b101, 0, 0, 0, 0b1, 0]);
+        std::fs::write(&path, &v2).unwrap();
+        assert!(
+            ChunkMap::open(&path, &mine).unwrap().is_none(),
+            "not as it is"
+        );
+        let tmp = dir.path().join("tmp.1");
+        let file = files::create_new(&tmp).unwrap();
+        let other = id(20 * 65536, 65536, 2, 7);
+        let file2 = files::create_new(&dir.path().join("tmp.2")).unwrap();
+        assert!(
+            ChunkMap::upgrade_v2(&path, (file2, &dir.path().join("tmp.2")), &other)
+                .unwrap()
+                .is_none(),
+            "another layout's map is not upgraded"
+        );
+        let map = ChunkMap::upgrade_v2(&path, (file, &tmp), &mine)
+            .unwrap()
+            .unwrap();
+        assert_eq!(map.count(), 2);
+        assert!(map.is_set(0) && map.is_set(2) && map.is_suspect(8));
+        assert_eq!(map.progress(19), 0);
+        drop(map);
+        assert!(ChunkMap::open(&path, &mine).unwrap().is_some());
     }
 
     #[test]
