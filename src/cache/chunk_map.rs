@@ -386,20 +386,35 @@ impl ChunkMap {
 /// Which chunks a map file records, read without mapping or changing it;
 /// `None` when there is no map, or it describes something other than `id`.
 pub fn read_bits(path: &Path, id: &Identity) -> io::Result<Option<Vec<bool>>> {
+    Ok(read_map(path, id)?.map(|bytes| {
+        let bits = &bytes[HEADER_LEN..];
+        (0..id.chunks())
+            .map(|c| bits[(c / 8) as usize] & (1 << (c % 8)) != 0)
+            .collect()
+    }))
+}
+
+/// The progress a map file records per chunk, in bytes, read as
+/// [`read_bits`] reads the bits.
+pub fn read_progress(path: &Path, id: &Identity) -> io::Result<Option<Vec<u64>>> {
+    Ok(read_map(path, id)?.map(|bytes| {
+        let at = progress_at(id.chunks()) as usize;
+        bytes[at..]
+            .chunks_exact(2)
+            .map(|u| u64::from(u16::from_le_bytes([u[0], u[1]])) * PROGRESS_UNIT)
+            .collect()
+    }))
+}
+
+fn read_map(path: &Path, id: &Identity) -> io::Result<Option<Vec<u8>>> {
     let bytes = match files::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    if bytes.len() as u64 != id.file_len() || bytes[..IDENTITY_LEN] != id.header()[..IDENTITY_LEN] {
-        return Ok(None);
-    }
-    let bits = &bytes[HEADER_LEN..];
-    Ok(Some(
-        (0..id.chunks())
-            .map(|c| bits[(c / 8) as usize] & (1 << (c % 8)) != 0)
-            .collect(),
-    ))
+    let matches =
+        bytes.len() as u64 == id.file_len() && bytes[..IDENTITY_LEN] == id.header()[..IDENTITY_LEN];
+    Ok(matches.then_some(bytes))
 }
 
 #[cfg(test)]
@@ -543,6 +558,10 @@ mod tests {
         map.set_progress(8, (1 << 26) - 1);
         map.set_progress(0, 3 * PROGRESS_UNIT + 5);
         drop(map);
+        let read = read_progress(&dir.path().join("x.map"), &mine)
+            .unwrap()
+            .unwrap();
+        assert_eq!((read.len(), read[0], read[1]), (9, 3 * PROGRESS_UNIT, 0));
         let map = open(dir.path(), &mine);
         assert_eq!(map.progress(0), 3 * PROGRESS_UNIT);
         assert_eq!(map.progress(8), (1 << 26) - PROGRESS_UNIT);

@@ -287,16 +287,31 @@ impl Cache {
     /// Which chunks of `entry`'s partial file are verified, as its chunk map
     /// on disk says; `None` when there is no partial state for its layout.
     pub fn verified_bits(&self, entry: &FileEntry) -> io::Result<Option<Vec<bool>>> {
-        if entry.chunks.is_none() {
-            return Ok(None);
+        match self.map_of(entry) {
+            Some((path, id)) => chunk_map::read_bits(&path, &id),
+            None => Ok(None),
         }
+    }
+
+    /// How many bytes of each chunk not yet verified a fetch has written
+    /// (what one interrupted now resumes after), as the map records it.
+    pub fn chunk_progress(&self, entry: &FileEntry) -> io::Result<Option<Vec<u64>>> {
+        match self.map_of(entry) {
+            Some((path, id)) => chunk_map::read_progress(&path, &id),
+            None => Ok(None),
+        }
+    }
+
+    /// Where `entry`'s chunk map is, and what it must describe: `None` for
+    /// a file without chunk hashes, or with no partial file.
+    fn map_of(&self, entry: &FileEntry) -> Option<(PathBuf, chunk_map::Identity)> {
+        entry.chunks.as_ref()?;
         let key = BlobKey::of(entry);
-        let data = match fs::symlink_metadata(self.state_path(&key, "partial")) {
-            Ok(m) if m.is_file() => m,
-            _ => return Ok(None),
-        };
+        let data = fs::symlink_metadata(self.state_path(&key, "partial"))
+            .ok()
+            .filter(fs::Metadata::is_file)?;
         let id = chunk_map::Identity::of(&data, entry.size, entry.chunk_size, key.layout);
-        chunk_map::read_bits(&self.state_path(&key, "map"), &id)
+        Some((self.state_path(&key, "map"), id))
     }
 
     /// Opens the blob for `entry`, shared with every other open entry of the
