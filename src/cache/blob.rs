@@ -61,6 +61,10 @@ pub struct Blob {
     whole: Arc<Whole>,
     /// Whether a thread follows the chunks with the whole-file hash.
     followed: AtomicBool,
+    /// A read-only mapping of the data file, made at the first read: a
+    /// reply is then written to the kernel straight from the page cache,
+    /// with no copy into a buffer first.
+    view: std::sync::OnceLock<Option<memmap2::Mmap>>,
 }
 
 #[derive(Default)]
@@ -93,6 +97,7 @@ impl Blob {
             verified: AtomicU64::new(0),
             whole: Arc::default(),
             followed: AtomicBool::new(false),
+            view: std::sync::OnceLock::new(),
         }
     }
 
@@ -259,6 +264,39 @@ impl Blob {
         self.data_file()
     }
 
+    /// A handle the kernel may read directly: the complete file, or the
+    /// partial one once every chunk of it is verified (the whole-file check
+    /// may still be under way; it publishes this very inode). Its bytes are
+    /// the ones modelfs would serve itself.
+    pub fn servable_file(&self) -> Option<File> {
+        if self.is_complete() || self.all_chunks_verified() {
+            return self.data_file();
+        }
+        None
+    }
+
+    /// The file's bytes, mapped, once it has a data file; `None` if it has
+    /// none yet or it cannot be mapped (then [`Blob::read_at`] serves). The
+    /// caller reads only chunks it has checked are present.
+    pub fn view(&self) -> Option<&[u8]> {
+        if let Some(view) = self.view.get() {
+            return view.as_deref();
+        }
+        let data = self.data.read().unwrap_or_else(|p| p.into_inner());
+        let file = data.as_ref()?;
+        let view = self.view.get_or_init(|| {
+            // SAFETY: the data file is modelfs's own, made at its full size
+            // and never truncated or rewritten in place: a verified chunk
+            // never changes, a file replaced in the cache is a new inode
+            // (this mapping keeps the old one), and reads stay within `size`.
+            unsafe { memmap2::Mmap::map(file) }
+                .inspect_err(|e| tracing::debug!(error = %e, "cannot map the cached file; reading it instead"))
+                .ok()
+                .filter(|m| m.len() as u64 == self.size && self.size > 0)
+        });
+        view.as_deref()
+    }
+
     /// Reads verified bytes; the caller has checked that the chunks are present.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let data = self.data.read().unwrap_or_else(|p| p.into_inner());
@@ -318,11 +356,11 @@ impl Blob {
     }
 
     /// Starts, once per blob, a thread that extends the whole-file hash
-    /// over chunks as they verify in order, at the lowest CPU priority: on a
-    /// link slower than the CPU it keeps up, and the file is complete the
-    /// moment its last chunk is; when readers keep the CPU busy, it waits
-    /// and [`Blob::finish_chunked`] does what is left. It stops when the
-    /// blob is closed everywhere in this process.
+    /// over chunks as they verify in order, only when a CPU is idle
+    /// (`SCHED_IDLE`): on a link slower than the CPU it keeps up, and the
+    /// file is complete the moment its last chunk is; when readers keep the
+    /// CPU busy, it waits and [`Blob::finish_chunked`] does what is left.
+    /// It stops when the blob is closed everywhere in this process.
     pub fn follow_whole(self: &Arc<Self>) {
         if self.map.is_none() || self.is_complete() || self.followed.swap(true, Ordering::AcqRel) {
             return;
@@ -565,40 +603,60 @@ impl Blob {
 
 /// The body of [`Blob::follow_whole`]'s thread.
 fn follow(blob: &Weak<Blob>, whole: &Whole) {
-    // SAFETY: setpriority on this thread (a tid is a valid `who` for
-    // PRIO_PROCESS on Linux); failing leaves the priority as it was.
+    let idle = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a valid sched_param; pid 0 is this thread. Failing leaves
+    // the thread at normal priority, which costs readers some CPU.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle);
     }
     let mut buf = Vec::new();
     // Each turn hashes a chunk or waits for one; the thread ends with the
-    // file's last chunk, or when the blob is closed everywhere here.
+    // file's last chunk, or when the blob is closed everywhere here. It
+    // hashes outside the lock, so the final check never waits on a thread
+    // that may get no CPU for a while.
     loop {
-        let mut hash = whole.hash.lock().unwrap_or_else(|p| p.into_inner());
-        {
+        let hash = whole.hash.lock().unwrap_or_else(|p| p.into_inner());
+        let (next, mut ahead) = (
+            hash.next,
+            WholeHash {
+                hasher: hash.hasher.clone(),
+                next: hash.next,
+            },
+        );
+        let ready = {
             let Some(blob) = blob.upgrade() else { return };
-            if blob.is_complete()
-                || blob.failed_whole().is_some()
-                || hash.next >= blob.chunk_count()
-            {
+            if blob.is_complete() || blob.failed_whole().is_some() || next >= blob.chunk_count() {
                 return;
             }
-            if blob.has_chunk(hash.next) {
-                let hashed = blob
-                    .data_file()
+            blob.has_chunk(next).then(|| {
+                drop(hash);
+                blob.data_file()
                     .ok_or_else(|| io::Error::other("no partial file"))
-                    .and_then(|file| blob.hash_next(&mut hash, &file, &mut buf));
-                if let Err(e) = hashed {
-                    tracing::debug!(error = %e, "the whole-file hash stops here; the final check goes on");
-                    return;
+                    .and_then(|file| blob.hash_next(&mut ahead, &file, &mut buf))
+            })
+        };
+        match ready {
+            Some(Ok(())) => {
+                let mut hash = whole.hash.lock().unwrap_or_else(|p| p.into_inner());
+                // Unless the final check went on meanwhile.
+                if hash.next == next {
+                    *hash = ahead;
                 }
-                continue;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "the whole-file hash stops here; the final check goes on");
+                return;
+            }
+            None => {
+                // Chunks other processes verify ring no bell here: look again soon.
+                let hash = whole.hash.lock().unwrap_or_else(|p| p.into_inner());
+                if hash.next == next {
+                    let _ = whole
+                        .chunk_verified
+                        .wait_timeout(hash, Duration::from_millis(100));
+                }
             }
         }
-        // Chunks other processes verify ring no bell here: look again soon.
-        let _ = whole
-            .chunk_verified
-            .wait_timeout(hash, Duration::from_millis(100));
     }
 }
 

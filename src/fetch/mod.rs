@@ -55,9 +55,9 @@ const WHOLE: u64 = u64::MAX;
 /// reader waiting on a chunk never queues behind readahead or a prefetch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Urgency {
-    /// A reader is waiting (or is about to: a model's small files).
+    /// A reader is waiting.
     Demand,
-    /// Readahead and prefetch.
+    /// Readahead, prefetch, and a model's small files fetched ahead.
     Background,
 }
 

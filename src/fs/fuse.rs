@@ -185,7 +185,7 @@ impl Filesystem for FuseAdapter {
                     // Decided and answered under the lock, so that two opens
                     // of one inode cannot pick different modes.
                     let mode = modes.open(ino.0, fh, || {
-                        let file = handle.blob().complete_file().filter(|_| passthrough)?;
+                        let file = handle.blob().servable_file().filter(|_| passthrough)?;
                         try_passthrough(fh, &file, &reply)
                     });
                     match mode {

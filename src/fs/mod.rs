@@ -123,8 +123,44 @@ impl OpenFile {
 
 /// The answer to a read: bytes now, or a fetch to run off the request loop.
 pub enum ReadNow {
-    Data(Vec<u8>),
+    Data(Data),
     Fetch(Arc<OpenFile>),
+}
+
+/// The bytes of a read: a view of the cached file, handed to the kernel
+/// with no copy of ours, or bytes of our own.
+pub enum Data {
+    Cached {
+        blob: Arc<Blob>,
+        range: std::ops::Range<usize>,
+    },
+    Owned(Vec<u8>),
+}
+
+impl Data {
+    /// Verified bytes `offset..end` of `blob` (present: the caller checked).
+    fn cached(blob: &Arc<Blob>, offset: u64, end: u64) -> io::Result<Data> {
+        if blob.view().is_some() {
+            return Ok(Data::Cached {
+                blob: Arc::clone(blob),
+                range: offset as usize..end as usize,
+            });
+        }
+        read_blob(blob, offset, end).map(Data::Owned)
+    }
+}
+
+impl std::ops::Deref for Data {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Data::Cached { blob, range } => {
+                &blob.view().expect("made before a Cached was")[range.clone()]
+            }
+            Data::Owned(bytes) => bytes,
+        }
+    }
 }
 
 pub struct ModelFs {
@@ -143,6 +179,9 @@ pub struct ModelFs {
 /// the whole model at its first open, in parallel: a loader opens dozens of
 /// them one after another, and each would otherwise cost a round trip.
 pub const SMALL_FILE: u64 = 1 << 20;
+
+/// How many requests a readahead window is split into, at most.
+const READAHEAD_REQUESTS: u64 = 8;
 
 impl ModelFs {
     pub fn new(
@@ -298,7 +337,8 @@ impl ModelFs {
     }
 
     /// At a model's first open, its small files are fetched in parallel,
-    /// at once: the loader's next opens then find them cached (or in flight).
+    /// in the background (a reader's own reads go first): the loader's next
+    /// opens then find them cached, or in flight.
     fn fetch_small_files(&self, model: usize) {
         let first = self
             .small_files_started
@@ -313,7 +353,7 @@ impl ModelFs {
             let fetcher = Arc::clone(&self.fetcher);
             let target = self.target(model, file);
             self.runtime.spawn(async move {
-                if let Err(e) = fetcher.fetch_file(&target, Urgency::Demand, &|_| {}).await {
+                if let Err(e) = fetcher.fetch_file(&target, Urgency::Background, &|_| {}).await {
                     debug!(file = %target, error = %e, "a small file was not fetched ahead; a read of it will try");
                 }
             });
@@ -357,24 +397,19 @@ impl ModelFs {
         let size = h.blob.size;
         let end = offset.saturating_add(len as u64).min(size);
         if offset >= end {
-            return Ok(ReadNow::Data(Vec::new()));
+            return Ok(ReadNow::Data(Data::Owned(Vec::new())));
         }
         self.start_readahead(&h, offset, end - offset);
         let cs = h.blob.chunk_size;
         if (offset / cs..=(end - 1) / cs).all(|c| h.blob.has_chunk(c)) {
             self.fetcher.metrics().cache_hit(end - offset);
-            return Ok(ReadNow::Data(read_blob(&h.blob, offset, end)?));
+            return Ok(ReadNow::Data(Data::cached(&h.blob, offset, end)?));
         }
         Ok(ReadNow::Fetch(h))
     }
 
     /// Fetches whatever the read needs, then serves it. Runs on the runtime.
-    pub async fn read_fetch(
-        &self,
-        h: &OpenFile,
-        offset: u64,
-        len: u32,
-    ) -> Result<Vec<u8>, FsError> {
+    pub async fn read_fetch(&self, h: &OpenFile, offset: u64, len: u32) -> Result<Data, FsError> {
         let read = self.fetch_and_read(h, offset, len).await;
         if let Err(FsError::Fetch(e)) = &read
             && e.is_absent()
@@ -385,12 +420,7 @@ impl ModelFs {
         read
     }
 
-    async fn fetch_and_read(
-        &self,
-        h: &OpenFile,
-        offset: u64,
-        len: u32,
-    ) -> Result<Vec<u8>, FsError> {
+    async fn fetch_and_read(&self, h: &OpenFile, offset: u64, len: u32) -> Result<Data, FsError> {
         let blob = &h.blob;
         let end = offset.saturating_add(len as u64).min(blob.size);
         if h.target.entry().chunks.is_none() {
@@ -399,14 +429,14 @@ impl ModelFs {
                 .ensure_whole(&h.target, blob, Urgency::Demand)
                 .await
             {
-                Ok(()) => read_blob(blob, offset, end)?,
+                Ok(()) => Data::cached(blob, offset, end)?,
                 Err(full @ FetchError::CacheFull { .. }) => {
                     self.fetcher.tell_cache_full(&full);
                     let bytes = self
                         .fetcher
                         .fetch_whole_uncached(&h.target, blob, full)
                         .await?;
-                    bytes[offset as usize..end as usize].to_vec()
+                    Data::Owned(bytes[offset as usize..end as usize].to_vec())
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -459,10 +489,14 @@ impl ModelFs {
         }
         let cs = h.blob.chunk_size;
         let chunks = ahead.fetch.start / cs..(ahead.fetch.end - 1) / cs + 1;
-        // One task per request's worth, each waiting for a request slot:
-        // parallel requests, planned only once a slot is free, so a reader's
-        // own reads meanwhile lead the chunks they need.
-        let step = (crate::fetch::MAX_REQUEST_BYTES / cs).max(1);
+        // One task per request, each waiting for a request slot and planned
+        // only once it has one, so a reader's own reads meanwhile lead the
+        // chunks they need. A window goes out in about 8 requests: in
+        // parallel, since one connection may be capped (a mirror's rate
+        // limit), and each a few MiB, up to 8 MiB once the window is wide.
+        let step = (chunks.end - chunks.start)
+            .div_ceil(READAHEAD_REQUESTS)
+            .clamp(1, (crate::fetch::MAX_REQUEST_BYTES / cs).max(1));
         for start in chunks.clone().step_by(step as usize) {
             let part = start..(start + step).min(chunks.end);
             let (fetcher, h, stop) = (Arc::clone(&self.fetcher), Arc::clone(h), Arc::clone(&stop));
@@ -522,12 +556,18 @@ impl ModelFs {
 /// it had no room for, from `uncached` (verified chunks in memory); never
 /// from a chunk that is neither.
 fn assemble(
-    blob: &Blob,
+    blob: &Arc<Blob>,
     offset: u64,
     end: u64,
     uncached: &HashMap<u64, Arc<[u8]>>,
-) -> Result<Vec<u8>, FsError> {
+) -> Result<Data, FsError> {
     let cs = blob.chunk_size;
+    if uncached.is_empty() {
+        if !(offset / cs..=(end - 1) / cs).all(|c| blob.has_chunk(c)) {
+            return Err(FsError::NotVerified);
+        }
+        return Ok(Data::cached(blob, offset, end)?);
+    }
     let mut out = Vec::with_capacity((end - offset) as usize);
     for c in offset / cs..=(end - 1) / cs {
         let (from, to) = (offset.max(c * cs), end.min((c + 1) * cs));
@@ -539,7 +579,7 @@ fn assemble(
             return Err(FsError::NotVerified);
         }
     }
-    Ok(out)
+    Ok(Data::Owned(out))
 }
 
 fn read_blob(blob: &Blob, offset: u64, end: u64) -> io::Result<Vec<u8>> {
