@@ -104,7 +104,8 @@ fn cold_read_is_verified_and_warm_rereads_fetch_nothing() {
     let size = 24 * MIB as usize + 12345;
     let (ws, server, data) = single_model(size, MIB);
     {
-        let m = ws.mount();
+        let addr = free_addr();
+        let m = Mount::start(&ws, &["--metrics-addr", &addr]);
         let read = fs::read(m.path("m@1/weights.bin")).unwrap();
         assert_eq!(sha256_hex(&read), sha256_hex(&data));
         let fetched = server.bytes_sent();
@@ -113,8 +114,28 @@ fn cold_read_is_verified_and_warm_rereads_fetch_nothing() {
             "fetched {fetched} for {size}"
         );
         server.reset_counters();
+        // Every chunk is verified: the reread is the kernel's, by
+        // passthrough, whether or not the whole-file check is done yet.
+        let ops = |op: &str| {
+            metric(
+                &http_get(&addr, "/metrics").1,
+                &format!("modelfs_fuse_ops_total{{op=\"{op}\"}}"),
+            )
+        };
+        wait_for("the kernel to release the first open", || {
+            ops("release") >= 1.0
+        });
+        let reads = ops("read");
         assert_eq!(fs::read(m.path("m@1/weights.bin")).unwrap(), data);
         assert_eq!(server.bytes_sent(), 0, "warm reread in the same mount");
+        assert_eq!(ops("read"), reads, "the reread reached modelfs");
+        assert_eq!(
+            metric(
+                &http_get(&addr, "/metrics").1,
+                "modelfs_opens_total{mode=\"passthrough\"}"
+            ),
+            1.0
+        );
         wait_for("st_blocks to show the cached file", || {
             fs::metadata(m.path("m@1/weights.bin")).unwrap().blocks() * 512 >= size as u64
         });

@@ -61,10 +61,6 @@ pub struct Blob {
     whole: Arc<Whole>,
     /// Whether a thread follows the chunks with the whole-file hash.
     followed: AtomicBool,
-    /// A read-only mapping of the data file, made at the first read: a
-    /// reply is then written to the kernel straight from the page cache,
-    /// with no copy into a buffer first.
-    view: std::sync::OnceLock<Option<memmap2::Mmap>>,
 }
 
 #[derive(Default)]
@@ -97,7 +93,6 @@ impl Blob {
             verified: AtomicU64::new(0),
             whole: Arc::default(),
             followed: AtomicBool::new(false),
-            view: std::sync::OnceLock::new(),
         }
     }
 
@@ -269,32 +264,12 @@ impl Blob {
     /// may still be under way; it publishes this very inode). Its bytes are
     /// the ones modelfs would serve itself.
     pub fn servable_file(&self) -> Option<File> {
-        if self.is_complete() || self.all_chunks_verified() {
-            return self.data_file();
-        }
-        None
+        self.is_servable().then(|| self.data_file())?
     }
 
-    /// The file's bytes, mapped, once it has a data file; `None` if it has
-    /// none yet or it cannot be mapped (then [`Blob::read_at`] serves). The
-    /// caller reads only chunks it has checked are present.
-    pub fn view(&self) -> Option<&[u8]> {
-        if let Some(view) = self.view.get() {
-            return view.as_deref();
-        }
-        let data = self.data.read().unwrap_or_else(|p| p.into_inner());
-        let file = data.as_ref()?;
-        let view = self.view.get_or_init(|| {
-            // SAFETY: the data file is modelfs's own, made at its full size
-            // and never truncated or rewritten in place: a verified chunk
-            // never changes, a file replaced in the cache is a new inode
-            // (this mapping keeps the old one), and reads stay within `size`.
-            unsafe { memmap2::Mmap::map(file) }
-                .inspect_err(|e| tracing::debug!(error = %e, "cannot map the cached file; reading it instead"))
-                .ok()
-                .filter(|m| m.len() as u64 == self.size && self.size > 0)
-        });
-        view.as_deref()
+    /// Whether [`Blob::servable_file`] has a file to give.
+    pub fn is_servable(&self) -> bool {
+        self.is_complete() || self.all_chunks_verified()
     }
 
     /// Reads verified bytes; the caller has checked that the chunks are present.

@@ -178,8 +178,10 @@ fn serve(
             signal(SignalKind::interrupt())?,
         )
     };
+    let notifier = adapter.notifier_slot();
     let mut session = Session::new(adapter, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     raise_readahead(mountpoint);
     mounted.store(true, Ordering::Release);

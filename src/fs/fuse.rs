@@ -6,14 +6,14 @@
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, WriteFlags,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, WriteFlags,
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
 
@@ -35,6 +35,8 @@ pub struct FuseAdapter {
     uid: u32,
     gid: u32,
     mtime: SystemTime,
+    /// Set once the session exists (see [`FuseAdapter::notifier_slot`]).
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseAdapter {
@@ -49,7 +51,14 @@ impl FuseAdapter {
             uid,
             gid,
             mtime,
+            notifier: Arc::default(),
         }
+    }
+
+    /// Where the mount puts the session's notifier, which exists only once
+    /// the adapter is handed to the session.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        Arc::clone(&self.notifier)
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
@@ -266,12 +275,25 @@ impl Filesystem for FuseAdapter {
     ) {
         self.core.metrics().fuse_op("release");
         let _span = debug_span!("release", fh = fh.0).entered();
-        self.modes
+        let last_cached = self
+            .modes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .release(fh.0);
-        self.core.release(fh.0);
+        let servable = self.core.release(fh.0);
         reply.ok();
+        // Its next open will be passthrough, and the kernel must drop the
+        // pages it keeps of the inode first (about 60 ms a GiB): drop them
+        // now, in the background, rather than in that open (and not keep
+        // the bytes twice in memory meanwhile).
+        if let (Some(ino), true, Some(notifier)) = (last_cached, servable, self.notifier.get()) {
+            let notifier = notifier.clone();
+            self.runtime.spawn_blocking(move || {
+                if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+                    debug!(ino, error = %e, "cannot drop the kernel's pages of a file");
+                }
+            });
+        }
     }
 
     fn flush(

@@ -79,13 +79,11 @@ impl<B> IoModes<B> {
 
     /// Forgets open `fh`; the inode's backing goes with its last
     /// passthrough open.
-    pub fn release(&mut self, fh: u64) {
-        let Some((ino, passthrough)) = self.handles.remove(&fh) else {
-            return;
-        };
-        let Some(inode) = self.inodes.get_mut(&ino) else {
-            return;
-        };
+    /// Ends open `fh`; returns its inode if it was the inode's last open
+    /// and served by modelfs (the kernel may hold pages of it).
+    pub fn release(&mut self, fh: u64) -> Option<u64> {
+        let (ino, passthrough) = self.handles.remove(&fh)?;
+        let inode = self.inodes.get_mut(&ino)?;
         if passthrough {
             inode.passthrough -= 1;
             if inode.passthrough == 0 {
@@ -96,7 +94,9 @@ impl<B> IoModes<B> {
         }
         if inode.cached == 0 && inode.passthrough == 0 {
             self.inodes.remove(&ino);
+            return (!passthrough).then_some(ino);
         }
+        None
     }
 }
 

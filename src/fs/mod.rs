@@ -123,44 +123,8 @@ impl OpenFile {
 
 /// The answer to a read: bytes now, or a fetch to run off the request loop.
 pub enum ReadNow {
-    Data(Data),
+    Data(Vec<u8>),
     Fetch(Arc<OpenFile>),
-}
-
-/// The bytes of a read: a view of the cached file, handed to the kernel
-/// with no copy of ours, or bytes of our own.
-pub enum Data {
-    Cached {
-        blob: Arc<Blob>,
-        range: std::ops::Range<usize>,
-    },
-    Owned(Vec<u8>),
-}
-
-impl Data {
-    /// Verified bytes `offset..end` of `blob` (present: the caller checked).
-    fn cached(blob: &Arc<Blob>, offset: u64, end: u64) -> io::Result<Data> {
-        if blob.view().is_some() {
-            return Ok(Data::Cached {
-                blob: Arc::clone(blob),
-                range: offset as usize..end as usize,
-            });
-        }
-        read_blob(blob, offset, end).map(Data::Owned)
-    }
-}
-
-impl std::ops::Deref for Data {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Data::Cached { blob, range } => {
-                &blob.view().expect("made before a Cached was")[range.clone()]
-            }
-            Data::Owned(bytes) => bytes,
-        }
-    }
 }
 
 pub struct ModelFs {
@@ -360,12 +324,15 @@ impl ModelFs {
         }
     }
 
-    pub fn release(&self, fh: u64) {
+    /// Ends open `fh`; true if its file may now be read by passthrough
+    /// (complete, or every chunk verified).
+    pub fn release(&self, fh: u64) -> bool {
         let handle = self
             .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
+        let servable = handle.as_ref().is_some_and(|h| h.blob.is_servable());
         if let Some(h) = &handle {
             h.blob.mark_used();
             h.stop_readahead
@@ -378,6 +345,7 @@ impl ModelFs {
         // happen on the runtime's blocking pool, not on the caller's thread.
         let _runtime = self.runtime.enter();
         drop(handle);
+        servable
     }
 
     fn finish_if_verified(&self, target: &Target, blob: &Arc<Blob>) {
@@ -397,19 +365,24 @@ impl ModelFs {
         let size = h.blob.size;
         let end = offset.saturating_add(len as u64).min(size);
         if offset >= end {
-            return Ok(ReadNow::Data(Data::Owned(Vec::new())));
+            return Ok(ReadNow::Data(Vec::new()));
         }
         self.start_readahead(&h, offset, end - offset);
         let cs = h.blob.chunk_size;
         if (offset / cs..=(end - 1) / cs).all(|c| h.blob.has_chunk(c)) {
             self.fetcher.metrics().cache_hit(end - offset);
-            return Ok(ReadNow::Data(Data::cached(&h.blob, offset, end)?));
+            return Ok(ReadNow::Data(read_blob(&h.blob, offset, end)?));
         }
         Ok(ReadNow::Fetch(h))
     }
 
     /// Fetches whatever the read needs, then serves it. Runs on the runtime.
-    pub async fn read_fetch(&self, h: &OpenFile, offset: u64, len: u32) -> Result<Data, FsError> {
+    pub async fn read_fetch(
+        &self,
+        h: &OpenFile,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, FsError> {
         let read = self.fetch_and_read(h, offset, len).await;
         if let Err(FsError::Fetch(e)) = &read
             && e.is_absent()
@@ -420,7 +393,12 @@ impl ModelFs {
         read
     }
 
-    async fn fetch_and_read(&self, h: &OpenFile, offset: u64, len: u32) -> Result<Data, FsError> {
+    async fn fetch_and_read(
+        &self,
+        h: &OpenFile,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, FsError> {
         let blob = &h.blob;
         let end = offset.saturating_add(len as u64).min(blob.size);
         if h.target.entry().chunks.is_none() {
@@ -429,14 +407,14 @@ impl ModelFs {
                 .ensure_whole(&h.target, blob, Urgency::Demand)
                 .await
             {
-                Ok(()) => Data::cached(blob, offset, end)?,
+                Ok(()) => read_blob(blob, offset, end)?,
                 Err(full @ FetchError::CacheFull { .. }) => {
                     self.fetcher.tell_cache_full(&full);
                     let bytes = self
                         .fetcher
                         .fetch_whole_uncached(&h.target, blob, full)
                         .await?;
-                    Data::Owned(bytes[offset as usize..end as usize].to_vec())
+                    bytes[offset as usize..end as usize].to_vec()
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -556,18 +534,12 @@ impl ModelFs {
 /// it had no room for, from `uncached` (verified chunks in memory); never
 /// from a chunk that is neither.
 fn assemble(
-    blob: &Arc<Blob>,
+    blob: &Blob,
     offset: u64,
     end: u64,
     uncached: &HashMap<u64, Arc<[u8]>>,
-) -> Result<Data, FsError> {
+) -> Result<Vec<u8>, FsError> {
     let cs = blob.chunk_size;
-    if uncached.is_empty() {
-        if !(offset / cs..=(end - 1) / cs).all(|c| blob.has_chunk(c)) {
-            return Err(FsError::NotVerified);
-        }
-        return Ok(Data::cached(blob, offset, end)?);
-    }
     let mut out = Vec::with_capacity((end - offset) as usize);
     for c in offset / cs..=(end - 1) / cs {
         let (from, to) = (offset.max(c * cs), end.min((c + 1) * cs));
@@ -579,7 +551,7 @@ fn assemble(
             return Err(FsError::NotVerified);
         }
     }
-    Ok(Data::Owned(out))
+    Ok(out)
 }
 
 fn read_blob(blob: &Blob, offset: u64, end: u64) -> io::Result<Vec<u8>> {
