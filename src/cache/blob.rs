@@ -63,6 +63,9 @@ pub struct Blob {
     followed: AtomicBool,
 }
 
+/// Files with fewer chunks than this are hashed whole only at the end.
+const FOLLOW_MIN_CHUNKS: u64 = 8;
+
 #[derive(Default)]
 struct Whole {
     hash: Mutex<WholeHash>,
@@ -337,7 +340,13 @@ impl Blob {
     /// CPU busy, it waits and [`Blob::finish_chunked`] does what is left.
     /// It stops when the blob is closed everywhere in this process.
     pub fn follow_whole(self: &Arc<Self>) {
-        if self.map.is_none() || self.is_complete() || self.followed.swap(true, Ordering::AcqRel) {
+        // A file of a few chunks is hashed at the end in less time than a
+        // thread takes to start: a model's configs and tokenizers get none.
+        if self.map.is_none()
+            || self.chunk_count() < FOLLOW_MIN_CHUNKS
+            || self.is_complete()
+            || self.followed.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let (blob, whole) = (Arc::downgrade(self), Arc::clone(&self.whole));
@@ -824,6 +833,33 @@ mod tests {
         );
         assert!((0..3).all(|c| blob.has_chunk(c)) && !blob.has_chunk(3));
         assert!((0..4).all(|c| !blob.is_suspect(c)));
+    }
+
+    #[test]
+    fn the_whole_file_hash_follows_verified_chunks_so_the_final_check_reads_nothing_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..9 * 65536u32).map(|i| (i * 13 % 251) as u8).collect();
+        let manifest = entry_for(&data);
+        let blob = cache.open_blob(&manifest.models[0].files[0]).unwrap();
+        blob.follow_whole();
+        for c in 0..9u64 {
+            let at = (c * 65536) as usize;
+            blob.write_at(&data[at..at + 65536], c * 65536).unwrap();
+            blob.mark_verified(c);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while blob.whole.hash.lock().unwrap().next < 9 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hash never caught up"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // What the follower hashed is what the check finishes with.
+        std::fs::write(&blob.paths.partial, b"not read again").ok();
+        assert_eq!(blob.finish_chunked().unwrap(), Ok(()));
+        assert!(blob.is_complete());
     }
 
     #[test]
