@@ -5,10 +5,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
-use std::time::Duration;
-
-use sha2::{Digest as _, Sha256};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::chunk_map::{ChunkMap, Identity};
 use super::{BlobKey, Presence, files};
@@ -53,31 +50,6 @@ pub struct Blob {
     /// bits, so checking for completion after each chunk costs nothing
     /// until the count says every chunk is in.
     verified: AtomicU64,
-    /// The whole file's sha256 over its first chunks, in order, as far as
-    /// it got (see [`Blob::follow_whole`]): the check before publishing
-    /// continues from there, so every byte is hashed for it once. Shared
-    /// with the thread that follows the chunks, which must not keep the
-    /// blob itself alive while it waits.
-    whole: Arc<Whole>,
-    /// Whether a thread follows the chunks with the whole-file hash.
-    followed: AtomicBool,
-}
-
-/// Files with fewer chunks than this are hashed whole only at the end.
-const FOLLOW_MIN_CHUNKS: u64 = 8;
-
-#[derive(Default)]
-struct Whole {
-    hash: Mutex<WholeHash>,
-    /// Rung when this process verifies a chunk.
-    chunk_verified: Condvar,
-}
-
-#[derive(Default)]
-struct WholeHash {
-    hasher: Sha256,
-    /// The first chunk not hashed yet.
-    next: u64,
 }
 
 impl Blob {
@@ -94,8 +66,6 @@ impl Blob {
             complete: AtomicBool::new(false),
             finishing: Mutex::new(()),
             verified: AtomicU64::new(0),
-            whole: Arc::default(),
-            followed: AtomicBool::new(false),
         }
     }
 
@@ -329,43 +299,7 @@ impl Blob {
             }
             // Fetched again after a power loss: no longer in doubt.
             map.clear_suspect(index);
-            self.whole.chunk_verified.notify_all();
         }
-    }
-
-    /// Starts, once per blob, a thread that extends the whole-file hash
-    /// over chunks as they verify in order, only when a CPU is idle
-    /// (`SCHED_IDLE`): on a link slower than the CPU it keeps up, and the
-    /// file is complete the moment its last chunk is; when readers keep the
-    /// CPU busy, it waits and [`Blob::finish_chunked`] does what is left.
-    /// It stops when the blob is closed everywhere in this process.
-    pub fn follow_whole(self: &Arc<Self>) {
-        // A file of a few chunks is hashed at the end in less time than a
-        // thread takes to start: a model's configs and tokenizers get none.
-        if self.map.is_none()
-            || self.chunk_count() < FOLLOW_MIN_CHUNKS
-            || self.is_complete()
-            || self.followed.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        let (blob, whole) = (Arc::downgrade(self), Arc::clone(&self.whole));
-        let spawned = std::thread::Builder::new()
-            .name("modelfs-hash".into())
-            .spawn(move || follow(&blob, &whole));
-        if let Err(e) = spawned {
-            tracing::debug!(error = %e, "cannot start the whole-file hash; it will run at the end");
-        }
-    }
-
-    /// Extends the whole-file hash over chunk `whole.next`. Blocking.
-    fn hash_next(&self, whole: &mut WholeHash, file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
-        let len = super::chunk_len(self.size, self.chunk_size, whole.next) as usize;
-        buf.resize(len, 0);
-        file.read_exact_at(buf, whole.next * self.chunk_size)?;
-        whole.hasher.update(&buf[..]);
-        whole.next += 1;
-        Ok(())
     }
 
     /// Waits until no other process fetches chunk `index`, then claims it
@@ -524,14 +458,7 @@ impl Blob {
         let file = self
             .data_file()
             .ok_or_else(|| io::Error::other("no partial file"))?;
-        let actual = {
-            let mut whole = self.whole.hash.lock().unwrap_or_else(|p| p.into_inner());
-            let mut buf = Vec::new();
-            while whole.next < self.chunk_count() {
-                self.hash_next(&mut whole, &file, &mut buf)?;
-            }
-            Digest(whole.hasher.clone().finalize().into())
-        };
+        let actual = Digest::of_file(&file)?;
         if actual != self.digest {
             if let Some(map) = &self.map {
                 map.set_failed_whole(actual)?;
@@ -582,65 +509,6 @@ impl Blob {
             File::open(dir)?.sync_all()?;
         }
         Ok(())
-    }
-}
-
-/// The body of [`Blob::follow_whole`]'s thread.
-fn follow(blob: &Weak<Blob>, whole: &Whole) {
-    let idle = libc::sched_param { sched_priority: 0 };
-    // SAFETY: a valid sched_param; pid 0 is this thread. Failing leaves
-    // the thread at normal priority, which costs readers some CPU.
-    unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle);
-    }
-    let mut buf = Vec::new();
-    // Each turn hashes a chunk or waits for one; the thread ends with the
-    // file's last chunk, or when the blob is closed everywhere here. It
-    // hashes outside the lock, so the final check never waits on a thread
-    // that may get no CPU for a while.
-    loop {
-        let hash = whole.hash.lock().unwrap_or_else(|p| p.into_inner());
-        let (next, mut ahead) = (
-            hash.next,
-            WholeHash {
-                hasher: hash.hasher.clone(),
-                next: hash.next,
-            },
-        );
-        let ready = {
-            let Some(blob) = blob.upgrade() else { return };
-            if blob.is_complete() || blob.failed_whole().is_some() || next >= blob.chunk_count() {
-                return;
-            }
-            blob.has_chunk(next).then(|| {
-                drop(hash);
-                blob.data_file()
-                    .ok_or_else(|| io::Error::other("no partial file"))
-                    .and_then(|file| blob.hash_next(&mut ahead, &file, &mut buf))
-            })
-        };
-        match ready {
-            Some(Ok(())) => {
-                let mut hash = whole.hash.lock().unwrap_or_else(|p| p.into_inner());
-                // Unless the final check went on meanwhile.
-                if hash.next == next {
-                    *hash = ahead;
-                }
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "the whole-file hash stops here; the final check goes on");
-                return;
-            }
-            None => {
-                // Chunks other processes verify ring no bell here: look again soon.
-                let hash = whole.hash.lock().unwrap_or_else(|p| p.into_inner());
-                if hash.next == next {
-                    let _ = whole
-                        .chunk_verified
-                        .wait_timeout(hash, Duration::from_millis(100));
-                }
-            }
-        }
     }
 }
 
@@ -833,33 +701,6 @@ mod tests {
         );
         assert!((0..3).all(|c| blob.has_chunk(c)) && !blob.has_chunk(3));
         assert!((0..4).all(|c| !blob.is_suspect(c)));
-    }
-
-    #[test]
-    fn the_whole_file_hash_follows_verified_chunks_so_the_final_check_reads_nothing_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path()).unwrap();
-        let data: Vec<u8> = (0..9 * 65536u32).map(|i| (i * 13 % 251) as u8).collect();
-        let manifest = entry_for(&data);
-        let blob = cache.open_blob(&manifest.models[0].files[0]).unwrap();
-        blob.follow_whole();
-        for c in 0..9u64 {
-            let at = (c * 65536) as usize;
-            blob.write_at(&data[at..at + 65536], c * 65536).unwrap();
-            blob.mark_verified(c);
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while blob.whole.hash.lock().unwrap().next < 9 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the hash never caught up"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // What the follower hashed is what the check finishes with.
-        std::fs::write(&blob.paths.partial, b"not read again").ok();
-        assert_eq!(blob.finish_chunked().unwrap(), Ok(()));
-        assert!(blob.is_complete());
     }
 
     #[test]

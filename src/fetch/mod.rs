@@ -428,7 +428,6 @@ impl Fetcher {
             };
             match self.prepare_run(target, &mut state, urgency).await {
                 Ok(Some(range)) => {
-                    blob.follow_whole();
                     let result = self.stream_run(target, &mut state, range).await;
                     if let Err(e) = &result {
                         state
