@@ -60,11 +60,7 @@ pub fn chunk(args: ChunkArgs) -> anyhow::Result<i32> {
                 continue;
             }
             let target = Target::new(Arc::clone(&manifest), m, f);
-            let blob = runtime.block_on(fetcher.fetch_file(
-                &target,
-                crate::fetch::Urgency::Background,
-                &|_| {},
-            ))?;
+            let blob = runtime.block_on(fetcher.fetch_file(&target, &|_| {}))?;
             let file = blob
                 .complete_file()
                 .with_context(|| format!("{target}: not complete after its fetch"))?;

@@ -95,10 +95,7 @@ async fn prefetch_model(
         let bar = bar.clone();
         async move {
             let target = Target::new(Arc::clone(manifest), model, f);
-            fetcher
-                .fetch_file(&target, crate::fetch::Urgency::Background, &|n| bar.inc(n))
-                .await
-                .map(drop)
+            fetcher.fetch_file(&target, &|n| bar.inc(n)).await.map(drop)
         }
     });
     let results = join_all(files).await;

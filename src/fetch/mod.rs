@@ -869,7 +869,6 @@ impl Fetcher {
     pub async fn fetch_file(
         &self,
         target: &Target,
-        urgency: Urgency,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Arc<Blob>, FetchError> {
         let (cache, t) = (Arc::clone(&self.cache), target.clone());
@@ -877,22 +876,23 @@ impl Fetcher {
             .await
             .map_err(|e| local(target, e))?;
         progress(blob.presence().bytes(blob.size));
-        self.prefetch_file(target, &blob, urgency, progress).await?;
+        self.prefetch_file(target, &blob, progress).await?;
         blob.mark_used();
         Ok(blob)
     }
 
-    /// Makes one file complete: fetches every chunk not yet verified (in
-    /// runs, as many at once as request slots allow), then checks the whole
-    /// file and publishes it. `progress` gets the byte count of chunks as
-    /// they are fetched or found fetched by another process.
+    /// Makes one file complete, in the background (readers go first):
+    /// fetches every chunk not yet verified (in runs, as many at once as
+    /// request slots allow), then checks the whole file and publishes it.
+    /// `progress` gets the byte count of chunks as they are fetched or
+    /// found fetched by another process.
     pub async fn prefetch_file(
         &self,
         target: &Target,
         blob: &Arc<Blob>,
-        urgency: Urgency,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), FetchError> {
+        let urgency = Urgency::Background;
         if blob.is_complete() {
             return Ok(());
         }
@@ -916,14 +916,7 @@ impl Fetcher {
         let mut fills = futures::stream::iter(parts)
             .map(|part| async move {
                 let before = missing_of(blob, part.clone());
-                match urgency {
-                    Urgency::Background => self.fill(target, blob, part, None).await?,
-                    Urgency::Demand => {
-                        for r in self.ensure_chunks(target, blob, part, urgency).await {
-                            r?;
-                        }
-                    }
-                }
+                self.fill(target, blob, part, None).await?;
                 progress(bytes(&before) - bytes(&missing_of(blob, before.iter().copied())));
                 Ok::<_, FetchError>(())
             })

@@ -317,7 +317,7 @@ impl ModelFs {
             let fetcher = Arc::clone(&self.fetcher);
             let target = self.target(model, file);
             self.runtime.spawn(async move {
-                if let Err(e) = fetcher.fetch_file(&target, Urgency::Background, &|_| {}).await {
+                if let Err(e) = fetcher.fetch_file(&target, &|_| {}).await {
                     debug!(file = %target, error = %e, "a small file was not fetched ahead; a read of it will try");
                 }
             });
