@@ -455,6 +455,10 @@ impl Blob {
         if self.is_complete() {
             return Ok(Ok(()));
         }
+        // Failed once (another finish queued meanwhile): not hashed again.
+        if let Some(actual) = self.failed_whole() {
+            return Ok(Err(actual));
+        }
         let file = self
             .data_file()
             .ok_or_else(|| io::Error::other("no partial file"))?;

@@ -26,6 +26,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 pub use retry::RetryPolicy;
 
+use crate::cache::chunk_map::PROGRESS_UNIT;
 use crate::cache::{Blob, BlobKey, Cache, ChunkClaim};
 use crate::fileio::blocking;
 use crate::hash::Digest;
@@ -258,6 +259,7 @@ impl Fetcher {
     }
 
     /// Makes chunk `index` of `blob` verified and present, for a reader.
+    #[cfg(test)]
     pub async fn ensure_chunk(
         &self,
         target: &Target,
@@ -283,9 +285,13 @@ impl Fetcher {
         let mut results: Vec<Option<Result<(), FetchError>>> =
             vec![None; (chunks.end - chunks.start) as usize];
         // Each round settles every chunk but those whose leader gave them
-        // up unresolved (a cancelled readahead; another process's claim);
-        // those are looked at again, and then led by this task.
-        for _ in 0..MAX_ROUNDS {
+        // up unresolved (a cancelled readahead; another process's claim on
+        // a chunk past the first of a run); those are looked at again, and
+        // then led by this task. Every run this task leads waits for the
+        // claim on its first chunk, so a round settles at least one chunk
+        // unless another task's cancelled readahead gave them all up.
+        let mut idle_rounds = 0;
+        while idle_rounds < MAX_IDLE_ROUNDS {
             let pending: Vec<u64> = chunks
                 .clone()
                 .filter(|c| results[(c - chunks.start) as usize].is_none())
@@ -314,7 +320,7 @@ impl Fetcher {
             let runs = group_runs(blob, leads).into_iter().map(|run| async move {
                 let _slot = self.request_slot(urgency).await;
                 // Its outcome reaches this task through the leads.
-                let _ = self.fetch_run(target, blob, run, urgency, None).await;
+                let _ = self.fetch_run(target, blob, run, true, None).await;
             });
             let outcomes = async {
                 join_all(
@@ -325,9 +331,12 @@ impl Fetcher {
                 .await
             };
             let (_, outcomes) = futures::join!(join_all(runs), outcomes);
+            let before = results.iter().filter(|r| r.is_some()).count();
             for (c, outcome) in outcomes {
                 results[(c - chunks.start) as usize] = outcome;
             }
+            let settled = results.iter().filter(|r| r.is_some()).count() > before;
+            idle_rounds = if settled { 0 } else { idle_rounds + 1 };
         }
         results
             .into_iter()
@@ -392,11 +401,7 @@ impl Fetcher {
             );
             let Some(last) = run.last() else { break };
             from = last.chunk() + 1;
-            if self
-                .fetch_run(target, blob, run, Urgency::Background, cancel)
-                .await?
-                == Ended::Cancelled
-            {
+            if self.fetch_run(target, blob, run, false, cancel).await? == Ended::Cancelled {
                 break;
             }
         }
@@ -413,7 +418,7 @@ impl Fetcher {
         target: &Target,
         blob: &Arc<Blob>,
         run: Vec<Lead<'_>>,
-        urgency: Urgency,
+        wait_first: bool,
         cancel: Option<&AtomicBool>,
     ) -> Result<Ended, FetchError> {
         let first = run.first().map_or(0, Lead::chunk);
@@ -426,26 +431,18 @@ impl Fetcher {
                 claims: VecDeque::new(),
                 cancel,
             };
-            match self.prepare_run(target, &mut state, urgency).await {
-                Ok(Some(range)) => {
-                    let result = self.stream_run(target, &mut state, range).await;
-                    if let Err(e) = &result {
-                        state
-                            .leads
-                            .drain(..)
-                            .for_each(|l| l.resolve(Err(e.clone())));
-                    }
-                    result
-                }
+            let result = match self.prepare_run(target, &mut state, wait_first).await {
+                Ok(Some(range)) => self.stream_run(target, &mut state, range).await,
                 Ok(None) => Ok(Ended::Done),
-                Err(e) => {
-                    state
-                        .leads
-                        .drain(..)
-                        .for_each(|l| l.resolve(Err(e.clone())));
-                    Err(e)
-                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &result {
+                state
+                    .leads
+                    .drain(..)
+                    .for_each(|l| l.resolve(Err(e.clone())));
             }
+            result
         }
         .instrument(span)
         .await;
@@ -463,7 +460,7 @@ impl Fetcher {
         &self,
         target: &Target,
         state: &mut RunState<'_, '_>,
-        urgency: Urgency,
+        wait_first: bool,
     ) -> Result<Option<Range<u64>>, FetchError> {
         let blob = state.blob;
         if let Some(actual) = blob.failed_whole() {
@@ -472,12 +469,12 @@ impl Fetcher {
                 actual,
             });
         }
-        // A reader waits for another process's fetch of its first chunk;
-        // past that, and for the background, a chunk another process holds
-        // ends the run (its waiters look again).
+        // With `wait_first`, the run waits for another process's fetch of
+        // its first chunk; past that (and for readahead, from the start) a
+        // chunk another process holds ends the run: its waiters look again.
         for (i, lead) in state.leads.iter().enumerate() {
             let c = lead.chunk();
-            let claim = if i == 0 && urgency == Urgency::Demand {
+            let claim = if i == 0 && wait_first {
                 let b = Arc::clone(blob);
                 Some(blocking(move || b.claim_chunk(c)).await)
             } else {
@@ -490,8 +487,9 @@ impl Fetcher {
         }
         state.leads.truncate(state.claims.len());
         // Done meanwhile by another process, or verified before a power
-        // loss and intact: no fetch. At the front only; one further on
-        // ends the run before it.
+        // loss and intact: no fetch. At the front only; a chunk present
+        // further on ends the run before it, and a suspect one is fetched
+        // again with the rest.
         while let Some(c) = state.leads.front().map(Lead::chunk) {
             let done = blob.has_chunk(c) || {
                 blob.is_suspect(c) && {
@@ -533,7 +531,9 @@ impl Fetcher {
     ) -> Result<Ended, FetchError> {
         let blob = state.blob;
         let first = range.start / blob.chunk_size;
-        let prefix = blob.progress(first);
+        // Never the whole chunk: its last byte completes (and verifies) it.
+        let len = crate::cache::chunk_len(blob.size, blob.chunk_size, first);
+        let prefix = blob.progress(first).min(len - 1) / PROGRESS_UNIT * PROGRESS_UNIT;
         let resumed = if prefix > 0 {
             let b = Arc::clone(blob);
             blocking(move || {
@@ -837,10 +837,14 @@ impl Fetcher {
                 },
                 Err(StreamError::Source(e)) => e,
             };
-            // Every byte arrived (and verified) and then the connection
-            // failed (a timeout waiting for its end, say): nothing is left
-            // to ask for, and an empty range cannot be asked for.
-            if writer.is_done() && !matches!(error, SourceError::LongBody { .. }) {
+            // Every byte arrived and then the connection failed (a timeout
+            // waiting for its end, say; or more bytes than asked, which the
+            // writer refused): nothing is left to ask for, and an empty
+            // range cannot be asked for. Chunks verified each as they came;
+            // a part of a whole file is trusted only without a long body.
+            if writer.is_done()
+                && (writer.is_checked() || !matches!(error, SourceError::LongBody { .. }))
+            {
                 debug!(source = %location, %error, "failed after the last byte; keeping the bytes");
                 return Ok(());
             }
@@ -925,11 +929,13 @@ impl Fetcher {
             done?;
         }
         // Chunks other tasks or processes were fetching: waited for, and
-        // fetched here if they gave up.
+        // fetched here if they gave up; as a reader would (its leads are
+        // taken before a slot, so a background slot would keep readers of
+        // those chunks waiting behind other background work).
         let left = missing_of(blob, 0..count);
         if let (Some(&first), Some(&last)) = (left.first(), left.last()) {
             for r in self
-                .ensure_chunks(target, blob, first..last + 1, urgency)
+                .ensure_chunks(target, blob, first..last + 1, Urgency::Demand)
                 .await
             {
                 r?;
@@ -951,9 +957,9 @@ impl Fetcher {
     }
 }
 
-/// Rounds [`Fetcher::ensure_chunks`] may take before it gives up on chunks
-/// whose leaders keep dropping them.
-const MAX_ROUNDS: usize = 16;
+/// Rounds in a row that settle nothing before [`Fetcher::ensure_chunks`]
+/// gives up on chunks whose leaders keep dropping them.
+const MAX_IDLE_ROUNDS: usize = 16;
 
 /// The chunks of `chunks` that are still not verified.
 fn missing_of(blob: &Blob, chunks: impl IntoIterator<Item = u64>) -> Vec<u64> {

@@ -383,3 +383,25 @@ async fn a_reader_never_waits_for_a_request_slot_behind_background_fetches() {
     assert!(waited < stall / 10, "the reader waited {waited:?}");
     (0..chunks).for_each(|c| s.assert_chunk_right(c));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetch_waits_for_a_chunk_another_process_holds_instead_of_giving_up() {
+    let s = Setup::new(true, |src, _, _| src);
+    // Another process (another open of the cache) holds chunk 2's claim for
+    // a while, then lets go without fetching it.
+    let other = Cache::open(s._dir.path()).unwrap();
+    let held = Arc::clone(&other.open_blob(s.target.entry()).unwrap())
+        .claim_chunk(2)
+        .unwrap();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    s.fetcher
+        .prefetch_file(&s.target, &s.blob, &|_| {})
+        .await
+        .unwrap();
+    releaser.join().unwrap();
+    assert!(s.blob.is_complete());
+    (0..5).for_each(|c| s.assert_chunk_right(c));
+}

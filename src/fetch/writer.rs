@@ -199,13 +199,22 @@ impl<'a> RangeWriter<'a> {
     /// (bytes of two sources never make one chunk whose fault is unclear).
     pub fn restart_chunk(&mut self) {
         match &mut self.check {
-            Some(check) => {
+            // Past the run's last chunk (a long body after it), nothing restarts.
+            Some(check) if check.chunk * check.blob.chunk_size < self.range.end => {
                 self.pos = check.chunk * check.blob.chunk_size;
                 check.hasher = Sha256::new();
                 check.resumed = false;
+                // What was recorded of it is no longer on disk as recorded.
+                check.done.written(check.chunk, 0);
             }
+            Some(_) => {}
             None => self.pos = self.range.start,
         }
+    }
+
+    /// Whether each chunk is verified as it completes.
+    pub fn is_checked(&self) -> bool {
+        self.check.is_some()
     }
 
     /// Why the last write was refused, if not for a local error.

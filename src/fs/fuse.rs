@@ -88,7 +88,8 @@ impl FuseAdapter {
     }
 }
 
-/// Opens a complete file as a kernel passthrough: reads then bypass us.
+/// Opens a servable file (complete, or every chunk verified) as a kernel
+/// passthrough: reads then bypass us.
 fn try_passthrough(fh: u64, file: &std::fs::File, reply: &ReplyOpen) -> Option<BackingId> {
     match reply.open_backing(file) {
         Ok(id) => Some(id),
@@ -286,7 +287,9 @@ impl Filesystem for FuseAdapter {
         // pages it keeps of the inode first (about 60 ms a GiB): drop them
         // now, in the background, rather than in that open (and not keep
         // the bytes twice in memory meanwhile).
-        if let (Some(ino), true, Some(notifier)) = (last_cached, servable, self.notifier.get()) {
+        if let (Some(ino), true, true, Some(notifier)) =
+            (last_cached, servable, self.passthrough, self.notifier.get())
+        {
             let notifier = notifier.clone();
             self.runtime.spawn_blocking(move || {
                 if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {

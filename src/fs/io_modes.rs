@@ -50,8 +50,8 @@ impl<B> Default for IoModes<B> {
 
 impl<B> IoModes<B> {
     /// Decides how open `fh` of inode `ino` is served, and records it.
-    /// `backing` registers the complete file for passthrough (`None` if the
-    /// file is not complete or passthrough is unavailable); it is only
+    /// `backing` registers the file for passthrough (`None` if it is not
+    /// servable yet or passthrough is unavailable); it is only
     /// called when the inode has no open at all.
     pub fn open(&mut self, ino: u64, fh: u64, backing: impl FnOnce() -> Option<B>) -> Mode<B> {
         let inode = self.inodes.entry(ino).or_default();
@@ -77,10 +77,9 @@ impl<B> IoModes<B> {
         mode
     }
 
-    /// Forgets open `fh`; the inode's backing goes with its last
-    /// passthrough open.
-    /// Ends open `fh`; returns its inode if it was the inode's last open
-    /// and served by modelfs (the kernel may hold pages of it).
+    /// Ends open `fh` (the inode's backing goes with its last passthrough
+    /// open); returns its inode if it was the inode's last open and served
+    /// by modelfs (the kernel may hold pages of it).
     pub fn release(&mut self, fh: u64) -> Option<u64> {
         let (ino, passthrough) = self.handles.remove(&fh)?;
         let inode = self.inodes.get_mut(&ino)?;
