@@ -25,7 +25,7 @@ pub(super) struct ChunkFlights {
 /// The right and duty to fetch one chunk for every task that wants it.
 pub(super) struct Lead<'f> {
     flights: &'f ChunkFlights,
-    pub(super) key: ChunkKey,
+    key: ChunkKey,
     id: u64,
     tx: watch::Sender<Outcome>,
 }

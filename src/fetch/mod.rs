@@ -382,7 +382,6 @@ impl Fetcher {
         cancel: Option<&AtomicBool>,
     ) -> Result<(), FetchError> {
         let _slot = self.request_slot(Urgency::Background).await;
-        let max = run_chunks(blob);
         let mut from = chunks.start;
         while from < chunks.end && !cancel.is_some_and(|c| c.load(Ordering::Acquire)) {
             let mut taken = 0;
@@ -391,7 +390,7 @@ impl Fetcher {
                 from..chunks.end,
                 |c| blob.has_chunk(c),
                 |c, seen| match seen {
-                    Seen::Free if taken == 0 || (taken < max && blob.progress(c) == 0) => {
+                    Seen::Free if taken == 0 || joins_run(blob, taken, c) => {
                         taken += 1;
                         Next::Lead
                     }
@@ -971,19 +970,23 @@ fn run_chunks(blob: &Blob) -> u64 {
     (MAX_REQUEST_BYTES / blob.chunk_size).max(1)
 }
 
-/// Splits leads (in chunk order) into runs for one request each: consecutive
-/// chunks, at most [`run_chunks`], and a chunk that an interrupted fetch
-/// left partly written starts a run of its own, to resume inside it.
+/// Whether `chunk` may follow a run of `len` chunks in its request: at most
+/// [`run_chunks`] to a request, and a chunk that an interrupted fetch left
+/// partly written starts a run of its own, to resume inside it.
+fn joins_run(blob: &Blob, len: u64, chunk: u64) -> bool {
+    len < run_chunks(blob) && blob.progress(chunk) == 0
+}
+
+/// Splits leads (in chunk order) into runs of consecutive chunks, one
+/// request each (see [`joins_run`]).
 fn group_runs<'f>(blob: &Blob, leads: Vec<Lead<'f>>) -> Vec<Vec<Lead<'f>>> {
-    let max = run_chunks(blob) as usize;
     let mut runs: Vec<Vec<Lead<'f>>> = Vec::new();
     for lead in leads {
         let c = lead.chunk();
         match runs.last_mut() {
             Some(run)
-                if run.len() < max
-                    && run.last().is_some_and(|l| l.chunk() + 1 == c)
-                    && blob.progress(c) == 0 =>
+                if run.last().is_some_and(|l| l.chunk() + 1 == c)
+                    && joins_run(blob, run.len() as u64, c) =>
             {
                 run.push(lead)
             }

@@ -126,14 +126,14 @@ pub(super) enum Stop {
 }
 
 /// Per-chunk verification of the bytes as they stream.
-pub(super) struct Check<'a> {
-    pub blob: &'a Blob,
+struct Check<'a> {
+    blob: &'a Blob,
     /// The chunk being written, and its hash so far from its start.
     chunk: u64,
     hasher: Sha256,
     /// Whether the chunk's hash began with bytes read back from disk.
     resumed: bool,
-    pub done: &'a mut (dyn ChunkDone + 'a),
+    done: &'a mut (dyn ChunkDone + 'a),
 }
 
 pub(super) struct RangeWriter<'a> {
@@ -144,8 +144,8 @@ pub(super) struct RangeWriter<'a> {
     pub received: u64,
     /// `None` for a part of a file verified only whole.
     check: Option<Check<'a>>,
-    /// Chunks verified since [`RangeWriter::take_verified`] last asked.
-    verified: u64,
+    /// Whether a chunk verified since [`RangeWriter::take_verified`] last asked.
+    verified: bool,
     stop: Option<Stop>,
 }
 
@@ -158,7 +158,7 @@ impl<'a> RangeWriter<'a> {
             range,
             received: 0,
             check: None,
-            verified: 0,
+            verified: false,
             stop: None,
         }
     }
@@ -224,7 +224,7 @@ impl<'a> RangeWriter<'a> {
 
     /// Whether any chunk verified since the last call.
     pub fn take_verified(&mut self) -> bool {
-        std::mem::take(&mut self.verified) > 0
+        std::mem::take(&mut self.verified)
     }
 
     pub fn is_done(&self) -> bool {
@@ -267,7 +267,7 @@ impl Sink for RangeWriter<'_> {
             let chunk = check.chunk;
             check.chunk += 1;
             check.resumed = false;
-            self.verified += 1;
+            self.verified = true;
             if let Err(stop) = check.done.verified(chunk) {
                 return Err(self.refuse(stop));
             }
