@@ -99,6 +99,60 @@ fn listing_and_stat_need_no_network() {
     assert_eq!(fs::read_dir(&m.mountpoint).unwrap().count(), 2);
 }
 
+/// A partial file is read with direct I/O: each read reaches modelfs (the
+/// kernel keeps no pages of it to drop before a passthrough open), readers
+/// are told to read in 1 MiB blocks, and a shared map of it still works.
+#[test]
+fn partial_files_are_read_directly_and_can_be_mapped() {
+    let size = 8 * MIB as usize;
+    let (ws, _server, data) = single_model(size, MIB);
+    let addr = free_addr();
+    let m = Mount::start(&ws, &["--metrics-addr", &addr]);
+    let path = m.path("m@1/weights.bin");
+    assert_eq!(fs::metadata(&path).unwrap().blksize(), MIB);
+    let reads = || {
+        metric(
+            &http_get(&addr, "/metrics").1,
+            "modelfs_fuse_ops_total{op=\"read\"}",
+        )
+    };
+    let file = File::open(&path).unwrap();
+    let mut buf = vec![0; 4096];
+    file.read_exact_at(&mut buf, 0).unwrap();
+    let before = reads();
+    file.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..], &data[..4096]);
+    assert_eq!(
+        reads(),
+        before + 1.0,
+        "the second read of a page reached modelfs"
+    );
+
+    // SAFETY: a read-only shared map of an open file, unmapped below; the
+    // file's bytes do not change.
+    let mapped = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    assert_ne!(
+        mapped,
+        libc::MAP_FAILED,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `size` bytes are mapped at `mapped`.
+    let bytes = unsafe { std::slice::from_raw_parts(mapped as *const u8, size) };
+    assert!(bytes == &data[..], "the map shows the file's bytes");
+    // SAFETY: mapped above, and `bytes` is not used after.
+    assert_eq!(unsafe { libc::munmap(mapped, size) }, 0);
+}
+
 #[test]
 fn cold_read_is_verified_and_warm_rereads_fetch_nothing() {
     let size = 24 * MIB as usize + 12345;

@@ -25,11 +25,17 @@ use super::{Attr, FsError, ModelFs, NodeKind, ReadNow};
 const ENTRY_TTL: Duration = Duration::from_secs(60);
 const ATTR_TTL: Duration = Duration::from_secs(1);
 const BLOCK_SIZE: u32 = 4096;
+/// The `st_blksize` of files: stdio, Python's `open` and coreutils size
+/// their buffers by it, so that small reads of a partial file (direct I/O,
+/// a round trip each) arrive as one FUSE request's worth (1 MiB, 256 pages).
+const IO_SIZE: u32 = 1 << 20;
 
 pub struct FuseAdapter {
     core: Arc<ModelFs>,
     runtime: tokio::runtime::Handle,
     passthrough: bool,
+    /// Partial files are opened with `FOPEN_DIRECT_IO` (see [`FuseAdapter::open`]).
+    direct_partial: bool,
     /// How each open is served, per inode (see [`IoModes`]).
     modes: Arc<Mutex<IoModes<BackingId>>>,
     uid: u32,
@@ -47,6 +53,7 @@ impl FuseAdapter {
             core,
             runtime,
             passthrough: false,
+            direct_partial: false,
             modes: Arc::default(),
             uid,
             gid,
@@ -82,7 +89,7 @@ impl FuseAdapter {
             uid: self.uid,
             gid: self.gid,
             rdev: 0,
-            blksize: BLOCK_SIZE,
+            blksize: IO_SIZE,
             flags: 0,
         }
     }
@@ -113,7 +120,16 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
-        info!(passthrough = self.passthrough, "mounted");
+        // Without it the kernel refuses a shared mmap of a direct-I/O file
+        // (ENODEV), and loaders map their files.
+        self.direct_partial = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
+        info!(
+            passthrough = self.passthrough,
+            direct_partial = self.direct_partial,
+            "mounted"
+        );
         Ok(())
     }
 
@@ -186,7 +202,7 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let (core, modes) = (Arc::clone(&self.core), Arc::clone(&self.modes));
-        let passthrough = self.passthrough;
+        let (passthrough, direct_partial) = (self.passthrough, self.direct_partial);
         self.runtime.spawn_blocking(move || {
             let _span = span.entered();
             match core.open(ino.0, write) {
@@ -205,15 +221,26 @@ impl Filesystem for FuseAdapter {
                             reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                             core.metrics().opened("passthrough");
                         }
-                        Mode::Cached => {
-                            let served = if handle.blob().is_complete() {
-                                "complete"
-                            } else {
-                                "partial"
-                            };
-                            core.metrics().opened(served);
+                        Mode::Cached if handle.blob().is_complete() => {
+                            core.metrics().opened("complete");
                             // Verified content never changes: the kernel may keep its pages.
                             reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                        }
+                        Mode::Cached => {
+                            core.metrics().opened("partial");
+                            // Reads of a partial file go straight into the reader's
+                            // buffer: one copy less than through the kernel's pages
+                            // (a cold 1 MiB-block read is about a fifth faster), the
+                            // bytes are not held twice in memory beside the cache
+                            // file's, and no pages are left for the kernel to drop
+                            // before the file's next open, passthrough (60 ms a GiB,
+                            // inside that open). Maps still go through pages.
+                            let flags = if direct_partial {
+                                FopenFlags::FOPEN_DIRECT_IO
+                            } else {
+                                FopenFlags::FOPEN_KEEP_CACHE
+                            };
+                            reply.opened(FileHandle(fh), flags);
                         }
                     }
                 }
