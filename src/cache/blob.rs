@@ -217,11 +217,7 @@ impl Blob {
             .filter(|&c| map.is_set(c))
             .map(|c| super::chunk_len(self.size, self.chunk_size, c))
             .sum();
-        if bytes == 0 {
-            Presence::Absent
-        } else {
-            Presence::Partial { bytes }
-        }
+        Presence::Partial { bytes }
     }
 
     /// A handle on the complete file, for the kernel to read directly.
@@ -692,7 +688,7 @@ mod tests {
         let other = Cache::open(dir.path()).unwrap();
         assert_eq!(
             other.presence(entry).unwrap(),
-            crate::cache::Presence::Absent
+            crate::cache::Presence::Partial { bytes: 0 }
         );
         // On first use, each chunk is re-hashed.
         assert!(

@@ -24,6 +24,7 @@ mod evict;
 pub mod files;
 #[cfg(test)]
 mod reftest;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::fs;
@@ -59,6 +60,8 @@ pub enum CacheError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Presence {
     Absent,
+    /// A partial file exists, with `bytes` verified so far (maybe none):
+    /// what it holds may grow at any moment.
     Partial {
         bytes: u64,
     },
@@ -277,11 +280,7 @@ impl Cache {
             .filter(|(_, set)| **set)
             .map(|(c, _)| chunk_len(entry.size, entry.chunk_size, c as u64))
             .sum();
-        Ok(if bytes == 0 {
-            Presence::Absent
-        } else {
-            Presence::Partial { bytes }
-        })
+        Ok(Presence::Partial { bytes })
     }
 
     /// Which chunks of `entry`'s partial file are verified, as its chunk map

@@ -530,10 +530,7 @@ impl World {
             .filter(|&c| bits[c as usize])
             .map(|c| chunk_len(SIZE, CHUNK_SIZES[entry], c))
             .sum();
-        match bytes {
-            0 => Presence::Absent,
-            bytes => Presence::Partial { bytes },
-        }
+        Presence::Partial { bytes }
     }
 }
 

@@ -12,18 +12,27 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, WriteFlags,
 };
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::io_modes::{IoModes, Mode};
 use super::{Attr, FsError, ModelFs, NodeKind, ReadNow};
+use crate::cache::watch::{Changed, Watcher};
 
-/// Names never change while mounted; sizes neither. Only `st_blocks` moves as
-/// the cache fills, and a second's staleness there is harmless.
-const ENTRY_TTL: Duration = Duration::from_secs(60);
-const ATTR_TTL: Duration = Duration::from_secs(1);
+/// The tree never changes while mounted, so the kernel may keep names and
+/// attributes a long time and answer `ls -lR` itself. Only `st_blocks`
+/// moves as the cache fills: a blob's files appearing or going is pushed
+/// to the kernel as it happens ([`watch_cache`]).
+const TTL: Duration = Duration::from_secs(24 * 3600);
+/// A partial file's chunks verify in place, with no event to push: its
+/// `st_blocks` is asked for again after this.
+const CHANGING_TTL: Duration = Duration::from_secs(1);
+
+fn attr_ttl(a: &Attr) -> &'static Duration {
+    if a.changing { &CHANGING_TTL } else { &TTL }
+}
 const BLOCK_SIZE: u32 = 4096;
 /// The `st_blksize` of files: stdio, Python's `open` and coreutils size
 /// their buffers by it, so that small reads of a partial file (direct I/O,
@@ -95,6 +104,39 @@ impl FuseAdapter {
     }
 }
 
+/// Tells the kernel, as it happens, which files' `st_blocks` changed: a
+/// blob's files appearing (a fetch began, a file completed) or going (an
+/// eviction), by this process or any other sharing the cache. A thread of
+/// its own, blocked on inotify; it ends with the mount.
+pub fn watch_cache(core: Arc<ModelFs>, notifier: Notifier, cache_root: &Path) -> io::Result<()> {
+    let mut watcher = Watcher::new(cache_root)?;
+    let watch = move || loop {
+        let inodes: Vec<u64> = match watcher.wait() {
+            Ok(Changed::Blobs(digests)) => digests.iter().flat_map(|d| core.inodes_of(d)).collect(),
+            Ok(Changed::Anything) => core.file_inodes().collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the cache any longer: `du` may lag");
+                return;
+            }
+        };
+        for ino in inodes {
+            // Offset -1: attributes only. Pages stay: bytes never change.
+            match notifier.inval_inode(INodeNo(ino), -1, 0) {
+                // ENOENT: an inode the kernel does not hold; nothing to drop.
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                    debug!(ino, error = %e, "cannot push new attributes; unmounted?");
+                    return;
+                }
+                _ => {}
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("modelfs-watch".into())
+        .spawn(watch)
+        .map(drop)
+}
+
 /// Opens a servable file (complete, or every chunk verified) as a kernel
 /// passthrough: reads then bypass us.
 fn try_passthrough(fh: u64, file: &std::fs::File, reply: &ReplyOpen) -> Option<BackingId> {
@@ -120,6 +162,15 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
+        // Listings with attributes, and symlink targets kept (`--layout hf`).
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            if let Err(e) = config.add_capabilities(flag) {
+                debug!(?e, "the kernel lacks a capability");
+            }
+        }
         // Without it the kernel refuses a shared mmap of a direct-I/O file
         // (ENODEV), and loaders map their files.
         self.direct_partial = config
@@ -137,7 +188,7 @@ impl Filesystem for FuseAdapter {
         self.core.metrics().fuse_op("lookup");
         let _span = debug_span!("lookup", parent = parent.0, ?name).entered();
         match name_str(name).and_then(|n| self.core.lookup(parent.0, n)) {
-            Ok(a) => reply.entry_with_ttls(&ATTR_TTL, &ENTRY_TTL, &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry_with_ttls(attr_ttl(&a), &TTL, &self.attr(&a), Generation(0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -146,7 +197,7 @@ impl Filesystem for FuseAdapter {
         self.core.metrics().fuse_op("getattr");
         let _span = debug_span!("getattr", ino = ino.0).entered();
         match self.core.getattr(ino.0) {
-            Ok(a) => reply.attr(&ATTR_TTL, &self.attr(&a)),
+            Ok(a) => reply.attr(attr_ttl(&a), &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -163,13 +214,13 @@ impl Filesystem for FuseAdapter {
         let _span = debug_span!("readdir", ino = ino.0, offset).entered();
         match self.core.readdir(ino.0, offset) {
             Ok(entries) => {
-                for (i, e) in entries.iter().enumerate() {
+                for (e, next) in entries.zip(offset + 1..) {
                     let kind = match e.kind {
                         NodeKind::Dir => FileType::Directory,
                         NodeKind::File => FileType::RegularFile,
                         NodeKind::Symlink => FileType::Symlink,
                     };
-                    if reply.add(INodeNo(e.ino), offset + i as u64 + 1, kind, &e.name) {
+                    if reply.add(INodeNo(e.ino), next, kind, e.name) {
                         break;
                     }
                 }
@@ -177,6 +228,44 @@ impl Filesystem for FuseAdapter {
             }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    /// Names with their attributes, so that `ls -l` needs no lookup of
+    /// each entry.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.core.metrics().fuse_op("readdirplus");
+        let _span = debug_span!("readdirplus", ino = ino.0, offset).entered();
+        match self.core.readdir(ino.0, offset) {
+            Ok(entries) => {
+                for (e, next) in entries.zip(offset + 1..) {
+                    let a = match self.core.getattr(e.ino) {
+                        Ok(a) => a,
+                        Err(e) => return reply.error(errno(&e)),
+                    };
+                    let (ino, attr) = (INodeNo(e.ino), self.attr(&a));
+                    if reply.add(ino, next, e.name, attr_ttl(&a), &attr, Generation(0)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// No opens of directories at all: after this ENOSYS the kernel opens
+    /// them itself, keeping the listings it read (`FOPEN_CACHE_DIR`, as
+    /// nothing here changes while mounted), so a listing read once costs
+    /// no round trip again, not even an open.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -356,6 +445,12 @@ impl Filesystem for FuseAdapter {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.core.metrics().fuse_op("getxattr");
         let _span = debug_span!("getxattr", ino = ino.0, ?name).entered();
+        // Only `user.` names exist here. The others (`ls -l` asks for
+        // `security.selinux` of every entry) are not supported, which `ls`
+        // and others remember for the whole file system and stop asking.
+        if !name.as_encoded_bytes().starts_with(b"user.") {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
         match name_str(name).and_then(|n| self.core.getxattr(ino.0, n)) {
             Ok(value) => reply_xattr(reply, &value, size),
             Err(FsError::NotFound) => reply.error(Errno::ENODATA),

@@ -17,9 +17,10 @@ use std::sync::{Arc, Mutex};
 
 use tracing::debug;
 
-use crate::cache::{Blob, Cache};
+use crate::cache::{Blob, Cache, Presence};
 use crate::fetch::readahead::Readahead;
 use crate::fetch::{FetchError, Fetcher, Target, Urgency};
+use crate::hash::Digest;
 use crate::manifest::Manifest;
 use tree::{Kind, ROOT, Tree};
 
@@ -97,12 +98,15 @@ pub struct Attr {
     pub kind: NodeKind,
     pub size: u64,
     pub cached: u64,
+    /// `cached` may grow without any file of the cache appearing or going
+    /// (a partial file's chunks verify in place).
+    pub changing: bool,
 }
 
-pub struct DirEntry {
+pub struct DirEntry<'t> {
     pub ino: u64,
     pub kind: NodeKind,
-    pub name: String,
+    pub name: &'t str,
 }
 
 /// One `open` of a file.
@@ -137,6 +141,13 @@ pub struct ModelFs {
     next_fh: AtomicU64,
     /// Models whose small files were fetched ahead (see [`SMALL_FILE`]).
     small_files_started: Mutex<std::collections::HashSet<usize>>,
+    /// Every file inode by the first 8 bytes of its sha256, sorted: which
+    /// inodes show a blob that changed in the cache.
+    by_digest: Vec<(u64, u64)>,
+}
+
+fn digest_key(digest: &Digest) -> u64 {
+    u64::from_be_bytes(digest.0[..8].try_into().expect("8 bytes"))
 }
 
 /// Files up to this size (configs, tokenizers, index JSON) are fetched for
@@ -155,8 +166,15 @@ impl ModelFs {
         runtime: tokio::runtime::Handle,
         layout: Layout,
     ) -> Self {
+        let tree = Tree::build(&manifest, layout);
+        let mut by_digest: Vec<(u64, u64)> = tree
+            .files()
+            .map(|(ino, m, f)| (digest_key(&manifest.models[m].files[f].sha256), ino))
+            .collect();
+        by_digest.sort_unstable();
         ModelFs {
-            tree: Tree::build(&manifest, layout),
+            tree,
+            by_digest,
             manifest,
             cache,
             fetcher,
@@ -185,40 +203,47 @@ impl ModelFs {
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
+        let fixed = |kind, size, cached| Attr {
+            ino,
+            kind,
+            size,
+            cached,
+            changing: false,
+        };
         Ok(match node.kind {
-            Kind::Dir(_) => Attr {
-                ino,
-                kind: NodeKind::Dir,
-                size: 0,
-                cached: 0,
-            },
-            Kind::Symlink(ref target) => Attr {
-                ino,
-                kind: NodeKind::Symlink,
-                size: target.len() as u64,
-                cached: 0,
-            },
-            Kind::Text(ref text) => Attr {
-                ino,
-                kind: NodeKind::File,
-                size: text.len() as u64,
-                cached: text.len() as u64,
-            },
+            Kind::Dir(_) => fixed(NodeKind::Dir, 0, 0),
+            Kind::Symlink(ref target) => fixed(NodeKind::Symlink, target.len() as u64, 0),
+            Kind::Text(ref text) => fixed(NodeKind::File, text.len() as u64, text.len() as u64),
             Kind::File { model, file } => {
                 let entry = &self.manifest.models[model].files[file];
                 // An unreadable map only makes `du` show less; never fail a stat on it.
-                let cached = self
-                    .cache
-                    .presence(entry)
-                    .map_or(0, |p| p.bytes(entry.size));
+                let presence = self.cache.presence(entry).unwrap_or(Presence::Absent);
                 Attr {
-                    ino,
-                    kind: NodeKind::File,
-                    size: entry.size,
-                    cached,
+                    changing: matches!(presence, Presence::Partial { .. }),
+                    ..fixed(NodeKind::File, entry.size, presence.bytes(entry.size))
                 }
             }
         })
+    }
+
+    /// The inodes that show the blob `digest` (one per model that has the
+    /// file, in the models layout).
+    pub fn inodes_of(&self, digest: &Digest) -> impl Iterator<Item = u64> + '_ {
+        let (digest, key) = (*digest, digest_key(digest));
+        let from = self.by_digest.partition_point(|&(k, _)| k < key);
+        self.by_digest[from..]
+            .iter()
+            .take_while(move |&&(k, _)| k == key)
+            .map(|&(_, ino)| ino)
+            .filter(move |&ino| {
+                matches!(self.tree.get(ino).map(|n| &n.kind),
+                    Some(&Kind::File { model, file }) if self.manifest.models[model].files[file].sha256 == digest)
+            })
+    }
+
+    /// Every file inode the manifest gives.
+    pub fn file_inodes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_digest.iter().map(|&(_, ino)| ino)
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
@@ -231,7 +256,11 @@ impl ModelFs {
     }
 
     /// Entries from position `offset` on, `.` and `..` first.
-    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>, FsError> {
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = DirEntry<'_>>, FsError> {
         let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
         let Kind::Dir(children) = &node.kind else {
             return Err(FsError::NotDir);
@@ -241,7 +270,7 @@ impl ModelFs {
             .map(|(ino, name)| DirEntry {
                 ino,
                 kind: NodeKind::Dir,
-                name: name.to_owned(),
+                name,
             });
         let entries = children.iter().map(|(name, &child)| DirEntry {
             ino: child,
@@ -250,9 +279,9 @@ impl ModelFs {
                 Some(Kind::Symlink(_)) => NodeKind::Symlink,
                 _ => NodeKind::File,
             },
-            name: name.clone(),
+            name,
         });
-        Ok(dots.chain(entries).skip(offset as usize).collect())
+        Ok(dots.chain(entries).skip(offset as usize))
     }
 
     /// Where a symlink points.

@@ -138,6 +138,16 @@ impl Tree {
         self.add(parent, name, Kind::Dir(BTreeMap::new()))
     }
 
+    /// Every file the manifest gives: its inode, model and file index.
+    pub fn files(&self) -> impl Iterator<Item = (u64, usize, usize)> + '_ {
+        (1..)
+            .zip(&self.nodes)
+            .filter_map(|(ino, node)| match node.kind {
+                Kind::File { model, file } => Some((ino, model, file)),
+                _ => None,
+            })
+    }
+
     pub fn get(&self, ino: u64) -> Option<&Node> {
         self.nodes.get(ino.checked_sub(1)? as usize)
     }
