@@ -5,6 +5,18 @@ use std::io::{self, Read};
 
 use sha2::{Digest as _, Sha256};
 
+/// Each byte's value as a hex digit; 0xff for anything else.
+const HEX: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        table[b"0123456789ABCDEF"[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 /// A SHA-256 digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(pub [u8; 32]);
@@ -18,8 +30,18 @@ impl Digest {
                 s.len()
             ));
         }
+        // A table rather than `hex`'s branches: a catalog's manifest has
+        // hundreds of thousands of digests to parse.
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|e| format!("not hexadecimal: {e}"))?;
+        for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+            let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+            if (hi | lo) > 0xf {
+                // The error, with the offending character, from `hex`.
+                hex::decode_to_slice(s, &mut [0u8; 32])
+                    .map_err(|e| format!("not hexadecimal: {e}"))?;
+            }
+            *byte = hi << 4 | lo;
+        }
         Ok(Digest(out))
     }
 

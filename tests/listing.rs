@@ -83,9 +83,18 @@ fn a_catalog_of_10000_models_is_listed_once_then_by_the_kernel() {
     // Names come with their attributes: no entry is looked up alone.
     assert_eq!(first.get("lookup"), None, "{first:?}");
 
-    // Read again: the kernel answers all of it, names, sizes and listings.
+    // Read again: the kernel answers it, names, sizes and listings. (It
+    // may have dropped a few cached listings meanwhile, as it drops any
+    // page, and then reads those again.)
     assert!(listing(&m.mountpoint) == want);
-    assert_eq!(fuse_ops(&addr), first, "the second listing reached modelfs");
+    let mut second = fuse_ops(&addr);
+    let relisted = second.remove("readdirplus").unwrap() - first["readdirplus"];
+    assert!(
+        relisted <= first["readdirplus"] / 100.0,
+        "the second listing read {relisted} listings again"
+    );
+    second.insert("readdirplus".into(), first["readdirplus"]);
+    assert_eq!(second, first, "the second listing reached modelfs");
 
     // `ls -l` asks for `security.selinux` of every entry: not supported
     // (which ls remembers), rather than absent each time.

@@ -36,7 +36,7 @@ pub struct Blob {
     pub size: u64,
     pub chunk_size: u64,
     /// What each chunk must hash to; `None` for a file verified only whole.
-    chunks: Option<Vec<Digest>>,
+    chunks: Option<Box<[Digest]>>,
     paths: Paths,
     /// The data file: the partial file while filling (same inode after the
     /// rename to complete), or nothing yet for a whole-file download.
@@ -59,7 +59,7 @@ impl Blob {
             key,
             size: entry.size,
             chunk_size: entry.chunk_size,
-            chunks: entry.chunks.clone(),
+            chunks: entry.chunk_hashes().map(Iterator::collect),
             paths,
             data: RwLock::new(None),
             map: None,
@@ -131,7 +131,7 @@ impl Blob {
             blob.complete = AtomicBool::new(true);
             return Ok(blob);
         }
-        if entry.chunks.is_some() {
+        if entry.is_chunked() {
             let (file, map) = blob.open_partial(temp)?;
             // Shared while we may set bits; the last writer out marks it clean.
             map.file().lock_shared()?;

@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::Cache;
@@ -50,25 +51,22 @@ pub struct Quota {
 
 /// Which models a process knows (from its manifest), to group files and
 /// to honour `pinned = true`.
+/// The manifest itself, shared: a catalog's copy would cost as much again.
 #[derive(Default)]
 pub struct Catalog {
-    models: Vec<(String, Vec<Digest>, bool)>,
+    manifest: Option<Arc<Manifest>>,
 }
 
 impl Catalog {
-    pub fn new(manifest: &Manifest) -> Catalog {
+    pub fn new(manifest: Arc<Manifest>) -> Catalog {
         Catalog {
-            models: manifest
-                .models
-                .iter()
-                .map(|m| (m.id.clone(), digests(m), m.pinned))
-                .collect(),
+            manifest: Some(manifest),
         }
     }
-}
 
-fn digests(model: &Model) -> Vec<Digest> {
-    model.files.iter().map(|f| f.sha256).collect()
+    fn models(&self) -> &[Model] {
+        self.manifest.as_ref().map_or(&[], |m| &m.models)
+    }
 }
 
 /// One stored file, as eviction sees it.
@@ -247,10 +245,10 @@ impl Cache {
                 }
             }
         }
-        for (id, model_digests, _) in &self.catalog.models {
-            for d in model_digests {
-                if let Some(s) = by_digest.get_mut(d) {
-                    s.models.push(id.clone());
+        for model in self.catalog.models() {
+            for f in &model.files {
+                if let Some(s) = by_digest.get_mut(&f.sha256) {
+                    s.models.push(model.id.clone());
                 }
             }
         }
@@ -382,7 +380,11 @@ impl Cache {
     /// Keeps `model`'s files from eviction, whatever manifest a process uses.
     pub fn pin(&self, model: &Model) -> io::Result<()> {
         super::files::ensure_dir(&self.pins_dir())?;
-        let body: String = digests(model).iter().map(|d| format!("{d}\n")).collect();
+        let body: String = model
+            .files
+            .iter()
+            .map(|f| format!("{}\n", f.sha256))
+            .collect();
         let path = self.pins_dir().join(&model.id);
         let (mut file, tmp) = self.temp_file(&Digest([0; 32]))?;
         std::io::Write::write_all(&mut file, body.as_bytes())?;
@@ -405,10 +407,10 @@ impl Cache {
     fn pinned_digests(&self) -> io::Result<HashSet<Digest>> {
         let mut pinned: HashSet<Digest> = self
             .catalog
-            .models
+            .models()
             .iter()
-            .filter(|(_, _, pinned)| *pinned)
-            .flat_map(|(_, d, _)| d.iter().copied())
+            .filter(|m| m.pinned)
+            .flat_map(|m| m.files.iter().map(|f| f.sha256))
             .collect();
         for pin in read_dir_or_empty(&self.pins_dir())? {
             let text = String::from_utf8_lossy(&super::files::read(&pin)?).into_owned();
@@ -467,6 +469,20 @@ fn read_dir_or_empty(dir: &Path) -> io::Result<Vec<PathBuf>> {
 mod tests {
     use super::*;
 
+    /// A catalog of `(id, files, pinned)`.
+    fn catalog(models: &[(&str, &[Digest], bool)]) -> Catalog {
+        let mut text = String::from("version = 1\n");
+        for (id, files, pinned) in models {
+            text += &format!(
+                "[[model]]\nid = \"{id}\"\npinned = {pinned}\nsources = [\"file:///x\"]\n"
+            );
+            for (i, d) in files.iter().enumerate() {
+                text += &format!("[[model.file]]\npath = \"f{i}\"\nsize = 1\nsha256 = \"{d}\"\n");
+            }
+        }
+        Catalog::new(Arc::new(Manifest::parse("t.toml".as_ref(), &text).unwrap()))
+    }
+
     /// A complete blob of 4 KiB last used `age` seconds ago.
     fn stored_blob(cache: &Cache, seed: u8, age: u64) -> (Digest, File) {
         let digest = Digest([seed; 32]);
@@ -491,13 +507,11 @@ mod tests {
         let (pinned, _) = stored_blob(&cache, 5, 900);
         let (open, held) = stored_blob(&cache, 6, 900);
         held.lock_shared().unwrap();
-        let cache = cache.with_catalog(Catalog {
-            models: vec![
-                ("old".into(), vec![old_only, shared], false),
-                ("new".into(), vec![shared, new_only], false),
-                ("p".into(), vec![pinned], true),
-            ],
-        });
+        let cache = cache.with_catalog(catalog(&[
+            ("old", &[old_only, shared], false),
+            ("new", &[shared, new_only], false),
+            ("p", &[pinned], true),
+        ]));
 
         let all = cache.plan(u64::MAX).unwrap();
         let order: Vec<_> = all.evict.iter().map(|s| s.digest).collect();

@@ -95,9 +95,9 @@ impl BlobKey {
     pub fn of(entry: &FileEntry) -> BlobKey {
         let mut h = Sha256::new();
         h.update(entry.size.to_le_bytes());
-        if let Some(chunks) = &entry.chunks {
+        if let Some(chunks) = entry.chunk_hashes() {
             h.update(entry.chunk_size.to_le_bytes());
-            chunks.iter().for_each(|c| h.update(c.0));
+            chunks.for_each(|c| h.update(c.0));
         }
         BlobKey {
             digest: entry.sha256,
@@ -304,7 +304,7 @@ impl Cache {
     /// Where `entry`'s chunk map is, and what it must describe: `None` for
     /// a file without chunk hashes, or with no partial file.
     fn map_of(&self, entry: &FileEntry) -> Option<(PathBuf, chunk_map::Identity)> {
-        entry.chunks.as_ref()?;
+        entry.is_chunked().then_some(())?;
         let key = BlobKey::of(entry);
         let data = fs::symlink_metadata(self.state_path(&key, "partial"))
             .ok()
@@ -367,7 +367,7 @@ impl Cache {
         let first = files.first().map_or(Digest([0; 32]), |f| f.sha256);
         let ((), tmp) = self.fresh_temp(&first, |p| fs::create_dir(p))?;
         for file in files {
-            let link = tmp.join(&file.path);
+            let link = tmp.join(&*file.path);
             fs::create_dir_all(link.parent().expect("a file path has a parent"))?;
             // From models/<id>/<dirs...>/ back up to CACHE.
             let depth = 2 + file.path.matches('/').count();

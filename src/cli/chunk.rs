@@ -56,7 +56,7 @@ pub fn chunk(args: ChunkArgs) -> anyhow::Result<i32> {
     let mut added = Vec::new();
     for m in models {
         for (f, entry) in manifest.models[m].files.iter().enumerate() {
-            if entry.chunks.is_some() {
+            if entry.is_chunked() {
                 continue;
             }
             let target = Target::new(Arc::clone(&manifest), m, f);

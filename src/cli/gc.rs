@@ -23,7 +23,7 @@ pub struct GcArgs {
 
 pub fn gc(args: GcArgs) -> anyhow::Result<i32> {
     init_logging("warn");
-    let manifest = args.manifest.load()?;
+    let manifest = std::sync::Arc::new(args.manifest.load()?);
     let cache = open_cache(&args.cache, &args.quota, &manifest)?;
     let before = cache.disk_usage();
     let plan = cache.plan(cache.excess()?)?;
@@ -106,7 +106,7 @@ pub struct PinArgs {
 /// `pin` (true) or `unpin` (false).
 pub fn pin(args: PinArgs, pin: bool) -> anyhow::Result<i32> {
     init_logging("warn");
-    let manifest = args.manifest.load()?;
+    let manifest = std::sync::Arc::new(args.manifest.load()?);
     let model = &manifest.models[model_index(&manifest, &args.model)?];
     let cache = open_cache(&args.cache, &QuotaArg::none(), &manifest)?;
     if pin {

@@ -445,13 +445,13 @@ fn model_index(manifest: &Manifest, id: &str) -> Result<usize, UsageError> {
 fn open_cache(
     cache: &CacheArg,
     quota: &QuotaArg,
-    manifest: &Manifest,
+    manifest: &std::sync::Arc<Manifest>,
 ) -> anyhow::Result<std::sync::Arc<Cache>> {
     let root = cache.resolve()?;
     let cache = Cache::open(&root)
         .with_context(|| format!("cache {}", root.display()))?
         .with_quota(quota.resolve(&root))
-        .with_catalog(Catalog::new(manifest));
+        .with_catalog(Catalog::new(std::sync::Arc::clone(manifest)));
     let swept = cache
         .sweep_temp()
         .with_context(|| format!("cannot sweep {}", cache.root().join("tmp").display()))?;

@@ -110,7 +110,7 @@ async fn prefetch_model(
                     "modelfs: prefetch {}: optional file {} is absent at every source; skipped",
                     spec.id, file.path
                 );
-                skipped.push(file.path.clone());
+                skipped.push(file.path.to_string());
             }
             Err(e) => return Err(e.into()),
         }

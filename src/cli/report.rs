@@ -81,11 +81,7 @@ fn inline(v: &toml::Value) -> String {
 /// How a file's bytes are verified: chunk by chunk (reads are lazy), or
 /// only whole (a read waits for the whole file).
 fn verification(f: &crate::manifest::FileEntry) -> &'static str {
-    if f.chunks.is_some() {
-        "chunks"
-    } else {
-        "whole"
-    }
+    if f.is_chunked() { "chunks" } else { "whole" }
 }
 
 /// Rounded down, so that only a complete model shows 100%.
@@ -155,7 +151,7 @@ pub fn ls(
             for (f, p) in m.files.iter().zip(model_presence(cache.as_ref(), m)) {
                 let component = match (&f.component, f.optional) {
                     (Some(c), true) => format!("{c} (optional)"),
-                    (Some(c), false) => c.clone(),
+                    (Some(c), false) => c.to_string(),
                     (None, true) => "(optional)".into(),
                     (None, false) => "-".into(),
                 };

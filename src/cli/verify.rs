@@ -24,7 +24,7 @@ pub struct VerifyArgs {
 /// Exit code 1 if anything was bad (and has been dropped).
 pub fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
     init_logging("warn");
-    let manifest = args.manifest.load()?;
+    let manifest = std::sync::Arc::new(args.manifest.load()?);
     let models = model_indices(&manifest, &args.models)?;
     let cache: Arc<_> = open_cache(&args.cache, &QuotaArg::none(), &manifest)?;
     let mut bad_models = 0;

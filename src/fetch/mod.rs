@@ -86,6 +86,11 @@ impl Target {
     pub fn entry(&self) -> &FileEntry {
         &self.manifest.models[self.model].files[self.file]
     }
+
+    /// Where the file is fetched from, in order.
+    pub fn locations(&self) -> Vec<Location> {
+        self.manifest.models[self.model].locations(self.entry())
+    }
 }
 
 impl fmt::Display for Target {
@@ -546,9 +551,8 @@ impl Fetcher {
         } else {
             None
         };
-        let order = self
-            .health
-            .order(&target.entry().locations, std::time::Instant::now());
+        let locations = target.locations();
+        let order = self.health.order(&locations, std::time::Instant::now());
         let mut writer = RangeWriter::chunks(blob.as_ref(), blob, range, state);
         if let Some(hasher) = resumed {
             debug!(file = %target, chunk = first, bytes = prefix, "resuming inside the chunk");
@@ -575,9 +579,8 @@ impl Fetcher {
                 start,
                 bytes: Mutex::new(vec![0; (range.end - start) as usize]),
             };
-            let order = self
-                .health
-                .order(&target.entry().locations, std::time::Instant::now());
+            let locations = target.locations();
+            let order = self.health.order(&locations, std::time::Instant::now());
             let mut none = NoBookkeeping;
             let mut writer = RangeWriter::chunks(&memory, blob, range, &mut none);
             self.fetch_from_sources(target, &order, &mut writer).await?;
@@ -737,11 +740,10 @@ impl Fetcher {
         make: impl Fn() -> Result<O, FetchError>,
     ) -> Result<O, FetchError> {
         let entry = target.entry();
+        let locations = target.locations();
         let mut attempts = Vec::new();
-        let first_order = self
-            .health
-            .order(&entry.locations, std::time::Instant::now());
-        for round in 0..entry.locations.len() {
+        let first_order = self.health.order(&locations, std::time::Instant::now());
+        for round in 0..locations.len() {
             let out = make()?;
             // Each round starts from the next source of one order: were the
             // order taken again, a source demoted meanwhile would rotate back
@@ -800,8 +802,9 @@ impl Fetcher {
 
     /// Fetches what `writer` lacks from one source, retrying transient
     /// faults with backoff and resuming after the bytes already received.
-    /// A request that verified a chunk before it failed starts the count of
-    /// attempts afresh: a long run on a slow link is not a failing source.
+    /// A request that verified a chunk, or brought [`PROGRESS_RESETS_RETRIES`]
+    /// bytes, before it failed starts the count of attempts afresh: a
+    /// source that keeps delivering over a bad connection is not failing.
     async fn fetch_range(
         &self,
         location: &Location,
@@ -847,7 +850,7 @@ impl Fetcher {
                 debug!(source = %location, %error, "failed after the last byte; keeping the bytes");
                 return Ok(());
             }
-            if writer.take_verified() {
+            if writer.take_verified() || writer.received - before >= PROGRESS_RESETS_RETRIES {
                 retry = 0;
             }
             retry += 1;
@@ -900,7 +903,7 @@ impl Fetcher {
             return Ok(());
         }
         let entry = target.entry();
-        if entry.chunks.is_none() {
+        if !entry.is_chunked() {
             self.ensure_whole(target, blob, urgency).await?;
             progress(entry.size);
             return Ok(());
@@ -955,6 +958,10 @@ impl Fetcher {
         }
     }
 }
+
+/// See [`Fetcher::fetch_range`]: at least this much progress per attempt
+/// keeps a run going, and bounds its attempts by its length.
+const PROGRESS_RESETS_RETRIES: u64 = 256 << 10;
 
 /// Rounds in a row that settle nothing before [`Fetcher::ensure_chunks`]
 /// gives up on chunks whose leaders keep dropping them.

@@ -49,6 +49,8 @@ struct Setup {
     blob: Arc<Blob>,
     source: Arc<Scripted>,
     data: Vec<u8>,
+    /// The file's two locations, a and b.
+    locations: Vec<Location>,
 }
 
 impl Setup {
@@ -67,7 +69,7 @@ impl Setup {
     ) -> Setup {
         let manifest = manifest(&data, chunk_hashes);
         let target = Target::new(Arc::clone(&manifest), 0, 0);
-        let locations = &target.entry().locations;
+        let locations = target.locations();
         let (a, b) = (&locations[0], &locations[1]);
         let source = Arc::new(script(Scripted::new(&[a, b], &data), a, b));
         let dir = tempfile::tempdir().unwrap();
@@ -86,15 +88,16 @@ impl Setup {
             blob,
             source,
             data,
+            locations,
         }
     }
 
     fn a(&self) -> &Location {
-        &self.target.entry().locations[0]
+        &self.locations[0]
     }
 
     fn b(&self) -> &Location {
-        &self.target.entry().locations[1]
+        &self.locations[1]
     }
 
     fn metric(&self, series: &str) -> u64 {

@@ -167,10 +167,11 @@ impl ModelFs {
         layout: Layout,
     ) -> Self {
         let tree = Tree::build(&manifest, layout);
-        let mut by_digest: Vec<(u64, u64)> = tree
-            .files()
-            .map(|(ino, m, f)| (digest_key(&manifest.models[m].files[f].sha256), ino))
-            .collect();
+        let mut by_digest = Vec::with_capacity(tree.files().count());
+        by_digest.extend(
+            tree.files()
+                .map(|(ino, m, f)| (digest_key(&manifest.models[m].files[f].sha256), ino)),
+        );
         by_digest.sort_unstable();
         ModelFs {
             tree,
@@ -212,8 +213,8 @@ impl ModelFs {
         };
         Ok(match node.kind {
             Kind::Dir(_) => fixed(NodeKind::Dir, 0, 0),
-            Kind::Symlink(ref target) => fixed(NodeKind::Symlink, target.len() as u64, 0),
-            Kind::Text(ref text) => fixed(NodeKind::File, text.len() as u64, text.len() as u64),
+            Kind::Symlink(target) => fixed(NodeKind::Symlink, target.len() as u64, 0),
+            Kind::Text(text) => fixed(NodeKind::File, text.len() as u64, text.len() as u64),
             Kind::File { model, file } => {
                 let entry = &self.manifest.models[model].files[file];
                 // An unreadable map only makes `du` show less; never fail a stat on it.
@@ -236,8 +237,8 @@ impl ModelFs {
             .take_while(move |&&(k, _)| k == key)
             .map(|&(_, ino)| ino)
             .filter(move |&ino| {
-                matches!(self.tree.get(ino).map(|n| &n.kind),
-                    Some(&Kind::File { model, file }) if self.manifest.models[model].files[file].sha256 == digest)
+                matches!(self.tree.get(ino).map(|n| n.kind),
+                    Some(Kind::File { model, file }) if self.manifest.models[model].files[file].sha256 == digest)
             })
     }
 
@@ -248,10 +249,10 @@ impl ModelFs {
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         let node = self.tree.get(parent).ok_or(FsError::NotFound)?;
-        let Kind::Dir(children) = &node.kind else {
+        let Kind::Dir(children) = node.kind else {
             return Err(FsError::NotDir);
         };
-        let ino = *children.get(name).ok_or(FsError::NotFound)?;
+        let ino = children.get(name).ok_or(FsError::NotFound)?;
         self.getattr(ino)
     }
 
@@ -262,39 +263,41 @@ impl ModelFs {
         offset: u64,
     ) -> Result<impl Iterator<Item = DirEntry<'_>>, FsError> {
         let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
-        let Kind::Dir(children) = &node.kind else {
+        let Kind::Dir(children) = node.kind else {
             return Err(FsError::NotDir);
         };
         let dots = [(ino, "."), (node.parent, "..")]
             .into_iter()
+            .skip(offset as usize)
             .map(|(ino, name)| DirEntry {
                 ino,
                 kind: NodeKind::Dir,
                 name,
             });
-        let entries = children.iter().map(|(name, &child)| DirEntry {
+        let from = offset.saturating_sub(2) as usize;
+        let entries = children.iter_from(from).map(|(name, child)| DirEntry {
             ino: child,
-            kind: match self.tree.get(child).map(|n| &n.kind) {
+            kind: match self.tree.get(child).map(|n| n.kind) {
                 Some(Kind::Dir(_)) => NodeKind::Dir,
                 Some(Kind::Symlink(_)) => NodeKind::Symlink,
                 _ => NodeKind::File,
             },
             name,
         });
-        Ok(dots.chain(entries).skip(offset as usize))
+        Ok(dots.chain(entries))
     }
 
     /// Where a symlink points.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
-        match &self.tree.get(ino).ok_or(FsError::NotFound)?.kind {
-            Kind::Symlink(target) => Ok(target.clone().into_bytes()),
+        match self.tree.get(ino).ok_or(FsError::NotFound)?.kind {
+            Kind::Symlink(target) => Ok(target.as_bytes().to_vec()),
             _ => Err(FsError::NotSymlink),
         }
     }
 
     /// The bytes of a file the tree holds itself (`refs/main`), if `ino` is one.
     pub fn read_text(&self, ino: u64, offset: u64, len: u32) -> Option<Vec<u8>> {
-        let Kind::Text(text) = &self.tree.get(ino)?.kind else {
+        let Kind::Text(text) = self.tree.get(ino)?.kind else {
             return None;
         };
         let start = (offset as usize).min(text.len());
@@ -430,7 +433,7 @@ impl ModelFs {
     ) -> Result<Vec<u8>, FsError> {
         let blob = &h.blob;
         let end = offset.saturating_add(len as u64).min(blob.size);
-        if h.target.entry().chunks.is_none() {
+        if !h.target.entry().is_chunked() {
             let bytes = match self
                 .fetcher
                 .ensure_whole(&h.target, blob, Urgency::Demand)
@@ -475,7 +478,7 @@ impl ModelFs {
     }
 
     fn start_readahead(&self, h: &Arc<OpenFile>, offset: u64, len: u64) {
-        if h.blob.is_complete() || h.target.entry().chunks.is_none() {
+        if h.blob.is_complete() || !h.target.entry().is_chunked() {
             return;
         }
         let ahead = h
@@ -527,7 +530,7 @@ impl ModelFs {
             XATTR_COMPONENT => entry
                 .component
                 .as_ref()
-                .map(|c| c.clone().into_bytes())
+                .map(|c| c.as_bytes().to_vec())
                 .ok_or(FsError::NoAttr),
             _ => Err(FsError::NoAttr),
         }

@@ -3,6 +3,7 @@
 //! paths, and files) and `hf` (a Hugging Face hub cache: per repo `refs/main`,
 //! `snapshots/<revision>/<path>` as relative symlinks into `blobs/<sha256>`).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use sha2::{Digest as _, Sha256};
@@ -22,120 +23,136 @@ pub enum Layout {
 
 pub const ROOT: u64 = 1;
 
-pub enum Kind {
-    /// Children by name, sorted so that `readdir` offsets are stable.
-    Dir(BTreeMap<String, u64>),
+/// What an inode is, borrowed from the tree.
+#[derive(Clone, Copy)]
+pub enum Kind<'t> {
+    Dir(Dir<'t>),
     File {
         model: usize,
         file: usize,
     },
     /// A symbolic link to this (relative) target.
-    Symlink(String),
+    Symlink(&'t str),
     /// A small file whose content the tree holds (`refs/main`).
-    Text(Vec<u8>),
+    Text(&'t [u8]),
 }
 
-pub struct Node {
+#[derive(Clone, Copy)]
+pub struct Node<'t> {
     pub parent: u64,
-    pub kind: Kind,
+    pub kind: Kind<'t>,
 }
 
+/// A directory's entries, sorted by name so that `readdir` offsets are
+/// stable and a lookup is a binary search.
+#[derive(Clone, Copy)]
+pub struct Dir<'t> {
+    names: &'t str,
+    entries: &'t [Entry],
+}
+
+impl<'t> Dir<'t> {
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.entries
+            .binary_search_by(|e| e.name(self.names).cmp(name))
+            .ok()
+            .map(|i| self.entries[i].ino as u64)
+    }
+
+    /// The entries from the `n`th on.
+    pub fn iter_from(self, n: usize) -> impl Iterator<Item = (&'t str, u64)> + 't {
+        let names = self.names;
+        let rest = self.entries.get(n..).unwrap_or_default();
+        rest.iter().map(move |e| (e.name(names), e.ino as u64))
+    }
+}
+
+/// The tree, built once from the manifest and never changed, kept compact:
+/// a catalog has hundreds of thousands of files. Names live end to end in
+/// one string; each directory's entries are a run of one array.
 pub struct Tree {
     /// `nodes[ino - 1]`.
-    nodes: Vec<Node>,
+    nodes: Vec<Stored>,
+    entries: Vec<Entry>,
+    /// Every name, symlink target and text.
+    names: String,
+}
+
+struct Stored {
+    parent: u32,
+    kind: StoredKind,
+}
+
+enum StoredKind {
+    Dir(Span),
+    File { model: u32, file: u32 },
+    Symlink(Span),
+    Text(Span),
+}
+
+/// `from..to` of [`Tree::entries`] or [`Tree::names`].
+#[derive(Clone, Copy)]
+struct Span {
+    from: u32,
+    to: u32,
+}
+
+impl Span {
+    fn of(&self) -> std::ops::Range<usize> {
+        self.from as usize..self.to as usize
+    }
+}
+
+struct Entry {
+    name: Span,
+    ino: u32,
+}
+
+impl Entry {
+    fn name<'t>(&self, names: &'t str) -> &'t str {
+        &names[self.name.of()]
+    }
 }
 
 impl Tree {
     pub fn build(manifest: &Manifest, layout: Layout) -> Tree {
-        let mut tree = Tree {
-            nodes: vec![Node {
-                parent: ROOT,
-                kind: Kind::Dir(BTreeMap::new()),
-            }],
-        };
-        if layout == Layout::Hf {
-            tree.add_hf_repos(manifest);
-            return tree;
-        }
-        for (m, model) in manifest.models.iter().enumerate() {
-            let model_dir = tree.child_dir(ROOT, &model.id);
-            for (f, file) in model.files.iter().enumerate() {
-                let (parent, name, _) = tree.file_parent(model_dir, &file.path);
-                tree.add(parent, name, Kind::File { model: m, file: f });
-            }
-        }
-        tree
-    }
-
-    /// The hub cache's layout: for each model, `models--<org>--<name>/` with
-    /// `refs/main` (the revision), `blobs/<sha256>` (the files, once per
-    /// content) and `snapshots/<revision>/<path>` (relative symlinks to the
-    /// blobs, as `huggingface_hub` makes them). Models of one repo share its
-    /// directory; the first one's revision is `main`.
-    fn add_hf_repos(&mut self, manifest: &Manifest) {
-        for (m, model) in manifest.models.iter().enumerate() {
-            let repo = hf_repo(model);
-            let revision = model
-                .revision
-                .clone()
-                .unwrap_or_else(|| derived_revision(model));
-            let repo_dir = self.child_dir(ROOT, &format!("models--{}", repo.replace('/', "--")));
-            let refs = self.child_dir(repo_dir, "refs");
-            if !self.has_child(refs, "main") {
-                self.add(refs, "main", Kind::Text(revision.clone().into_bytes()));
-            }
-            let blobs = self.child_dir(repo_dir, "blobs");
-            let snapshots = self.child_dir(repo_dir, "snapshots");
-            let snapshot = self.child_dir(snapshots, &revision);
-            for (f, file) in model.files.iter().enumerate() {
-                let hex = file.sha256.to_hex();
-                if !self.has_child(blobs, &hex) {
-                    self.add(blobs, &hex, Kind::File { model: m, file: f });
+        let files: usize = manifest.models.iter().map(|m| m.files.len()).sum();
+        let mut nodes = Vec::with_capacity(1 + manifest.models.len() + files);
+        nodes.push((ROOT, Building::Dir(BTreeMap::new())));
+        let mut b = Builder { nodes };
+        match layout {
+            Layout::Hf => b.add_hf_repos(manifest),
+            Layout::Models => {
+                for (m, model) in manifest.models.iter().enumerate() {
+                    let model_dir = b.child_dir(ROOT, model.id.as_str().into());
+                    for (f, file) in model.files.iter().enumerate() {
+                        let (parent, name, _) = b.file_parent(model_dir, &file.path);
+                        b.add(parent, name.into(), Building::File { model: m, file: f });
+                    }
                 }
-                let (parent, name, depth) = self.file_parent(snapshot, &file.path);
-                // From snapshots/<revision>/<dirs>/ back up to the repo directory.
-                let target = format!("{}blobs/{hex}", "../".repeat(2 + depth));
-                self.add(parent, name, Kind::Symlink(target));
             }
         }
+        b.freeze()
     }
 
-    /// The directory a file at `path` goes in under `root` (made as needed),
-    /// its name, and how many directories deep it is.
-    fn file_parent<'p>(&mut self, root: u64, path: &'p str) -> (u64, &'p str, usize) {
-        let (dirs, name) = match path.rsplit_once('/') {
-            Some((dirs, name)) => (Some(dirs), name),
-            None => (None, path),
+    pub fn get(&self, ino: u64) -> Option<Node<'_>> {
+        let stored = self.nodes.get(ino.checked_sub(1)? as usize)?;
+        let kind = match &stored.kind {
+            StoredKind::Dir(span) => Kind::Dir(Dir {
+                names: &self.names,
+                entries: &self.entries[span.of()],
+            }),
+            &StoredKind::File { model, file } => Kind::File {
+                model: model as usize,
+                file: file as usize,
+            },
+            StoredKind::Symlink(span) => Kind::Symlink(&self.names[span.of()]),
+            StoredKind::Text(span) => Kind::Text(self.names[span.of()].as_bytes()),
         };
-        let parts: Vec<&str> = dirs.into_iter().flat_map(|d| d.split('/')).collect();
-        let parent = parts
-            .iter()
-            .fold(root, |dir, part| self.child_dir(dir, part));
-        (parent, name, parts.len())
-    }
-
-    fn has_child(&self, dir: u64, name: &str) -> bool {
-        matches!(self.get(dir).map(|n| &n.kind), Some(Kind::Dir(c)) if c.contains_key(name))
-    }
-
-    fn add(&mut self, parent: u64, name: &str, kind: Kind) -> u64 {
-        let ino = self.nodes.len() as u64 + 1;
-        self.nodes.push(Node { parent, kind });
-        if let Kind::Dir(children) = &mut self.nodes[(parent - 1) as usize].kind {
-            children.insert(name.to_owned(), ino);
-        }
-        ino
-    }
-
-    /// The directory `name` under `parent`, created if missing. The manifest
-    /// was validated, so no name is both a file and a directory.
-    fn child_dir(&mut self, parent: u64, name: &str) -> u64 {
-        if let Some(Kind::Dir(children)) = self.get(parent).map(|n| &n.kind)
-            && let Some(&ino) = children.get(name)
-        {
-            return ino;
-        }
-        self.add(parent, name, Kind::Dir(BTreeMap::new()))
+        Some(Node {
+            parent: stored.parent as u64,
+            kind,
+        })
     }
 
     /// Every file the manifest gives: its inode, model and file index.
@@ -143,17 +160,164 @@ impl Tree {
         (1..)
             .zip(&self.nodes)
             .filter_map(|(ino, node)| match node.kind {
-                Kind::File { model, file } => Some((ino, model, file)),
+                StoredKind::File { model, file } => Some((ino, model as usize, file as usize)),
                 _ => None,
             })
     }
 
-    pub fn get(&self, ino: u64) -> Option<&Node> {
-        self.nodes.get(ino.checked_sub(1)? as usize)
-    }
-
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+}
+
+/// The tree while it is made: directories as maps, names borrowed from
+/// the manifest where they can be (a catalog's are hundreds of thousands).
+struct Builder<'m> {
+    /// `nodes[ino - 1]`: parent and kind.
+    nodes: Vec<(u64, Building<'m>)>,
+}
+
+enum Building<'m> {
+    Dir(BTreeMap<Cow<'m, str>, u64>),
+    File { model: usize, file: usize },
+    Symlink(String),
+    Text(String),
+}
+
+impl<'m> Builder<'m> {
+    /// The hub cache's layout: for each model, `models--<org>--<name>/` with
+    /// `refs/main` (the revision), `blobs/<sha256>` (the files, once per
+    /// content) and `snapshots/<revision>/<path>` (relative symlinks to the
+    /// blobs, as `huggingface_hub` makes them). Models of one repo share its
+    /// directory; the first one's revision is `main`.
+    fn add_hf_repos(&mut self, manifest: &'m Manifest) {
+        for (m, model) in manifest.models.iter().enumerate() {
+            let repo = hf_repo(model);
+            let revision = model
+                .revision
+                .clone()
+                .unwrap_or_else(|| derived_revision(model));
+            let repo_dir =
+                self.child_dir(ROOT, format!("models--{}", repo.replace('/', "--")).into());
+            let refs = self.child_dir(repo_dir, "refs".into());
+            if !self.has_child(refs, "main") {
+                self.add(refs, "main".into(), Building::Text(revision.clone()));
+            }
+            let blobs = self.child_dir(repo_dir, "blobs".into());
+            let snapshots = self.child_dir(repo_dir, "snapshots".into());
+            let snapshot = self.child_dir(snapshots, revision.into());
+            for (f, file) in model.files.iter().enumerate() {
+                let hex = file.sha256.to_hex();
+                let (parent, name, depth) = self.file_parent(snapshot, &file.path);
+                // From snapshots/<revision>/<dirs>/ back up to the repo directory.
+                let target = format!("{}blobs/{hex}", "../".repeat(2 + depth));
+                self.add(parent, name.into(), Building::Symlink(target));
+                if !self.has_child(blobs, &hex) {
+                    self.add(blobs, hex.into(), Building::File { model: m, file: f });
+                }
+            }
+        }
+    }
+
+    /// The directory a file at `path` goes in under `root` (made as needed),
+    /// its name, and how many directories deep it is.
+    fn file_parent(&mut self, root: u64, path: &'m str) -> (u64, &'m str, usize) {
+        let (dirs, name) = match path.rsplit_once('/') {
+            Some((dirs, name)) => (Some(dirs), name),
+            None => (None, path),
+        };
+        let parts: Vec<&str> = dirs.into_iter().flat_map(|d| d.split('/')).collect();
+        let parent = parts
+            .iter()
+            .fold(root, |dir, part| self.child_dir(dir, (*part).into()));
+        (parent, name, parts.len())
+    }
+
+    fn children(&self, dir: u64) -> Option<&BTreeMap<Cow<'m, str>, u64>> {
+        match &self.nodes[(dir - 1) as usize].1 {
+            Building::Dir(children) => Some(children),
+            _ => None,
+        }
+    }
+
+    fn has_child(&self, dir: u64, name: &str) -> bool {
+        self.children(dir).is_some_and(|c| c.contains_key(name))
+    }
+
+    fn add(&mut self, parent: u64, name: Cow<'m, str>, kind: Building<'m>) -> u64 {
+        let ino = self.nodes.len() as u64 + 1;
+        self.nodes.push((parent, kind));
+        if let Building::Dir(children) = &mut self.nodes[(parent - 1) as usize].1 {
+            children.insert(name, ino);
+        }
+        ino
+    }
+
+    /// The directory `name` under `parent`, created if missing. The manifest
+    /// was validated, so no name is both a file and a directory.
+    fn child_dir(&mut self, parent: u64, name: Cow<'m, str>) -> u64 {
+        if let Some(&ino) = self.children(parent).and_then(|c| c.get(&*name)) {
+            return ino;
+        }
+        self.add(parent, name, Building::Dir(BTreeMap::new()))
+    }
+
+    fn freeze(self) -> Tree {
+        fn text_span(tree: &mut Tree, s: &str) -> Span {
+            let from = tree.names.len() as u32;
+            tree.names.push_str(s);
+            Span {
+                from,
+                to: tree.names.len() as u32,
+            }
+        }
+        // Sized first: a catalog's arrays are tens of MB, and growing them
+        // leaves holes in the heap that stay in the mount's RSS.
+        let (mut entries, mut bytes) = (0, 0);
+        for (_, kind) in &self.nodes {
+            match kind {
+                Building::Dir(children) => {
+                    entries += children.len();
+                    bytes += children.keys().map(|n| n.len()).sum::<usize>();
+                }
+                Building::Symlink(s) | Building::Text(s) => bytes += s.len(),
+                Building::File { .. } => {}
+            }
+        }
+        let mut tree = Tree {
+            nodes: Vec::with_capacity(self.nodes.len()),
+            entries: Vec::with_capacity(entries),
+            names: String::with_capacity(bytes),
+        };
+        for (parent, kind) in self.nodes {
+            let kind = match kind {
+                Building::Dir(children) => {
+                    let from = tree.entries.len() as u32;
+                    for (name, ino) in children {
+                        let name = text_span(&mut tree, &name);
+                        tree.entries.push(Entry {
+                            name,
+                            ino: ino as u32,
+                        });
+                    }
+                    StoredKind::Dir(Span {
+                        from,
+                        to: tree.entries.len() as u32,
+                    })
+                }
+                Building::File { model, file } => StoredKind::File {
+                    model: model as u32,
+                    file: file as u32,
+                },
+                Building::Symlink(target) => StoredKind::Symlink(text_span(&mut tree, &target)),
+                Building::Text(text) => StoredKind::Text(text_span(&mut tree, &text)),
+            };
+            tree.nodes.push(Stored {
+                parent: parent as u32,
+                kind,
+            });
+        }
+        tree
     }
 }
 
@@ -164,7 +328,8 @@ pub fn hf_repo(model: &Model) -> String {
         model
             .files
             .iter()
-            .flat_map(|f| &f.locations)
+            .flat_map(|f| &f.sources)
+            .chain(&model.sources)
             .find_map(|l| match l {
                 Location::Hf { repo, .. } => Some(repo.clone()),
                 _ => None,
@@ -191,6 +356,13 @@ fn derived_revision(model: &Model) -> String {
 mod tests {
     use super::*;
 
+    fn dir(tree: &Tree, ino: u64) -> BTreeMap<String, u64> {
+        match tree.get(ino).unwrap().kind {
+            Kind::Dir(d) => d.iter_from(0).map(|(n, i)| (n.to_owned(), i)).collect(),
+            _ => panic!("not a directory"),
+        }
+    }
+
     #[test]
     fn builds_directories_from_paths() {
         let sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -213,17 +385,20 @@ sha256 = "{sha}"
         let tree = Tree::build(&manifest, Layout::Models);
         // root, m@1, a, b, c.bin, d.bin
         assert_eq!(tree.len(), 6);
-        let Kind::Dir(root) = &tree.get(ROOT).unwrap().kind else {
-            panic!()
-        };
+        let root = dir(&tree, ROOT);
         let model = root["m@1"];
-        let Kind::Dir(m) = &tree.get(model).unwrap().kind else {
-            panic!()
-        };
-        let Kind::Dir(a) = &tree.get(m["a"]).unwrap().kind else {
-            panic!()
-        };
+        let m = dir(&tree, model);
+        let a = dir(&tree, m["a"]);
         assert_eq!(a.keys().collect::<Vec<_>>(), ["b", "d.bin"]);
+        let Some(Node {
+            kind: Kind::Dir(listed),
+            ..
+        }) = tree.get(m["a"])
+        else {
+            panic!("a directory")
+        };
+        assert_eq!(listed.get("d.bin"), Some(a["d.bin"]));
+        assert_eq!(listed.get("c.bin"), None);
         assert_eq!(tree.get(a["d.bin"]).unwrap().parent, m["a"]);
         assert!(matches!(
             tree.get(a["d.bin"]).unwrap().kind,
@@ -262,10 +437,7 @@ sha256 = "{b}"
         );
         let manifest = Manifest::parse("t.toml".as_ref(), &text).unwrap();
         let tree = Tree::build(&manifest, Layout::Hf);
-        let dir = |ino: u64| match &tree.get(ino).unwrap().kind {
-            Kind::Dir(c) => c.clone(),
-            _ => panic!("not a directory"),
-        };
+        let dir = |ino: u64| dir(&tree, ino);
         let root = dir(ROOT);
         assert_eq!(
             root.keys().collect::<Vec<_>>(),
@@ -275,13 +447,13 @@ sha256 = "{b}"
         let repo = dir(root["models--org--name"]);
         let refs = dir(repo["refs"]);
         assert!(
-            matches!(&tree.get(refs["main"]).unwrap().kind, Kind::Text(t) if *t == "ab".repeat(20).into_bytes())
+            matches!(tree.get(refs["main"]).unwrap().kind, Kind::Text(t) if *t == *"ab".repeat(20).as_bytes())
         );
         let snapshot = dir(dir(repo["snapshots"])[&"ab".repeat(20)]);
         let sub = dir(snapshot["sub"]);
-        assert!(matches!(&tree.get(sub["w.bin"]).unwrap().kind,
+        assert!(matches!(tree.get(sub["w.bin"]).unwrap().kind,
             Kind::Symlink(t) if *t == format!("../../../blobs/{}", sha('b'))));
-        assert!(matches!(&tree.get(snapshot["config.json"]).unwrap().kind,
+        assert!(matches!(tree.get(snapshot["config.json"]).unwrap().kind,
             Kind::Symlink(t) if t.starts_with("../../blobs/e3b0")));
         assert_eq!(dir(repo["blobs"]).len(), 2);
         // A model with no revision gets a stable derived one.

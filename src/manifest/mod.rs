@@ -45,22 +45,38 @@ pub struct Model {
     /// Descriptive keys of the orchestrator's format (`variants`, ...) and
     /// their values; empty for native manifests.
     pub details: Vec<(String, toml::Value)>,
+    /// Base URLs: a file is also fetched from `<base>/<path>`, after its
+    /// own sources (see [`Model::locations`]).
+    pub sources: Box<[Location]>,
     pub files: Vec<FileEntry>,
+}
+
+impl Model {
+    /// Where `file` (one of this model's) is fetched from, in order: its
+    /// own URLs, then the model's bases joined with its path. Made when
+    /// asked rather than kept: a catalog has hundreds of thousands of files.
+    pub fn locations(&self, file: &FileEntry) -> Vec<Location> {
+        let bases = self.sources.iter().map(|b| b.join(&file.path));
+        file.sources.iter().cloned().chain(bases).collect()
+    }
 }
 
 #[derive(Debug)]
 pub struct FileEntry {
     /// Relative, '/'-separated, validated.
-    pub path: String,
+    pub path: Box<str>,
     pub size: u64,
     pub sha256: Digest,
     pub chunk_size: u64,
     /// Per-chunk hashes; `None` means the file is verified only whole.
-    pub chunks: Option<Vec<Digest>>,
-    /// The file's own URLs first, then the model's bases joined with `path`.
-    pub locations: Vec<Location>,
+    /// Empty for a file of one chunk whose hash is its `sha256`: most of a
+    /// catalog's files, which would otherwise hold each hash twice. Read
+    /// through [`FileEntry::chunk_hash`] and [`FileEntry::chunk_hashes`].
+    chunks: Option<Box<[Digest]>>,
+    /// The file's own URLs, tried before the model's bases.
+    pub sources: Box<[Location]>,
     /// The orchestrator's `component` (`vae`, `text_encoder`, ...).
-    pub component: Option<String>,
+    pub component: Option<Box<str>>,
     /// The orchestrator's `optional = true`: a model is usable without it.
     pub optional: bool,
 }
@@ -79,6 +95,25 @@ pub fn check_chunk_size(size: u64) -> Result<(), String> {
 impl FileEntry {
     pub fn chunk_count(&self) -> u64 {
         self.size.div_ceil(self.chunk_size)
+    }
+
+    /// Whether the file has chunk hashes, and so is read chunk by chunk.
+    pub fn is_chunked(&self) -> bool {
+        self.chunks.is_some()
+    }
+
+    /// What chunk `index` must hash to; `None` for a file verified whole.
+    pub fn chunk_hash(&self, index: u64) -> Option<Digest> {
+        match self.chunks.as_deref()? {
+            [] => (index == 0).then_some(self.sha256),
+            hashes => hashes.get(index as usize).copied(),
+        }
+    }
+
+    /// Every chunk hash in order; `None` for a file verified whole.
+    pub fn chunk_hashes(&self) -> Option<impl Iterator<Item = Digest> + '_> {
+        self.chunks.as_ref()?;
+        Some((0..self.chunk_count()).filter_map(|i| self.chunk_hash(i)))
     }
 }
 
@@ -125,7 +160,7 @@ impl Manifest {
                         model.details = extra.details;
                         for (file, (component, optional)) in model.files.iter_mut().zip(extra.files)
                         {
-                            file.component = component;
+                            file.component = component.map(String::into_boxed_str);
                             file.optional = optional;
                         }
                         Ok(model)

@@ -88,7 +88,19 @@ pub(super) fn detect(text: &str) -> bool {
     struct Probe {
         schema_version: Option<toml::Value>,
     }
-    toml::from_str::<Probe>(text).is_ok_and(|p| p.schema_version.is_some())
+    let probe = |text| {
+        toml::from_str::<Probe>(text)
+            .ok()
+            .map(|p| p.schema_version.is_some())
+    };
+    // Top-level keys come before the first table header, so only that part
+    // is parsed: a catalog's whole text would be a second copy in memory.
+    // If the cut falls inside a multi-line value, the whole text decides.
+    let header = text
+        .lines()
+        .find(|l| l.trim_start().starts_with('['))
+        .map_or(text.len(), |l| l.as_ptr() as usize - text.as_ptr() as usize);
+    probe(&text[..header]).unwrap_or_else(|| probe(text).unwrap_or(false))
 }
 
 /// Parses the orchestrator's format into native raw models (validated by the
@@ -285,16 +297,17 @@ mod tests {
         assert_eq!(detail("allow_patterns"), "[\"*.pth\"]");
         let f = &b.files[0];
         assert_eq!((f.component.as_deref(), f.optional), (Some("vae"), true));
-        assert!(f.chunks.is_none(), "verified whole");
+        assert!(!f.is_chunked(), "verified whole");
+        let locations = b.locations(f);
         assert_eq!(
-            f.locations[0],
+            locations[0],
             Location::File("/srv/models/wan/b@1/vae.pth".into())
         );
-        assert_eq!(f.locations[1].to_string(), "s3://bkt/wan/b@1/vae.pth");
+        assert_eq!(locations[1].to_string(), "s3://bkt/wan/b@1/vae.pth");
         // Without a root, local:// stays, to be skipped when fetching.
         let m = Manifest::load_text(&text(""), None).unwrap();
         assert_eq!(
-            m.models[0].files[0].locations[0].to_string(),
+            m.models[0].locations(&m.models[0].files[0])[0].to_string(),
             "local://wan/b@1/vae.pth"
         );
     }
@@ -339,7 +352,7 @@ mod tests {
         );
         assert_eq!(out.matches("chunk_size = 8388608").count(), 1, "{out}");
         let again = Manifest::load_text(&out, None).unwrap();
-        assert!(again.models.iter().all(|m| m.files[0].chunks.is_some()));
+        assert!(again.models.iter().all(|m| m.files[0].is_chunked()));
         // Another chunk size than the file's own is refused, not written.
         assert!(
             m.add_chunk_hashes(&text, &[(0, 0, 131072, hashes)])

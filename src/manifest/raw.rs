@@ -101,17 +101,13 @@ pub(super) fn sha256_spans(text: &str) -> Result<Vec<Vec<HashAt>>, Unlocated> {
 }
 
 pub(super) fn parse(text: &str) -> Result<Vec<Model>, Unlocated> {
-    let raw: RawManifest = toml::from_str(text).map_err(Unlocated::from_toml)?;
-    if *raw.version.get_ref() != KNOWN_VERSION {
-        return err(
-            raw.version.span(),
-            "version".into(),
-            format!(
-                "unsupported manifest version {}; this modelfs reads version {KNOWN_VERSION}",
-                raw.version.get_ref()
-            ),
-        );
+    if text.len() >= IN_PARTS_FROM
+        && let Some(models) = parse_in_parts(text)
+    {
+        return Ok(models);
     }
+    let raw: RawManifest = toml::from_str(text).map_err(Unlocated::from_toml)?;
+    check_version(&raw.version)?;
     let mut ids = HashSet::new();
     raw.model
         .into_iter()
@@ -125,23 +121,117 @@ pub(super) fn parse(text: &str) -> Result<Vec<Model>, Unlocated> {
                     format!("duplicate model id {:?}", m.id.get_ref()),
                 );
             }
-            // local:// is the orchestrator's; here a file:// URL says the same.
-            let mut lists = vec![(&m.sources, format!("{field}.sources"))];
-            for (j, f) in m.file.iter().enumerate() {
-                lists.push((&f.sources, format!("{field}.file[{j}].sources")));
-            }
-            for (list, at) in lists {
-                if let Some(s) = list.iter().find(|s| s.get_ref().starts_with("local://")) {
-                    return err(
-                        s.span(),
-                        at,
-                        "local:// belongs to the orchestrator's models.toml; use file:///abs/dir",
-                    );
-                }
-            }
-            validate_model(m, &field, "file")
+            check_model(m, &field)
         })
         .collect()
+}
+
+/// Manifests this long are parsed in parts (see [`parse_in_parts`]).
+const IN_PARTS_FROM: usize = 1 << 20;
+
+/// The models of one part of a manifest cut at its `[[model]]` headers.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModels {
+    model: Vec<RawModel>,
+}
+
+/// A large manifest, cut at its top-level `[[model]]` header lines and
+/// the parts parsed and checked in parallel: the TOML parser holds one
+/// model's document at a time rather than all of them (a 75 MB catalog
+/// peaked at 1.5 GB whole). `None` if anything is wrong with any part;
+/// the whole text is then parsed as one, so that the error it reports
+/// names the place as ever. A `[[model]]` line inside a multi-line string
+/// cuts that string open, which fails its part and so falls back too.
+fn parse_in_parts(text: &str) -> Option<Vec<Model>> {
+    let starts = model_headers(text);
+    let (&first, _) = starts.split_first()?;
+    let head: RawManifest = toml::from_str(&text[..first]).ok()?;
+    if check_version(&head.version).is_err() || !head.model.is_empty() {
+        return None;
+    }
+    let parts: Vec<&str> = starts
+        .iter()
+        .zip(starts.iter().skip(1).chain([&text.len()]))
+        .map(|(&a, &b)| &text[a..b])
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = parts.len().div_ceil(threads);
+    let groups: Vec<Option<Vec<Model>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = parts
+            .chunks(per_thread)
+            .map(|group| {
+                scope.spawn(move || {
+                    let mut models = Vec::with_capacity(group.len());
+                    for part in group {
+                        let raw: RawModels = toml::from_str(part).ok()?;
+                        for m in raw.model {
+                            // The field is only named in errors, which this path never reports.
+                            models.push(check_model(m, "model").ok()?);
+                        }
+                    }
+                    Some(models)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().ok().flatten())
+            .collect()
+    });
+    let groups = groups.into_iter().collect::<Option<Vec<_>>>()?;
+    let mut models = Vec::with_capacity(groups.iter().map(Vec::len).sum());
+    models.extend(groups.into_iter().flatten());
+    let mut ids = HashSet::new();
+    models
+        .iter()
+        .all(|m| ids.insert(m.id.as_str()))
+        .then_some(models)
+}
+
+/// Where each line that is exactly a `[[model]]` header (spaces aside) starts.
+fn model_headers(text: &str) -> Vec<usize> {
+    text.match_indices("[[model]]")
+        .filter(|&(at, m)| {
+            let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+            text[line_start..at].trim().is_empty() && text[at + m.len()..line_end].trim().is_empty()
+        })
+        .map(|(at, _)| text[..at].rfind('\n').map_or(0, |i| i + 1))
+        .collect()
+}
+
+fn check_version(version: &Spanned<i64>) -> Result<(), Unlocated> {
+    if *version.get_ref() == KNOWN_VERSION {
+        return Ok(());
+    }
+    err(
+        version.span(),
+        "version".into(),
+        format!(
+            "unsupported manifest version {}; this modelfs reads version {KNOWN_VERSION}",
+            version.get_ref()
+        ),
+    )
+}
+
+/// Checks one model of a native manifest; `field` names it in errors.
+fn check_model(m: RawModel, field: &str) -> Result<Model, Unlocated> {
+    // local:// is the orchestrator's; here a file:// URL says the same.
+    let mut lists = vec![(&m.sources, format!("{field}.sources"))];
+    for (j, f) in m.file.iter().enumerate() {
+        lists.push((&f.sources, format!("{field}.file[{j}].sources")));
+    }
+    for (list, at) in lists {
+        if let Some(s) = list.iter().find(|s| s.get_ref().starts_with("local://")) {
+            return err(
+                s.span(),
+                at,
+                "local:// belongs to the orchestrator's models.toml; use file:///abs/dir",
+            );
+        }
+    }
+    validate_model(m, field, "file")
 }
 
 /// Checks one model; `field` names it in errors, `files` its list of files.
@@ -213,6 +303,7 @@ pub(super) fn validate_model(m: RawModel, field: &str, files: &str) -> Result<Mo
         repo: m.repo.map(Spanned::into_inner),
         revision: m.revision.map(|r| r.into_inner().to_ascii_lowercase()),
         details: Vec::new(),
+        sources: bases,
         files,
     })
 }
@@ -265,13 +356,16 @@ fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntr
                     Digest::from_hex(h.get_ref())
                         .or_else(|why| err(h.span(), format!("{field}.chunks[{k}]"), why))
                 })
-                .collect::<Result<Vec<_>, _>>()?;
-            Some(digests)
+                .collect::<Result<Box<[_]>, _>>()?;
+            // One chunk that is the whole file: its hash is the sha256.
+            Some(match *digests {
+                [only] if only == sha256 => Box::default(),
+                _ => digests,
+            })
         }
     };
-    let mut locations = parse_locations(&f.sources, &format!("{field}.sources"))?;
-    locations.extend(bases.iter().map(|b| b.join(&path)));
-    if locations.is_empty() {
+    let sources = parse_locations(&f.sources, &format!("{field}.sources"))?;
+    if sources.is_empty() && bases.is_empty() {
         return err(
             path_span,
             format!("{field}.sources"),
@@ -279,18 +373,18 @@ fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntr
         );
     }
     Ok(FileEntry {
-        path,
+        path: path.into(),
         size,
         sha256,
         chunk_size,
         chunks,
-        locations,
+        sources,
         component: None,
         optional: false,
     })
 }
 
-fn parse_locations(list: &[Spanned<String>], field: &str) -> Result<Vec<Location>, Unlocated> {
+fn parse_locations(list: &[Spanned<String>], field: &str) -> Result<Box<[Location]>, Unlocated> {
     list.iter()
         .enumerate()
         .map(|(k, s)| {

@@ -71,17 +71,18 @@ sources = ["file:///srv/other/config.json"]
     assert_eq!(m.models.len(), 2);
     let f = &m.models[0].files[0];
     assert_eq!((f.chunk_size, f.chunk_count()), (65536, 3));
+    let locations = m.models[0].locations(f);
     assert_eq!(
-        f.locations.len(),
+        locations.len(),
         5,
         "own source first, then the model's four"
     );
     assert_eq!(
-        f.locations[0].to_string(),
+        locations[0].to_string(),
         "https://mirror.example/weights.bin"
     );
     assert_eq!(
-        f.locations[1].to_string(),
+        locations[1].to_string(),
         "http://127.0.0.1:8080/t2v/sub/dir/weights.bin"
     );
     assert!(m.models[0].pinned);
@@ -305,13 +306,23 @@ fn build_output_round_trips() {
     let entry = crate::manifest::build_entry(dir.path(), &opts).unwrap();
     let m = parse(&format!("version = 1\n{entry}")).unwrap();
     let files = &m.models[0].files;
-    assert_eq!(files[0].path, "config \"q\".json");
+    assert_eq!(&*files[0].path, "config \"q\".json");
     let w = &files[1];
-    assert_eq!((w.path.as_str(), w.size), ("sub/w.bin", 300_000));
+    assert_eq!((&*w.path, w.size), ("sub/w.bin", 300_000));
     assert_eq!(w.sha256, crate::hash::Digest::of(&big));
-    let chunks = w.chunks.as_ref().unwrap();
+    let chunks: Vec<_> = w.chunk_hashes().unwrap().collect();
     assert_eq!(chunks.len(), 5);
     assert_eq!(chunks[4], crate::hash::Digest::of(&big[4 * 65536..]));
+    // A file of one chunk holds no second copy of its sha256, and says the same.
+    let one = &files[0];
+    assert_eq!(
+        one.chunk_hashes().unwrap().collect::<Vec<_>>(),
+        [one.sha256]
+    );
+    assert_eq!(
+        (one.chunk_hash(0), one.chunk_hash(1)),
+        (Some(one.sha256), None)
+    );
 }
 
 #[test]
