@@ -91,7 +91,7 @@ enum StoredKind {
 }
 
 /// `from..to` of [`Tree::entries`] or [`Tree::names`].
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Span {
     from: u32,
     to: u32,
@@ -103,6 +103,7 @@ impl Span {
     }
 }
 
+#[derive(Default)]
 struct Entry {
     name: Span,
     ino: u32,
@@ -116,23 +117,106 @@ impl Entry {
 
 impl Tree {
     pub fn build(manifest: &Manifest, layout: Layout) -> Tree {
-        let files: usize = manifest.models.iter().map(|m| m.files.len()).sum();
-        let mut nodes = Vec::with_capacity(1 + manifest.models.len() + files);
-        nodes.push((ROOT, Building::Dir(BTreeMap::new())));
-        let mut b = Builder { nodes };
         match layout {
-            Layout::Hf => b.add_hf_repos(manifest),
-            Layout::Models => {
-                for (m, model) in manifest.models.iter().enumerate() {
-                    let model_dir = b.child_dir(ROOT, model.id.as_str().into());
-                    for (f, file) in model.files.iter().enumerate() {
-                        let (parent, name, _) = b.file_parent(model_dir, &file.path);
-                        b.add(parent, name.into(), Building::File { model: m, file: f });
-                    }
-                }
+            Layout::Hf => {
+                let mut b = Builder::new();
+                b.add_hf_repos(manifest);
+                b.freeze()
             }
+            Layout::Models => Tree::of_models(manifest),
         }
-        b.freeze()
+    }
+
+    /// One directory per model (ids are unique), each made on its own and
+    /// appended: the root's entries, a catalog's hundred thousand, never
+    /// go through a map, and the arrays are sized once.
+    fn of_models(manifest: &Manifest) -> Tree {
+        let models = &manifest.models;
+        let files = || models.iter().flat_map(|m| &m.files);
+        let count = models.len() + files().count();
+        // At most: a nested directory's name is part of a path.
+        let bytes = models.iter().map(|m| m.id.len()).sum::<usize>()
+            + files().map(|f| f.path.len()).sum::<usize>();
+        let mut tree = Tree::with_capacity(1 + count, count, bytes);
+        tree.nodes.push(Stored {
+            parent: ROOT as u32,
+            kind: StoredKind::Dir(Span {
+                from: 0,
+                to: models.len() as u32,
+            }),
+        });
+        // The root's run comes first; each entry is set once its directory is made.
+        tree.entries.resize_with(models.len(), Entry::default);
+        for (m, model) in models.iter().enumerate() {
+            let mut b = Builder::new();
+            for (f, file) in model.files.iter().enumerate() {
+                let (parent, name, _) = b.file_parent(ROOT, &file.path);
+                b.add(parent, name.into(), Building::File { model: m, file: f });
+            }
+            let ino = tree.append(b, ROOT);
+            tree.entries[m] = Entry {
+                name: tree.text(&model.id),
+                ino,
+            };
+        }
+        let Tree { entries, names, .. } = &mut tree;
+        entries[..models.len()].sort_unstable_by(|a, b| a.name(names).cmp(b.name(names)));
+        tree
+    }
+
+    fn with_capacity(nodes: usize, entries: usize, bytes: usize) -> Tree {
+        Tree {
+            nodes: Vec::with_capacity(nodes),
+            entries: Vec::with_capacity(entries),
+            names: String::with_capacity(bytes),
+        }
+    }
+
+    /// Adds the tree `b` made, its root under `parent`; returns its root's inode.
+    fn append(&mut self, b: Builder, parent: u64) -> u32 {
+        // `b`'s inode i is this tree's i + offset.
+        let offset = self.nodes.len() as u64;
+        for (i, (local_parent, kind)) in b.nodes.into_iter().enumerate() {
+            let kind = match kind {
+                Building::Dir(children) => {
+                    let from = self.entries.len() as u32;
+                    for (name, ino) in children {
+                        let name = self.text(&name);
+                        let ino = (ino + offset) as u32;
+                        self.entries.push(Entry { name, ino });
+                    }
+                    StoredKind::Dir(Span {
+                        from,
+                        to: self.entries.len() as u32,
+                    })
+                }
+                Building::File { model, file } => StoredKind::File {
+                    model: model as u32,
+                    file: file as u32,
+                },
+                Building::Symlink(target) => StoredKind::Symlink(self.text(&target)),
+                Building::Text(text) => StoredKind::Text(self.text(&text)),
+            };
+            let parent = if i == 0 {
+                parent
+            } else {
+                local_parent + offset
+            };
+            self.nodes.push(Stored {
+                parent: parent as u32,
+                kind,
+            });
+        }
+        (offset + 1) as u32
+    }
+
+    fn text(&mut self, s: &str) -> Span {
+        let from = self.names.len() as u32;
+        self.names.push_str(s);
+        Span {
+            from,
+            to: self.names.len() as u32,
+        }
     }
 
     pub fn get(&self, ino: u64) -> Option<Node<'_>> {
@@ -185,6 +269,12 @@ enum Building<'m> {
 }
 
 impl<'m> Builder<'m> {
+    fn new() -> Self {
+        Builder {
+            nodes: vec![(ROOT, Building::Dir(BTreeMap::new()))],
+        }
+    }
+
     /// The hub cache's layout: for each model, `models--<org>--<name>/` with
     /// `refs/main` (the revision), `blobs/<sha256>` (the files, once per
     /// content) and `snapshots/<revision>/<path>` (relative symlinks to the
@@ -263,14 +353,6 @@ impl<'m> Builder<'m> {
     }
 
     fn freeze(self) -> Tree {
-        fn text_span(tree: &mut Tree, s: &str) -> Span {
-            let from = tree.names.len() as u32;
-            tree.names.push_str(s);
-            Span {
-                from,
-                to: tree.names.len() as u32,
-            }
-        }
         // Sized first: a catalog's arrays are tens of MB, and growing them
         // leaves holes in the heap that stay in the mount's RSS.
         let (mut entries, mut bytes) = (0, 0);
@@ -284,39 +366,8 @@ impl<'m> Builder<'m> {
                 Building::File { .. } => {}
             }
         }
-        let mut tree = Tree {
-            nodes: Vec::with_capacity(self.nodes.len()),
-            entries: Vec::with_capacity(entries),
-            names: String::with_capacity(bytes),
-        };
-        for (parent, kind) in self.nodes {
-            let kind = match kind {
-                Building::Dir(children) => {
-                    let from = tree.entries.len() as u32;
-                    for (name, ino) in children {
-                        let name = text_span(&mut tree, &name);
-                        tree.entries.push(Entry {
-                            name,
-                            ino: ino as u32,
-                        });
-                    }
-                    StoredKind::Dir(Span {
-                        from,
-                        to: tree.entries.len() as u32,
-                    })
-                }
-                Building::File { model, file } => StoredKind::File {
-                    model: model as u32,
-                    file: file as u32,
-                },
-                Building::Symlink(target) => StoredKind::Symlink(text_span(&mut tree, &target)),
-                Building::Text(text) => StoredKind::Text(text_span(&mut tree, &text)),
-            };
-            tree.nodes.push(Stored {
-                parent: parent as u32,
-                kind,
-            });
-        }
+        let mut tree = Tree::with_capacity(self.nodes.len(), entries, bytes);
+        tree.append(self, ROOT);
         tree
     }
 }
