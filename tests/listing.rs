@@ -144,3 +144,29 @@ fn st_blocks_follows_the_cache_whoever_changes_it() {
         fs::metadata(&file).unwrap().blocks() == 0
     });
 }
+
+/// The tree does not change while mounted, so a name found absent once is
+/// not asked for again (loaders probe for many optional files).
+#[test]
+fn absent_names_are_remembered_by_the_kernel() {
+    let ws = Workspace::new();
+    catalog(&ws, 3);
+    let addr = free_addr();
+    let m = Mount::start(&ws, &["--metrics-addr", &addr]);
+    let lookups = || fuse_ops(&addr).get("lookup").copied().unwrap_or(0.0);
+    let probe = m.path("model-00001/adapter_config.json");
+    for _ in 0..3 {
+        assert_eq!(
+            fs::metadata(&probe).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+    }
+    // The model directory's lookup and the absent name's, once each.
+    assert_eq!(lookups(), 2.0);
+    assert_eq!(
+        fs::metadata(m.path("model-00001/config.json"))
+            .unwrap()
+            .len(),
+        2
+    );
+}

@@ -189,6 +189,18 @@ impl Filesystem for FuseAdapter {
         let _span = debug_span!("lookup", parent = parent.0, ?name).entered();
         match name_str(name).and_then(|n| self.core.lookup(parent.0, n)) {
             Ok(a) => reply.entry_with_ttls(attr_ttl(&a), &TTL, &self.attr(&a), Generation(0)),
+            // A name absent now is absent while mounted: inode 0 makes the
+            // kernel remember that (loaders probe for many optional files).
+            Err(FsError::NotFound) => {
+                let absent = Attr {
+                    ino: 0,
+                    kind: NodeKind::File,
+                    size: 0,
+                    cached: 0,
+                    changing: false,
+                };
+                reply.entry_with_ttls(&TTL, &TTL, &self.attr(&absent), Generation(0));
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
