@@ -53,10 +53,17 @@ impl Watcher {
             fd,
             blobs,
         };
-        for dir in fs::read_dir(&watcher.blobs)? {
-            watcher.watch_dir(&dir?.file_name())?;
-        }
+        watcher.watch_all()?;
         Ok(watcher)
+    }
+
+    /// Watches every subdirectory of `blobs/` (again: a second watch of a
+    /// directory is the first one).
+    fn watch_all(&mut self) -> io::Result<()> {
+        for dir in fs::read_dir(&self.blobs)? {
+            self.watch_dir(&dir?.file_name())?;
+        }
+        Ok(())
     }
 
     /// Blocks until something changes.
@@ -87,13 +94,16 @@ impl Watcher {
             let name = OsStr::from_bytes(name.split(|&b| b == 0).next().unwrap_or_default());
             at += header + event.len as usize;
             if event.mask & libc::IN_Q_OVERFLOW != 0 {
+                // Lost events may have been of a new blobs/ab/.
+                self.watch_all()?;
                 return Ok(Changed::Anything);
             }
             if event.wd == self.top {
-                // A new blobs/ab/: watched now, and what it already holds counts as new.
-                self.watch_dir(name)?;
-                for entry in fs::read_dir(self.blobs.join(name))? {
-                    changed.extend(digest_of(&entry?.file_name()));
+                if event.mask & libc::IN_ISDIR != 0 {
+                    // A new blobs/ab/: watched now, and what it already holds counts as new.
+                    self.watch_dir(name)?;
+                    let held = fs::read_dir(self.blobs.join(name)).into_iter().flatten();
+                    changed.extend(held.flatten().filter_map(|e| digest_of(&e.file_name())));
                 }
             } else {
                 changed.extend(digest_of(name));

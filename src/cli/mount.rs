@@ -186,11 +186,12 @@ fn serve(
         )
     };
     let notifier = adapter.notifier_slot();
+    let watching = adapter.watching_flag();
     let mut session = Session::new(adapter, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
-    if let Err(e) = watch_cache(core, session.notifier(), cache.root()) {
-        warn!(error = %e, "cannot watch the cache: `du` may show other processes' changes a day late");
+    if let Err(e) = watch_cache(core, session.notifier(), cache.root(), watching) {
+        warn!(error = %e, "cannot watch the cache: files' attributes are asked for again each second");
     }
     let mut unmounter = session.unmount_callable();
     raise_readahead(mountpoint);

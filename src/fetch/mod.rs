@@ -812,7 +812,7 @@ impl Fetcher {
     ) -> Result<(), AttemptError> {
         let mut retry = 0;
         loop {
-            let before = writer.received;
+            let (before, from) = (writer.received, writer.pos);
             let result = self
                 .sources
                 .fetch(location, writer.pos..writer.range.end, writer)
@@ -850,7 +850,10 @@ impl Fetcher {
                 debug!(source = %location, %error, "failed after the last byte; keeping the bytes");
                 return Ok(());
             }
-            if writer.take_verified() || writer.received - before >= PROGRESS_RESETS_RETRIES {
+            // Progress is what was kept: an over-long body is thrown away below.
+            let kept = writer.pos.saturating_sub(from);
+            let long = matches!(error, SourceError::LongBody { .. });
+            if writer.take_verified() || (kept >= PROGRESS_RESETS_RETRIES && !long) {
                 retry = 0;
             }
             retry += 1;
@@ -858,7 +861,7 @@ impl Fetcher {
                 return Err(AttemptError::Source(error));
             }
             // An over-long body put wrong bytes where right ones may follow: start over.
-            if matches!(error, SourceError::LongBody { .. }) {
+            if long {
                 writer.restart_chunk();
             }
             let delay = self.retry.delay(retry, error.retry_after());

@@ -6,6 +6,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -30,9 +31,6 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 /// `st_blocks` is asked for again after this.
 const CHANGING_TTL: Duration = Duration::from_secs(1);
 
-fn attr_ttl(a: &Attr) -> &'static Duration {
-    if a.changing { &CHANGING_TTL } else { &TTL }
-}
 const BLOCK_SIZE: u32 = 4096;
 /// The `st_blksize` of files: stdio, Python's `open` and coreutils size
 /// their buffers by it, so that small reads of a partial file (direct I/O,
@@ -52,6 +50,12 @@ pub struct FuseAdapter {
     mtime: SystemTime,
     /// Set once the session exists (see [`FuseAdapter::notifier_slot`]).
     notifier: Arc<OnceLock<Notifier>>,
+    /// Whether changes to the cache are being pushed ([`watch_cache`]);
+    /// without that, files' attributes live only [`CHANGING_TTL`].
+    watching: Arc<AtomicBool>,
+    /// The kernel opens directories itself when `opendir` is ENOSYS
+    /// (`FUSE_NO_OPENDIR_SUPPORT`, Linux 5.1+); older ones fail the open.
+    no_opendir: bool,
 }
 
 impl FuseAdapter {
@@ -68,6 +72,22 @@ impl FuseAdapter {
             gid,
             mtime,
             notifier: Arc::default(),
+            watching: Arc::default(),
+            no_opendir: false,
+        }
+    }
+
+    /// Where [`watch_cache`] says whether it is pushing changes.
+    pub fn watching_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.watching)
+    }
+
+    fn attr_ttl(&self, a: &Attr) -> &'static Duration {
+        let unwatched = a.kind == NodeKind::File && !self.watching.load(Ordering::Acquire);
+        if a.changing || unwatched {
+            &CHANGING_TTL
+        } else {
+            &TTL
         }
     }
 
@@ -108,14 +128,39 @@ impl FuseAdapter {
 /// blob's files appearing (a fetch began, a file completed) or going (an
 /// eviction), by this process or any other sharing the cache. A thread of
 /// its own, blocked on inotify; it ends with the mount.
-pub fn watch_cache(core: Arc<ModelFs>, notifier: Notifier, cache_root: &Path) -> io::Result<()> {
+pub fn watch_cache(
+    core: Arc<ModelFs>,
+    notifier: Notifier,
+    cache_root: &Path,
+    watching: Arc<AtomicBool>,
+) -> io::Result<()> {
     let mut watcher = Watcher::new(cache_root)?;
-    let watch = move || loop {
+    watching.store(true, Ordering::Release);
+    let watch = {
+        let watching = Arc::clone(&watching);
+        move || {
+            push_changes(&mut watcher, &core, &notifier);
+            // Attributes go back to short lives once nothing pushes.
+            watching.store(false, Ordering::Release);
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("modelfs-watch".into())
+        .spawn(watch);
+    if spawned.is_err() {
+        watching.store(false, Ordering::Release);
+    }
+    spawned.map(drop)
+}
+
+/// Until the watch fails or the mount is gone.
+fn push_changes(watcher: &mut Watcher, core: &ModelFs, notifier: &Notifier) {
+    loop {
         let inodes: Vec<u64> = match watcher.wait() {
             Ok(Changed::Blobs(digests)) => digests.iter().flat_map(|d| core.inodes_of(d)).collect(),
             Ok(Changed::Anything) => core.file_inodes().collect(),
             Err(e) => {
-                warn!(error = %e, "cannot watch the cache any longer: `du` may lag");
+                warn!(error = %e, "cannot watch the cache any longer: `du` may lag a second");
                 return;
             }
         };
@@ -130,11 +175,7 @@ pub fn watch_cache(core: Arc<ModelFs>, notifier: Notifier, cache_root: &Path) ->
                 _ => {}
             }
         }
-    };
-    std::thread::Builder::new()
-        .name("modelfs-watch".into())
-        .spawn(watch)
-        .map(drop)
+    }
 }
 
 /// Opens a servable file (complete, or every chunk verified) as a kernel
@@ -162,6 +203,9 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
+        self.no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         // Listings with attributes, and symlink targets kept (`--layout hf`).
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,
@@ -188,7 +232,7 @@ impl Filesystem for FuseAdapter {
         self.core.metrics().fuse_op("lookup");
         let _span = debug_span!("lookup", parent = parent.0, ?name).entered();
         match name_str(name).and_then(|n| self.core.lookup(parent.0, n)) {
-            Ok(a) => reply.entry_with_ttls(attr_ttl(&a), &TTL, &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry_with_ttls(self.attr_ttl(&a), &TTL, &self.attr(&a), Generation(0)),
             // A name absent now is absent while mounted: inode 0 makes the
             // kernel remember that (loaders probe for many optional files).
             Err(FsError::NotFound) => {
@@ -209,7 +253,7 @@ impl Filesystem for FuseAdapter {
         self.core.metrics().fuse_op("getattr");
         let _span = debug_span!("getattr", ino = ino.0).entered();
         match self.core.getattr(ino.0) {
-            Ok(a) => reply.attr(attr_ttl(&a), &self.attr(&a)),
+            Ok(a) => reply.attr(self.attr_ttl(&a), &self.attr(&a)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -262,7 +306,7 @@ impl Filesystem for FuseAdapter {
                         Err(e) => return reply.error(errno(&e)),
                     };
                     let (ino, attr) = (INodeNo(e.ino), self.attr(&a));
-                    if reply.add(ino, next, e.name, attr_ttl(&a), &attr, Generation(0)) {
+                    if reply.add(ino, next, e.name, self.attr_ttl(&a), &attr, Generation(0)) {
                         break;
                     }
                 }
@@ -275,9 +319,15 @@ impl Filesystem for FuseAdapter {
     /// No opens of directories at all: after this ENOSYS the kernel opens
     /// them itself, keeping the listings it read (`FOPEN_CACHE_DIR`, as
     /// nothing here changes while mounted), so a listing read once costs
-    /// no round trip again, not even an open.
+    /// no round trip again, not even an open. Older kernels get the flags.
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.error(Errno::ENOSYS);
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
+        reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+        );
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -335,9 +385,10 @@ impl Filesystem for FuseAdapter {
                             // bytes are not held twice in memory beside the cache
                             // file's, and no pages are left for the kernel to drop
                             // before the file's next open, passthrough (60 ms a GiB,
-                            // inside that open). Maps still go through pages.
+                            // inside that open). Maps still go through pages, which
+                            // other opens must not drop: the bytes never change.
                             let flags = if direct_partial {
-                                FopenFlags::FOPEN_DIRECT_IO
+                                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_KEEP_CACHE
                             } else {
                                 FopenFlags::FOPEN_KEEP_CACHE
                             };

@@ -133,7 +133,9 @@ impl Tree {
     fn of_models(manifest: &Manifest) -> Tree {
         let models = &manifest.models;
         let files = || models.iter().flat_map(|m| &m.files);
-        let count = models.len() + files().count();
+        // At most: a nested directory is one of a path's slashes.
+        let dirs: usize = files().map(|f| f.path.matches('/').count()).sum();
+        let count = models.len() + files().count() + dirs;
         // At most: a nested directory's name is part of a path.
         let bytes = models.iter().map(|m| m.id.len()).sum::<usize>()
             + files().map(|f| f.path.len()).sum::<usize>();

@@ -129,6 +129,16 @@ pub(super) fn parse(text: &str) -> Result<Vec<Model>, Unlocated> {
 /// Manifests this long are parsed in parts (see [`parse_in_parts`]).
 const IN_PARTS_FROM: usize = 1 << 20;
 
+/// What comes before the first `[[model]]` header. A `model` key there
+/// would clash with the tables after it: the whole text is then parsed,
+/// to say so.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHead {
+    version: Spanned<i64>,
+    model: Option<serde::de::IgnoredAny>,
+}
+
 /// The models of one part of a manifest cut at its `[[model]]` headers.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,8 +156,8 @@ struct RawModels {
 fn parse_in_parts(text: &str) -> Option<Vec<Model>> {
     let starts = model_headers(text);
     let (&first, _) = starts.split_first()?;
-    let head: RawManifest = toml::from_str(&text[..first]).ok()?;
-    if check_version(&head.version).is_err() || !head.model.is_empty() {
+    let head: RawHead = toml::from_str(&text[..first]).ok()?;
+    if check_version(&head.version).is_err() || head.model.is_some() {
         return None;
     }
     let parts: Vec<&str> = starts

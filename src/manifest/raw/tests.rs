@@ -332,3 +332,47 @@ fn an_empty_file_must_have_the_empty_digest() {
     let wrong = text.replace(SHA, &"ab".repeat(32));
     fails(&wrong, 8, "model[0].file[0].sha256", "the file is empty");
 }
+
+/// A manifest of `n` models of one file, with `head` after its version.
+fn catalog(head: &str, n: usize) -> String {
+    let mut text = format!("version = 1\n{head}");
+    for i in 0..n {
+        text += &format!(
+            "\n[[model]]\nid = \"m{i}\"\nsources = [\"file:///srv\"]\n\
+             [[model.file]]\npath = \"w.bin\"\nsize = 0\nsha256 = \"{SHA}\"\n"
+        );
+    }
+    text
+}
+
+#[test]
+fn a_large_manifest_is_read_in_parts_as_it_would_be_whole() {
+    // Over a megabyte: parsed in parts.
+    let text = catalog("", 8000);
+    assert!(text.len() > 1 << 20);
+    let m = parse(&text).unwrap();
+    assert_eq!(m.models.len(), 8000);
+    assert_eq!(
+        (m.models[7999].id.as_str(), m.models[7999].files.len()),
+        ("m7999", 1)
+    );
+    // What the whole text gets wrong, the parts must not accept.
+    fails(
+        &catalog("model = []\n", 8000),
+        4,
+        "model[0]",
+        "duplicate key",
+    );
+    let dup = catalog("", 8000).replace("id = \"m7000\"", "id = \"m10\"");
+    fails(&dup, 8 * 7000 + 4, "model[7000].id", "duplicate model id");
+    let bad = text.replace(
+        &format!("sha256 = \"{SHA}\"\n\n[[model]]\nid = \"m5000\""),
+        &format!("sha256 = \"{}\"\n\n[[model]]\nid = \"m5000\"", &SHA[1..]),
+    );
+    fails(
+        &bad,
+        8 * 4999 + 9,
+        "model[4999].file[0].sha256",
+        "64 hex digits",
+    );
+}
