@@ -376,3 +376,15 @@ fn a_large_manifest_is_read_in_parts_as_it_would_be_whole() {
         "64 hex digits",
     );
 }
+
+#[test]
+fn local_sources_belong_to_the_orchestrators_format() {
+    let model = one_file("").replace("http://127.0.0.1:1/m", "local://m");
+    fails(&model, 4, "model[0].sources", "orchestrator");
+    fails(
+        &one_file("sources = [\"local://w\"]\n"),
+        9,
+        "model[0].file[0].sources",
+        "orchestrator",
+    );
+}
