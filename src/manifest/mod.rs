@@ -156,7 +156,7 @@ impl Manifest {
                     .into_iter()
                     .map(|(raw, extra)| {
                         let field = format!("models.{:?}", raw.id.get_ref());
-                        let mut model = raw::validate_model(raw, &field, "files")?;
+                        let mut model = raw::validate_model(raw, raw::At::model(&field, "files"))?;
                         model.details = extra.details;
                         for (file, (component, optional)) in model.files.iter_mut().zip(extra.files)
                         {

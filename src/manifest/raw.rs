@@ -226,69 +226,96 @@ fn check_version(version: &Spanned<i64>) -> Result<(), Unlocated> {
     )
 }
 
+/// Where a model, or one of its files, is in the manifest. The field an
+/// error names is spelled out only for the error: a catalog has 300,000
+/// files, each checked for a handful of them.
+#[derive(Clone, Copy)]
+pub(super) struct At<'a> {
+    /// The model: `model[3]`, or `models."name"` in the orchestrator's format.
+    model: &'a str,
+    /// What its list of files is called: `file` or `files`.
+    files: &'a str,
+    file: Option<usize>,
+}
+
+impl<'a> At<'a> {
+    pub(super) fn model(model: &'a str, files: &'a str) -> Self {
+        At {
+            model,
+            files,
+            file: None,
+        }
+    }
+
+    fn file(self, j: usize) -> Self {
+        At {
+            file: Some(j),
+            ..self
+        }
+    }
+
+    /// The name of `leaf` here, such as `model[3].file[0].sha256`.
+    fn field(self, leaf: impl std::fmt::Display) -> String {
+        match self.file {
+            None => format!("{}.{leaf}", self.model),
+            Some(j) => format!("{}.{}[{j}].{leaf}", self.model, self.files),
+        }
+    }
+}
+
 /// Checks one model of a native manifest; `field` names it in errors.
 fn check_model(m: RawModel, field: &str) -> Result<Model, Unlocated> {
+    let at = At::model(field, "file");
     // local:// is the orchestrator's; here a file:// URL says the same.
-    // The field is named only when one is found: a catalog has 300,000 files.
     let files = m
         .file
         .iter()
         .enumerate()
-        .map(|(j, f)| (Some(j), &f.sources));
-    for (file, list) in std::iter::once((None, &m.sources)).chain(files) {
+        .map(|(j, f)| (at.file(j), &f.sources));
+    for (at, list) in std::iter::once((at, &m.sources)).chain(files) {
         if let Some(s) = list.iter().find(|s| s.get_ref().starts_with("local://")) {
-            let at = match file {
-                None => format!("{field}.sources"),
-                Some(j) => format!("{field}.file[{j}].sources"),
-            };
             return err(
                 s.span(),
-                at,
+                at.field("sources"),
                 "local:// belongs to the orchestrator's models.toml; use file:///abs/dir",
             );
         }
     }
-    validate_model(m, field, "file")
+    validate_model(m, at)
 }
 
-/// Checks one model; `field` names it in errors, `files` its list of files.
-pub(super) fn validate_model(m: RawModel, field: &str, files: &str) -> Result<Model, Unlocated> {
+/// Checks one model, found `at` the given place.
+pub(super) fn validate_model(m: RawModel, at: At) -> Result<Model, Unlocated> {
     let id = m.id.get_ref();
     if let Err(why) = check_id(id) {
-        return err(m.id.span(), format!("{field}.id"), why);
+        return err(m.id.span(), at.field("id"), why);
     }
-    let bases = parse_locations(&m.sources, &format!("{field}.sources"))?;
+    let bases = parse_locations(&m.sources, at)?;
 
-    let mut paths: HashMap<&str, usize> = HashMap::new();
-    let mut dirs: HashSet<String> = HashSet::new();
+    let mut paths: HashMap<&str, usize> = HashMap::with_capacity(m.file.len());
+    let mut dirs: HashSet<&str> = HashSet::new();
     for (j, f) in m.file.iter().enumerate() {
         let path = f.path.get_ref().as_str();
-        let pfield = format!("{field}.{files}[{j}].path");
         if let Err(why) = check_path(path) {
-            return err(f.path.span(), pfield, why);
+            return err(f.path.span(), at.file(j).field("path"), why);
         }
         if paths.insert(path, j).is_some() {
-            return err(f.path.span(), pfield, format!("duplicate path {path:?}"));
+            return err(
+                f.path.span(),
+                at.file(j).field("path"),
+                format!("duplicate path {path:?}"),
+            );
         }
-        let mut prefix = String::new();
-        for part in path.split('/').collect::<Vec<_>>().split_last().unwrap().1 {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(part);
-            dirs.insert(prefix.clone());
-        }
+        dirs.extend(path.match_indices('/').map(|(i, _)| &path[..i]));
     }
     // A path that is also another path's directory cannot be both in one tree.
     for f in &m.file {
-        if dirs.contains(f.path.get_ref()) {
+        let path = f.path.get_ref().as_str();
+        if dirs.contains(path) {
             return err(
                 f.path.span(),
-                format!("{field}.{files}[{}].path", paths[f.path.get_ref().as_str()]),
-                format!(
-                    "{:?} is a file but also a directory of another file",
-                    f.path.get_ref()
-                ),
+                at.file(paths[path]).field("path"),
+                format!("{path:?} is a file but also a directory of another file"),
             );
         }
     }
@@ -297,19 +324,19 @@ pub(super) fn validate_model(m: RawModel, field: &str, files: &str) -> Result<Mo
         .file
         .into_iter()
         .enumerate()
-        .map(|(j, f)| validate_file(f, &format!("{field}.{files}[{j}]"), &bases))
+        .map(|(j, f)| validate_file(f, at.file(j), &bases))
         .collect::<Result<_, _>>()?;
     if let Some(repo) = &m.repo
         && let Err(why) = check_repo(repo.get_ref())
     {
-        return err(repo.span(), format!("{field}.repo"), why);
+        return err(repo.span(), at.field("repo"), why);
     }
     if let Some(rev) = &m.revision
         && !(rev.get_ref().len() == 40 && rev.get_ref().bytes().all(|b| b.is_ascii_hexdigit()))
     {
         return err(
             rev.span(),
-            format!("{field}.revision"),
+            at.field("revision"),
             "a revision is 40 hex digits (a git commit)",
         );
     }
@@ -325,16 +352,16 @@ pub(super) fn validate_model(m: RawModel, field: &str, files: &str) -> Result<Mo
     })
 }
 
-fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntry, Unlocated> {
+fn validate_file(f: RawFile, at: At, bases: &[Location]) -> Result<FileEntry, Unlocated> {
     let path_span = f.path.span();
     let path = f.path.into_inner();
     let size = *f.size.get_ref();
     let sha256 = Digest::from_hex(f.sha256.get_ref())
-        .or_else(|why| err(f.sha256.span(), format!("{field}.sha256"), why))?;
+        .or_else(|why| err(f.sha256.span(), at.field("sha256"), why))?;
     if size == 0 && sha256 != Digest::of(b"") {
         return err(
             f.sha256.span(),
-            format!("{field}.sha256"),
+            at.field("sha256"),
             format!(
                 "the file is empty (size = 0), so it must be {}",
                 Digest::of(b"")
@@ -346,7 +373,7 @@ fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntr
         Some(cs) => {
             let v = *cs.get_ref();
             if let Err(why) = super::check_chunk_size(v) {
-                return err(cs.span(), format!("{field}.chunk_size"), why);
+                return err(cs.span(), at.field("chunk_size"), why);
             }
             v
         }
@@ -358,7 +385,7 @@ fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntr
             if list.get_ref().len() as u64 != expected {
                 return err(
                     list.span(),
-                    format!("{field}.chunks"),
+                    at.field("chunks"),
                     format!(
                         "{} chunk hashes, but a {size}-byte file in {chunk_size}-byte chunks has {expected}",
                         list.get_ref().len()
@@ -371,7 +398,7 @@ fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntr
                 .enumerate()
                 .map(|(k, h)| {
                     Digest::from_hex(h.get_ref())
-                        .or_else(|why| err(h.span(), format!("{field}.chunks[{k}]"), why))
+                        .or_else(|why| err(h.span(), at.field(format_args!("chunks[{k}]")), why))
                 })
                 .collect::<Result<Box<[_]>, _>>()?;
             // One chunk that is the whole file: its hash is the sha256.
@@ -381,11 +408,11 @@ fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntr
             })
         }
     };
-    let sources = parse_locations(&f.sources, &format!("{field}.sources"))?;
+    let sources = parse_locations(&f.sources, at)?;
     if sources.is_empty() && bases.is_empty() {
         return err(
             path_span,
-            format!("{field}.sources"),
+            at.field("sources"),
             "no sources: give the model or this file a `sources` list",
         );
     }
@@ -401,11 +428,13 @@ fn validate_file(f: RawFile, field: &str, bases: &[Location]) -> Result<FileEntr
     })
 }
 
-fn parse_locations(list: &[Spanned<String>], field: &str) -> Result<Box<[Location]>, Unlocated> {
+/// The `sources` list of the model or file `at`.
+fn parse_locations(list: &[Spanned<String>], at: At) -> Result<Box<[Location]>, Unlocated> {
     list.iter()
         .enumerate()
         .map(|(k, s)| {
-            Location::parse(s.get_ref()).or_else(|why| err(s.span(), format!("{field}[{k}]"), why))
+            Location::parse(s.get_ref())
+                .or_else(|why| err(s.span(), at.field(format_args!("sources[{k}]")), why))
         })
         .collect()
 }
