@@ -42,7 +42,8 @@
 #              1 MiB each, one chunk, sources never asked), listed through a mount vs
 #              the same tree of empty files on the local disk (its dentries hot):
 #              ls -lR, ls -l of the root, du -s, find -type f; each cold (a fresh
-#              mount) and again in that mount (warm)
+#              mount) and again in that mount (warm); and the CPU time ls -lR itself
+#              spent cold, the kernel's share no server can lower
 #           C5-C7: BIG_CATALOG_MODELS models: manifest check (seconds, peak RSS),
 #              mount ready (the --daemon mount returns), the mount's RSS then    [no network]
 #
@@ -454,6 +455,18 @@ timed() {
     e=$(date +%s%N)
     awk -v d=$((e - s)) 'BEGIN { printf "%.4f", d / 1e9 }'
 }
+# Seconds a command took and the CPU seconds (user + system) it used, from
+# the subshell's own children: no fork but the command's is counted.
+timed_cpu() {
+    (
+        s=$EPOCHREALTIME
+        timeout -k 5 "$cmd_timeout" "$@" > /dev/null 2> "$work/err" || { log "failed: $*"; exit 1; }
+        e=$EPOCHREALTIME
+        times > "$work/times" # not in a pipe: that would be another shell's
+        awk -v s="$s" -v e="$e" 'function sec(t) { split(t, a, "m"); return a[1] * 60 + a[2] }
+            NR == 2 { printf "%.4f %.4f", e - s, sec($1) + sec($2) }' "$work/times"
+    )
+}
 # Prints what a command printed (bounded by CMD_TIMEOUT); fails, saying why, if it did.
 value() {
     local v
@@ -787,13 +800,26 @@ row_s3() {
 
 # C1-C8: a catalog listed, a big one loaded. No network: the sources are never asked.
 rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 * 1024 / 1e6 }' "/proc/$1/status"; }
-# Cold (a fresh mount) then warm, of one listing command; Args: key command args.
+# A listing's time (KEY.WHO) and, for ls -lR, the CPU time ls itself spent
+# (catlscpu.WHO): on a cold mount that is the kernel's FUSE client, which
+# no server can make cheaper. Args: key who command args.
+timed_listing() {
+    local key=$1 who=$2 t v
+    shift 2
+    if [ "$key" = catls ]; then
+        if v=$(timed_cpu "$@"); then
+            put "$key.$who" "$(ms "${v% *}")"
+            put "catlscpu.$who" "$(ms "${v#* }")"
+        else fail "$key.$who"; fi
+    elif t=$(timed "$@"); then put "$key.$who" "$(ms "$t")"; else fail "$key.$who"; fi
+}
+# Cold (a fresh mount) then warm, of one listing command; Args: key who command args.
 catalog_pair() {
     local key=$1 who=$2 t
     shift 2
     rm -rf "$work/cache-$who"
     mount_mfs "$(bin_of "$who")" "$work/mnt" "$work/man/catalog.toml" "$work/cache-$who" || { fail "$key.$who"; return 0; }
-    if t=$(timed "$@"); then put "$key.$who" "$(ms "$t")"; else fail "$key.$who"; fi
+    timed_listing "$key" "$who" "$@"
     if t=$(timed "$@"); then put "${key}w.$who" "$(ms "$t")"; else fail "${key}w.$who"; fi
     umount_mfs "$work/mnt"
 }
@@ -810,10 +836,12 @@ row_catalog() {
                 catls) set -- ls -lR ;; catroot) set -- ls -l ;; catdu) set -- du -s ;; catfind) set -- find ;;
             esac
             if [ "$key" = catfind ]; then
-                t=$(timed find "$work/catalog" -type f) && put catfind.local "$(ms "$t")" && put catfindw.local "$(ms "$t")"
+                timed_listing catfind local find "$work/catalog" -type f
             else
-                t=$(timed "$@" "$work/catalog") && put "$key.local" "$(ms "$t")" && put "${key}w.local" "$(ms "$t")"
+                timed_listing "$key" local "$@" "$work/catalog"
             fi
+            # The local tree is as warm the first time as the second.
+            [ -s "$work/res/$key.local" ] && put "${key}w.local" "$(tail -n 1 "$work/res/$key.local")"
             for who in $whos; do
                 if [ "$key" = catfind ]; then catalog_pair "$key" "$who" find "$work/mnt" -type f
                 else catalog_pair "$key" "$who" "$@" "$work/mnt"; fi
@@ -910,6 +938,8 @@ t_ls() { check "b == 0" "b=lsb.$1"; }
 # The targets of issue 12.
 t_catls() { check "m <= 2 * l" "m=catls.$1" l=catls.local; }
 t_catlsw() { check "m <= 1.2 * l" "m=catlsw.$1" l=catlsw.local; }
+# Whether C1's target is within reach at all: not once ls alone spends more CPU than it allows.
+t_catlscpu() { check "c <= 2 * l" "c=catlscpu.$1" l=catls.local | sed 's/ok/reachable/; s/MISS/out of reach/'; }
 t_catroot() { check "m <= 100" "m=catrootw.$1"; }
 t_catdu() { check "m <= 2 * l" "m=catdu.$1" l=catdu.local; }
 t_catduw() { check "m <= 2 * l" "m=catduw.$1" l=catduw.local; }
@@ -968,6 +998,7 @@ line 8 "safetensors loads all tensors, ${loader_mb} MiB in 4 shards: cold mount 
 line S3 "cold sequential read from s3s-fs, ${size_mb} MiB (curl column: rclone cat)" unlimited MB/s s3 "–" ""
 files=$((3 * catalog_models)) big_files=$((3 * big_catalog_models))
 line C1 "ls -lR of ${catalog_models} models ($((catalog_models + files)) entries), cold: a fresh mount (local: the same tree, dentries hot)" – ms catls "≤ 2× local" t_catls
+line C1 "… CPU time (user + system) of ls itself in that cold listing: the kernel's FUSE client, a floor no server lowers" – ms catlscpu "C1 reachable only if ≤ 2× local's time" t_catlscpu
 line C1 "… the same again, warm" – ms catlsw "≤ 1.2× local" t_catlsw
 line C2 "ls -l of the root (${catalog_models} models), warm" – ms catrootw "≤ 100 ms" t_catroot
 line C2 "… cold" – ms catroot "–" ""
