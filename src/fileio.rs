@@ -19,6 +19,41 @@ pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usiz
     Ok(done)
 }
 
+/// Appends up to `len` bytes of `file` at `offset` to `out`, read straight
+/// into its spare capacity; returns how many (fewer once the file ends).
+/// Reads serve every byte of a cold file, which is CPU-bound on two
+/// cores: zeroing a buffer only to overwrite it was 5% of that CPU.
+pub fn append_at(file: &File, out: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    out.reserve(len);
+    let mut done = 0;
+    while done < len {
+        let at = libc::off_t::try_from(offset + done as u64)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let spare = &mut out.spare_capacity_mut()[..len - done];
+        // SAFETY: pread writes at most `spare.len()` bytes into `spare`,
+        // memory `out` owns and nothing else refers to.
+        let n =
+            unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+        match n {
+            0 => break,
+            1.. => {
+                // SAFETY: pread initialized the `n` bytes after the vector's
+                // length, within its capacity.
+                unsafe { out.set_len(out.len() + n as usize) };
+                done += n as usize;
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
 /// Runs blocking file work on tokio's blocking pool; a panic in it becomes an error.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
@@ -40,4 +75,26 @@ pub fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
     }
     // SAFETY: statvfs filled it when it returned 0.
     Ok(unsafe { st.assume_init() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn append_at_adds_what_is_there_after_what_was_kept() {
+        let mut file = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        file.write_all(&data).unwrap();
+        let mut out = b"kept".to_vec();
+        assert_eq!(append_at(&file, &mut out, 3000, 1234).unwrap(), 3000);
+        assert_eq!(&out[..4], b"kept");
+        assert_eq!(&out[4..], &data[1234..4234]);
+        // The file ends first: only what it has.
+        assert_eq!(append_at(&file, &mut out, 500, 9800).unwrap(), 200);
+        assert_eq!(&out[3004..], &data[9800..]);
+        assert_eq!(append_at(&file, &mut out, 10, 20_000).unwrap(), 0);
+        assert_eq!(out.len(), 3204);
+    }
 }

@@ -241,13 +241,21 @@ impl Blob {
         self.is_complete() || self.all_chunks_verified()
     }
 
-    /// Reads verified bytes; the caller has checked that the chunks are present.
-    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    /// Appends the verified bytes `offset..end` to `out`; the caller has
+    /// checked that their chunks are present.
+    pub fn read_into(&self, out: &mut Vec<u8>, offset: u64, end: u64) -> io::Result<()> {
         let data = self.data.read().unwrap_or_else(|p| p.into_inner());
         let file = data
             .as_ref()
             .ok_or_else(|| io::Error::other("no cached data"))?;
-        crate::fileio::read_full_at(file, buf, offset)
+        let len = (end - offset) as usize;
+        if crate::fileio::append_at(file, out, len, offset)? != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "cached file is shorter than its size",
+            ));
+        }
+        Ok(())
     }
 
     /// Writes unverified bytes into the partial file; they are not served

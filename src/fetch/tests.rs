@@ -111,8 +111,11 @@ impl Setup {
     fn assert_chunk_right(&self, index: usize) {
         assert!(self.blob.has_chunk(index as u64));
         let want = &self.data[index * CHUNK..((index + 1) * CHUNK).min(self.data.len())];
-        let mut got = vec![0u8; want.len()];
-        self.blob.read_at(&mut got, (index * CHUNK) as u64).unwrap();
+        let mut got = Vec::new();
+        let at = (index * CHUNK) as u64;
+        self.blob
+            .read_into(&mut got, at, at + want.len() as u64)
+            .unwrap();
         assert!(got == want, "chunk {index} holds other bytes");
     }
 }
@@ -233,8 +236,8 @@ async fn a_file_without_chunk_hashes_is_verified_whole_then_fetched_again_elsewh
         !s.source.requests(s.b()).is_empty(),
         "round 2 starts from b"
     );
-    let mut got = vec![0u8; s.data.len()];
-    s.blob.read_at(&mut got, 0).unwrap();
+    let mut got = Vec::new();
+    s.blob.read_into(&mut got, 0, s.data.len() as u64).unwrap();
     assert!(got == s.data);
 }
 
@@ -252,8 +255,8 @@ async fn each_whole_file_round_starts_from_another_source_even_after_a_demotion(
         .await
         .unwrap();
     assert!(s.blob.is_complete());
-    let mut got = vec![0u8; s.data.len()];
-    s.blob.read_at(&mut got, 0).unwrap();
+    let mut got = Vec::new();
+    s.blob.read_into(&mut got, 0, s.data.len() as u64).unwrap();
     assert!(got == s.data);
 }
 

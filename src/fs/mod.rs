@@ -578,7 +578,7 @@ fn assemble(
         if let Some(chunk) = uncached.get(&c) {
             out.extend_from_slice(&chunk[(from - c * cs) as usize..(to - c * cs) as usize]);
         } else if blob.has_chunk(c) {
-            out.extend_from_slice(&read_blob(blob, from, to)?);
+            blob.read_into(&mut out, from, to)?;
         } else {
             return Err(FsError::NotVerified);
         }
@@ -587,13 +587,7 @@ fn assemble(
 }
 
 fn read_blob(blob: &Blob, offset: u64, end: u64) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; (end - offset) as usize];
-    let n = blob.read_at(&mut buf, offset)?;
-    if n != buf.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "cached file is shorter than its size",
-        ));
-    }
+    let mut buf = Vec::new();
+    blob.read_into(&mut buf, offset, end)?;
     Ok(buf)
 }
