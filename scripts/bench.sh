@@ -81,6 +81,8 @@ started=$(date +%s)
 # Only 127.0.0.1 is spoken to: no proxy from the environment in between.
 unset http_proxy https_proxy all_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
+# $EPOCHREALTIME and `times` write the locale's decimal point; awk reads a dot.
+export LC_NUMERIC=C
 
 log() { printf '[bench %4ds] %s\n' $(($(date +%s) - started)) "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -446,21 +448,20 @@ done
 mfs_pid= rc_pid= n=0 mfs_ready_at=0
 # Prints the seconds a command took (its stdout discarded); fails, saying why, if it did.
 timed() {
-    local s e
-    s=$(date +%s%N)
-    if ! timeout -k 5 "$cmd_timeout" "$@" > /dev/null 2> "$work/err"; then
-        log "failed: $* ($(tail -c 400 "$work/err"))"
-        return 1
-    fi
-    e=$(date +%s%N)
-    awk -v d=$((e - s)) 'BEGIN { printf "%.4f", d / 1e9 }'
+    local v
+    v=$(timed_cpu "$@") || return 1
+    echo "${v% *}"
 }
 # Seconds a command took and the CPU seconds (user + system) it used, from
-# the subshell's own children: no fork but the command's is counted.
+# the subshell's own children: no fork but the command's is counted, in
+# the time or the CPU.
 timed_cpu() {
     (
         s=$EPOCHREALTIME
-        timeout -k 5 "$cmd_timeout" "$@" > /dev/null 2> "$work/err" || { log "failed: $*"; exit 1; }
+        if ! timeout -k 5 "$cmd_timeout" "$@" > /dev/null 2> "$work/err"; then
+            log "failed: $* ($(tail -c 400 "$work/err"))"
+            exit 1
+        fi
         e=$EPOCHREALTIME
         times > "$work/times" # not in a pipe: that would be another shell's
         awk -v s="$s" -v e="$e" 'function sec(t) { split(t, a, "m"); return a[1] * 60 + a[2] }
@@ -804,14 +805,11 @@ rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 * 1024 / 1e6 }' "/proc/$1/status"; }
 # (catlscpu.WHO): on a cold mount that is the kernel's FUSE client, which
 # no server can make cheaper. Args: key who command args.
 timed_listing() {
-    local key=$1 who=$2 t v
+    local key=$1 who=$2 v
     shift 2
-    if [ "$key" = catls ]; then
-        if v=$(timed_cpu "$@"); then
-            put "$key.$who" "$(ms "${v% *}")"
-            put "catlscpu.$who" "$(ms "${v#* }")"
-        else fail "$key.$who"; fi
-    elif t=$(timed "$@"); then put "$key.$who" "$(ms "$t")"; else fail "$key.$who"; fi
+    v=$(timed_cpu "$@") || { fail "$key.$who"; return 1; }
+    put "$key.$who" "$(ms "${v% *}")"
+    if [ "$key" = catls ]; then put "catlscpu.$who" "$(ms "${v#* }")"; fi
 }
 # Cold (a fresh mount) then warm, of one listing command; Args: key who command args.
 catalog_pair() {
@@ -819,7 +817,7 @@ catalog_pair() {
     shift 2
     rm -rf "$work/cache-$who"
     mount_mfs "$(bin_of "$who")" "$work/mnt" "$work/man/catalog.toml" "$work/cache-$who" || { fail "$key.$who"; return 0; }
-    timed_listing "$key" "$who" "$@"
+    timed_listing "$key" "$who" "$@" || true
     if t=$(timed "$@"); then put "${key}w.$who" "$(ms "$t")"; else fail "${key}w.$who"; fi
     umount_mfs "$work/mnt"
 }
@@ -835,13 +833,12 @@ row_catalog() {
             case $key in
                 catls) set -- ls -lR ;; catroot) set -- ls -l ;; catdu) set -- du -s ;; catfind) set -- find ;;
             esac
+            # The local tree is as warm the first time as the second.
             if [ "$key" = catfind ]; then
                 timed_listing catfind local find "$work/catalog" -type f
             else
                 timed_listing "$key" local "$@" "$work/catalog"
-            fi
-            # The local tree is as warm the first time as the second.
-            [ -s "$work/res/$key.local" ] && put "${key}w.local" "$(tail -n 1 "$work/res/$key.local")"
+            fi && put "${key}w.local" "$(tail -n 1 "$work/res/$key.local")"
             for who in $whos; do
                 if [ "$key" = catfind ]; then catalog_pair "$key" "$who" find "$work/mnt" -type f
                 else catalog_pair "$key" "$who" "$@" "$work/mnt"; fi
