@@ -72,3 +72,45 @@ fn ls_prefetch_verify_and_gc_speak_json_one_object_per_line() {
     assert_eq!(gc[0]["evicted"], false, "a dry run evicts nothing");
     assert_eq!(gc.last().unwrap()["dry_run"], true);
 }
+
+/// `modelfs ls | head`: a reader that stops early ends the listing as it
+/// ends `ls`'s own (SIGPIPE), never with a panic and a backtrace.
+#[test]
+fn listings_end_quietly_when_their_reader_stops() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let ws = Workspace::new();
+    // Far more than a pipe holds, so that the writer meets the closed pipe.
+    let models: Vec<String> = (0..3000)
+        .map(|i| {
+            format!(
+                "[[model]]\nid = \"model-{i:05}\"\nsources = [\"http://127.0.0.1:9/m\"]\n\
+                 [[model.file]]\npath = \"w.bin\"\nsize = 0\nsha256 = \"{}\"\n",
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            )
+        })
+        .collect();
+    ws.write_manifest(&models);
+    for command in [&["ls"][..], &["ls", "--json"], &["status"]] {
+        let mut child = ws
+            .modelfs()
+            .args(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 100];
+        child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+        // The read end is closed now: the rest cannot be written.
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{command:?}: {stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{command:?}: {stderr}"
+        );
+    }
+}

@@ -320,6 +320,9 @@ pub fn main() -> i32 {
             return 2;
         }
     };
+    if !cli.command.may_fetch() {
+        die_on_closed_pipe();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -333,6 +336,27 @@ pub fn main() -> i32 {
             }
         }
     }
+}
+
+impl Command {
+    /// Whether the command may talk to a source. Those keep SIGPIPE
+    /// ignored, as Rust sets it: a socket the server closed must fail a
+    /// write (hyper's vectored writes carry no MSG_NOSIGNAL), not kill a
+    /// mount or a prefetch.
+    fn may_fetch(&self) -> bool {
+        matches!(
+            self,
+            Command::Mount(_) | Command::Prefetch(_) | Command::Manifest(_)
+        )
+    }
+}
+
+/// Output piped into a reader that stops early (`modelfs ls | head`) then
+/// ends the command as it ends coreutils' `ls`, by SIGPIPE, rather than
+/// with a panic in `println!` and a backtrace.
+fn die_on_closed_pipe() {
+    // SAFETY: restores a signal's default disposition; no handler is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
