@@ -10,6 +10,7 @@ mod prefetch;
 mod report;
 mod verify;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -432,7 +433,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 crate::manifest::BuildError::Invalid(m) => anyhow::Error::new(UsageError(m)),
                 other => anyhow::Error::new(other),
             })?;
-            print!("{text}");
+            std::io::stdout().write_all(text.as_bytes())?;
             Ok(0)
         }
         Command::Manifest(ManifestCommand::Chunk(args)) => chunk::chunk(args),
@@ -440,12 +441,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let m = manifest.load()?;
             let files: usize = m.models.iter().map(|m| m.files.len()).sum();
             let bytes: u64 = m.models.iter().flat_map(|m| &m.files).map(|f| f.size).sum();
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "{}: ok, {} models, {files} files, {}",
                 manifest.path()?.display(),
                 m.models.len(),
                 crate::units::format_size(bytes)
-            );
+            )?;
             Ok(0)
         }
     }

@@ -1,6 +1,7 @@
 //! `modelfs prefetch`: whole models into the cache now, in parallel, with a
 //! progress bar per model; then each model's ready path.
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use clap::Args;
@@ -47,21 +48,24 @@ pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
             .map(|&m| prefetch_model(&fetcher, &cache, &manifest, m, &bars)),
     ));
     let mut failed = 0;
+    // A closed stdout is an error here, not a panic: this command keeps
+    // SIGPIPE ignored (see `Command::may_fetch`).
+    let mut out = std::io::stdout().lock();
     for (&m, result) in models.iter().zip(results) {
         let id = &manifest.models[m].id;
         match result {
             Ok((path, skipped)) if args.json => {
                 let line = serde_json::json!({"model": id, "ok": true, "path": path,
                                               "skipped": skipped});
-                println!("{line}");
+                writeln!(out, "{line}")?;
             }
-            Ok((path, _)) => println!("{}", path.display()),
+            Ok((path, _)) => writeln!(out, "{}", path.display())?,
             Err(e) => {
                 failed += 1;
                 if args.json {
                     let line = serde_json::json!({"model": id, "ok": false,
                                                   "error": format!("{e:#}")});
-                    println!("{line}");
+                    writeln!(out, "{line}")?;
                 } else {
                     eprintln!("modelfs: prefetch {id}: {e:#}");
                 }
