@@ -178,37 +178,26 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
     let mounts = cache.map(|c| live_mounts(c.root())).unwrap_or_default();
     let quota = mounts_quota(&mounts);
     if as_json {
-        let models: Vec<_> = manifest
-            .models
-            .iter()
-            .map(|m| {
-                let presence = model_presence(cache, m);
-                let s = Summary::of(cache, m, &presence);
-                let files: Vec<_> = m
-                    .files
-                    .iter()
-                    .zip(&presence)
-                    .map(|(f, p)| file_json(f, *p))
-                    .collect();
-                let details: serde_json::Map<_, _> = m
-                    .details
-                    .iter()
-                    .map(|(k, v)| (k.clone(), json!(v)))
-                    .collect();
-                json!({"id": m.id, "state": s.state, "size": s.size, "cached_bytes": s.cached,
-                       "needed_bytes": s.size - s.cached,
-                       "files_complete": s.complete, "pinned": s.pinned,
-                       "details": details, "files": files})
-            })
-            .collect();
-        let doc = json!({
-            "cache_dir": cache_root,
-            "cache_bytes": cache_bytes,
-            "quota_bytes": quota,
-            "models": models,
-            "mounts": mounts,
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        // Fields in serde_json's key order, so the document reads as ever.
+        #[derive(serde::Serialize)]
+        struct Doc<'a> {
+            cache_bytes: u64,
+            cache_dir: &'a Path,
+            models: ModelsJson<'a>,
+            mounts: &'a [serde_json::Value],
+            quota_bytes: Option<u64>,
+        }
+        let doc = Doc {
+            cache_bytes,
+            cache_dir: cache_root,
+            models: ModelsJson { manifest, cache },
+            mounts: &mounts,
+            quota_bytes: quota,
+        };
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+        out.flush()?;
         return Ok(());
     }
     let mut out = std::io::stdout().lock();
@@ -251,6 +240,37 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
         )?;
     }
     Ok(())
+}
+
+/// The models of `status --json`, each made as it is written: the whole
+/// document of 100,000 models took 1 GB.
+struct ModelsJson<'a> {
+    manifest: &'a Manifest,
+    cache: Option<&'a Cache>,
+}
+
+impl serde::Serialize for ModelsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.manifest.models.iter().map(|m| {
+            let presence = model_presence(self.cache, m);
+            let s = Summary::of(self.cache, m, &presence);
+            let files: Vec<_> = m
+                .files
+                .iter()
+                .zip(&presence)
+                .map(|(f, p)| file_json(f, *p))
+                .collect();
+            let details: serde_json::Map<_, _> = m
+                .details
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            json!({"id": m.id, "state": s.state, "size": s.size, "cached_bytes": s.cached,
+                   "needed_bytes": s.size - s.cached,
+                   "files_complete": s.complete, "pinned": s.pinned,
+                   "details": details, "files": files})
+        }))
+    }
 }
 
 /// One model's state in the cache, as `status` reports it.
