@@ -100,29 +100,32 @@ pub fn ls(
     as_json: bool,
 ) -> anyhow::Result<()> {
     let cache = existing_cache(cache_root)?;
+    let mut out = buffered_stdout();
     match model {
         None if as_json => {
             for m in &manifest.models {
                 let (_, size, cached) = model_state(m, &model_presence(cache.as_ref(), m));
                 let line = json!({"id": m.id, "files": m.files.len(), "size": size,
                                   "cached_bytes": cached, "pinned": pinned(cache.as_ref(), m)});
-                println!("{line}");
+                writeln!(out, "{line}")?;
             }
         }
         Some(id) if as_json => {
             let m = &manifest.models[super::model_index(manifest, id)?];
             for (f, p) in m.files.iter().zip(model_presence(cache.as_ref(), m)) {
-                println!("{}", file_json(f, p));
+                writeln!(out, "{}", file_json(f, p))?;
             }
         }
         None => {
-            println!(
+            writeln!(
+                out,
                 "{:<40} {:>6} {:>11} {:>7}  PINNED",
                 "MODEL", "FILES", "SIZE", "CACHED"
-            );
+            )?;
             for m in &manifest.models {
                 let (_, size, cached) = model_state(m, &model_presence(cache.as_ref(), m));
-                println!(
+                writeln!(
+                    out,
                     "{:<40} {:>6} {:>11} {:>7}  {}",
                     m.id,
                     m.files.len(),
@@ -133,22 +136,23 @@ pub fn ls(
                     } else {
                         "no"
                     }
-                );
+                )?;
             }
         }
         Some(id) => {
             let m = &manifest.models[super::model_index(manifest, id)?];
             for (key, value) in &m.details {
-                println!("{key}: {}", inline(value));
+                writeln!(out, "{key}: {}", inline(value))?;
             }
             if !m.details.is_empty() {
-                println!();
+                writeln!(out)?;
             }
             // VERIFIED: per chunk (lazy reads), or whole (a read waits for the file).
-            println!(
+            writeln!(
+                out,
                 "{:<50} {:>11} {:>7}  {:<8}  {:<22}  SHA256",
                 "FILE", "SIZE", "CACHED", "VERIFIED", "COMPONENT"
-            );
+            )?;
             for (f, p) in m.files.iter().zip(model_presence(cache.as_ref(), m)) {
                 let component = match (&f.component, f.optional) {
                     (Some(c), true) => format!("{c} (optional)"),
@@ -156,7 +160,8 @@ pub fn ls(
                     (None, true) => "(optional)".into(),
                     (None, false) => "-".into(),
                 };
-                println!(
+                writeln!(
+                    out,
                     "{:<50} {:>11} {:>7}  {:<8}  {:<22}  {}",
                     f.path,
                     format_size(f.size),
@@ -164,10 +169,11 @@ pub fn ls(
                     verification(f),
                     component,
                     &f.sha256.to_hex()[..16]
-                );
+                )?;
             }
         }
     }
+    out.flush()?;
     Ok(())
 }
 
@@ -194,13 +200,13 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
             mounts: &mounts,
             quota_bytes: quota,
         };
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut out = buffered_stdout();
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
         out.flush()?;
         return Ok(());
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = buffered_stdout();
     writeln!(
         out,
         "cache {}: {} on disk, {}",
@@ -239,7 +245,13 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
             mount["pid"]
         )?;
     }
+    out.flush()?;
     Ok(())
+}
+
+/// Standard output in large writes: a catalog lists 100,000 lines.
+fn buffered_stdout() -> std::io::BufWriter<std::io::StdoutLock<'static>> {
+    std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock())
 }
 
 /// The models of `status --json`, each made as it is written: the whole
