@@ -426,10 +426,10 @@ struct QuotaLock<'a>(&'a File);
 
 impl QuotaLock<'_> {
     fn reserved(&self) -> io::Result<u64> {
-        let mut bytes = [0u8; 8];
+        let mut bytes = Vec::with_capacity(8);
+        crate::fileio::append_at(self.0, &mut bytes, 8, 0)?;
         // A new (empty) file counts 0.
-        let n = crate::fileio::read_full_at(self.0, &mut bytes, 0)?;
-        Ok(if n == 8 { u64::from_le_bytes(bytes) } else { 0 })
+        Ok(bytes.try_into().map_or(0, u64::from_le_bytes))
     }
 
     fn set_reserved(&self, reserved: u64) -> io::Result<()> {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{Sink, SourceError, StreamError};
-use crate::fileio::{blocking, read_full_at};
+use crate::fileio::{append_at, blocking};
 
 /// Large enough to amortize a blocking-pool hop, small enough to bound memory.
 const PIECE: u64 = 1 << 20;
@@ -34,9 +34,8 @@ pub(super) async fn fetch(
         let len = PIECE.min(range.end - offset) as usize;
         let f = Arc::clone(&file);
         let piece = blocking(move || {
-            let mut buf = vec![0u8; len];
-            let n = read_full_at(&f, &mut buf, offset)?;
-            buf.truncate(n);
+            let mut buf = Vec::new();
+            append_at(&f, &mut buf, len, offset)?;
             Ok(buf)
         })
         .await
