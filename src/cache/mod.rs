@@ -304,7 +304,9 @@ impl Cache {
     /// Where `entry`'s chunk map is, and what it must describe: `None` for
     /// a file without chunk hashes, or with no partial file.
     fn map_of(&self, entry: &FileEntry) -> Option<(PathBuf, chunk_map::Identity)> {
-        entry.is_chunked().then_some(())?;
+        if !entry.is_chunked() {
+            return None;
+        }
         let key = BlobKey::of(entry);
         let data = fs::symlink_metadata(self.state_path(&key, "partial"))
             .ok()

@@ -19,7 +19,7 @@ use fuser::{
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::io_modes::{IoModes, Mode};
-use super::{Attr, FsError, ModelFs, NodeKind, ReadNow};
+use super::{Attr, DirEntry, FsError, ModelFs, NodeKind, ReadNow};
 use crate::cache::watch::{Changed, Watcher};
 
 /// The tree never changes while mounted, so the kernel may keep names and
@@ -80,6 +80,22 @@ impl FuseAdapter {
     /// Where [`watch_cache`] says whether it is pushing changes.
     pub fn watching_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.watching)
+    }
+
+    /// Hands `add` the entries of directory `ino` from `offset` on, each
+    /// with the offset of the one after it, until it says the reply is full.
+    fn list(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        mut add: impl FnMut(DirEntry<'_>, u64) -> Result<bool, FsError>,
+    ) -> Result<(), FsError> {
+        for (e, next) in self.core.readdir(ino.0, offset)?.zip(offset + 1..) {
+            if add(e, next)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn attr_ttl(&self, a: &Attr) -> &'static Duration {
@@ -268,20 +284,16 @@ impl Filesystem for FuseAdapter {
     ) {
         self.core.metrics().fuse_op("readdir");
         let _span = debug_span!("readdir", ino = ino.0, offset).entered();
-        match self.core.readdir(ino.0, offset) {
-            Ok(entries) => {
-                for (e, next) in entries.zip(offset + 1..) {
-                    let kind = match e.kind {
-                        NodeKind::Dir => FileType::Directory,
-                        NodeKind::File => FileType::RegularFile,
-                        NodeKind::Symlink => FileType::Symlink,
-                    };
-                    if reply.add(INodeNo(e.ino), next, kind, e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let listed = self.list(ino, offset, |e, next| {
+            let kind = match e.kind {
+                NodeKind::Dir => FileType::Directory,
+                NodeKind::File => FileType::RegularFile,
+                NodeKind::Symlink => FileType::Symlink,
+            };
+            Ok(reply.add(INodeNo(e.ino), next, kind, e.name))
+        });
+        match listed {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -298,20 +310,13 @@ impl Filesystem for FuseAdapter {
     ) {
         self.core.metrics().fuse_op("readdirplus");
         let _span = debug_span!("readdirplus", ino = ino.0, offset).entered();
-        match self.core.readdir(ino.0, offset) {
-            Ok(entries) => {
-                for (e, next) in entries.zip(offset + 1..) {
-                    let a = match self.core.getattr(e.ino) {
-                        Ok(a) => a,
-                        Err(e) => return reply.error(errno(&e)),
-                    };
-                    let (ino, attr) = (INodeNo(e.ino), self.attr(&a));
-                    if reply.add(ino, next, e.name, self.attr_ttl(&a), &attr, Generation(0)) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let listed = self.list(ino, offset, |e, next| {
+            let a = self.core.getattr(e.ino)?;
+            let (ino, attr) = (INodeNo(e.ino), self.attr(&a));
+            Ok(reply.add(ino, next, e.name, self.attr_ttl(&a), &attr, Generation(0)))
+        });
+        match listed {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }

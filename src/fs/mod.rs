@@ -167,11 +167,10 @@ impl ModelFs {
         layout: Layout,
     ) -> Self {
         let tree = Tree::build(&manifest, layout);
-        let mut by_digest = Vec::with_capacity(tree.files().count());
-        by_digest.extend(
-            tree.files()
-                .map(|(ino, m, f)| (digest_key(&manifest.models[m].files[f].sha256), ino)),
-        );
+        let mut by_digest: Vec<_> = tree
+            .files()
+            .map(|(ino, m, f)| (digest_key(&manifest.models[m].files[f].sha256), ino))
+            .collect();
         by_digest.sort_unstable();
         ModelFs {
             tree,
