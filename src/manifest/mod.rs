@@ -6,6 +6,7 @@ mod build;
 mod hub;
 mod orchestrator;
 mod raw;
+pub mod weights;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,9 @@ pub struct Model {
     pub id: String,
     pub description: Option<String>,
     pub pinned: bool,
+    /// Whether a loader's first weight read streams the model's other
+    /// weights (`stream = false` in the manifest: never).
+    pub stream: bool,
     /// The Hugging Face repo (`org/name`) and revision (40 hex, lowercase)
     /// `--layout hf` shows the model as, when the manifest says.
     pub repo: Option<String>,

@@ -163,6 +163,7 @@ pub(super) fn parse(
                 id: Spanned::new(span, id),
                 description: m.description,
                 pinned: false,
+                stream: true,
                 repo: None,
                 revision: None,
                 sources,

@@ -30,6 +30,9 @@ pub(super) struct RawModel {
     pub description: Option<String>,
     #[serde(default)]
     pub pinned: bool,
+    /// `false`: the model is never streamed (see `fetch::stream`).
+    #[serde(default = "yes")]
+    pub stream: bool,
     /// The Hugging Face repo (`org/name`) `--layout hf` shows the model as.
     pub repo: Option<Spanned<String>>,
     /// Its revision there: 40 hex digits.
@@ -50,6 +53,10 @@ pub(super) struct RawFile {
     pub chunks: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub sources: Vec<Spanned<String>>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An error with a byte span but no line yet.
@@ -344,6 +351,7 @@ pub(super) fn validate_model(m: RawModel, at: At) -> Result<Model, Unlocated> {
         id: id.clone(),
         description: m.description,
         pinned: m.pinned,
+        stream: m.stream,
         repo: m.repo.map(Spanned::into_inner),
         revision: m.revision.map(|r| r.into_inner().to_ascii_lowercase()),
         details: Vec::new(),
