@@ -95,19 +95,16 @@ async fn prefetch_model(
         .progress_chars("=> "),
     );
     bar.set_prefix(spec.id.clone());
-    let files = (0..spec.files.len()).map(|f| {
-        let bar = bar.clone();
-        async move {
-            let target = Target::new(Arc::clone(manifest), model, f);
-            fetcher.fetch_file(&target, &|n| bar.inc(n)).await.map(drop)
-        }
-    });
-    let results = join_all(files).await;
+    // One stream for the whole model, in the manifest's order.
+    let targets: Vec<Target> = (0..spec.files.len())
+        .map(|f| Target::new(Arc::clone(manifest), model, f))
+        .collect();
+    let results = fetcher.fetch_files(&targets, &|n| bar.inc(n)).await;
     bar.finish();
     let (mut present, mut skipped) = (Vec::new(), Vec::new());
     for (file, result) in spec.files.iter().zip(results) {
         match result {
-            Ok(()) => present.push(file),
+            Ok(_) => present.push(file),
             // A model is whole without its optional files.
             Err(e) if file.optional && e.is_absent() => {
                 eprintln!(

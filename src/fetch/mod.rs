@@ -7,6 +7,7 @@ mod flight;
 mod health;
 pub mod readahead;
 mod retry;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -18,13 +19,13 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt as _;
 use futures::future::join_all;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
 
 pub use retry::RetryPolicy;
+pub use stream::{Streamed, Tally};
 
 use crate::cache::chunk_map::PROGRESS_UNIT;
 use crate::cache::{Blob, BlobKey, Cache, ChunkClaim};
@@ -81,6 +82,11 @@ impl Target {
 
     pub fn model_id(&self) -> &str {
         &self.manifest.models[self.model].id
+    }
+
+    /// Indices of the model and the file in the manifest.
+    pub fn indices(&self) -> (usize, usize) {
+        (self.model, self.file)
     }
 
     pub fn entry(&self) -> &FileEntry {
@@ -867,97 +873,6 @@ impl Fetcher {
             let delay = self.retry.delay(retry, error.retry_after());
             debug!(source = %location, %error, ?delay, resume_at = writer.pos, "retrying");
             tokio::time::sleep(delay).await;
-        }
-    }
-}
-
-impl Fetcher {
-    /// Opens `target`'s blob (off the async workers: it may wait on other
-    /// processes) and makes it complete as [`Fetcher::prefetch_file`] does;
-    /// `progress` first gets the bytes already cached.
-    pub async fn fetch_file(
-        &self,
-        target: &Target,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<Arc<Blob>, FetchError> {
-        let (cache, t) = (Arc::clone(&self.cache), target.clone());
-        let blob = blocking(move || cache.open_blob(t.entry()))
-            .await
-            .map_err(|e| local(target, e))?;
-        progress(blob.presence().bytes(blob.size));
-        self.prefetch_file(target, &blob, progress).await?;
-        blob.mark_used();
-        Ok(blob)
-    }
-
-    /// Makes one file complete, in the background (readers go first):
-    /// fetches every chunk not yet verified (in runs, as many at once as
-    /// request slots allow), then checks the whole file and publishes it.
-    /// `progress` gets the byte count of chunks as they are fetched or
-    /// found fetched by another process.
-    pub async fn prefetch_file(
-        &self,
-        target: &Target,
-        blob: &Arc<Blob>,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<(), FetchError> {
-        let urgency = Urgency::Background;
-        if blob.is_complete() {
-            return Ok(());
-        }
-        let entry = target.entry();
-        if !entry.is_chunked() {
-            self.ensure_whole(target, blob, urgency).await?;
-            progress(entry.size);
-            return Ok(());
-        }
-        let count = blob.chunk_count();
-        let bytes = |chunks: &[u64]| -> u64 {
-            chunks
-                .iter()
-                .map(|&c| crate::cache::chunk_len(blob.size, blob.chunk_size, c))
-                .sum()
-        };
-        let step = run_chunks(blob);
-        let parts = (0..count)
-            .step_by(step as usize)
-            .map(|s| s..(s + step).min(count));
-        let mut fills = futures::stream::iter(parts)
-            .map(|part| async move {
-                let before = missing_of(blob, part.clone());
-                self.fill(target, blob, part, None).await?;
-                progress(bytes(&before) - bytes(&missing_of(blob, before.iter().copied())));
-                Ok::<_, FetchError>(())
-            })
-            .buffer_unordered(MAX_CONCURRENT_REQUESTS);
-        while let Some(done) = fills.next().await {
-            done?;
-        }
-        // Chunks other tasks or processes were fetching: waited for, and
-        // fetched here if they gave up; as a reader would (its leads are
-        // taken before a slot, so a background slot would keep readers of
-        // those chunks waiting behind other background work).
-        let left = missing_of(blob, 0..count);
-        if let (Some(&first), Some(&last)) = (left.first(), left.last()) {
-            for r in self
-                .ensure_chunks(target, blob, first..last + 1, Urgency::Demand)
-                .await
-            {
-                r?;
-            }
-            progress(bytes(&left));
-        }
-        blob.recount_verified();
-        let finished = {
-            let blob = Arc::clone(blob);
-            blocking(move || blob.finish_chunked()).await
-        };
-        match finished.map_err(|e| local(target, e))? {
-            Ok(()) => Ok(()),
-            Err(actual) => Err(FetchError::Inconsistent {
-                target: target.to_string(),
-                actual,
-            }),
         }
     }
 }

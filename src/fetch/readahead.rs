@@ -31,6 +31,8 @@ pub struct Readahead {
     next: u64,
     /// End of what has been requested ahead so far.
     requested_to: u64,
+    /// Bytes read since the reader last sought away.
+    run: u64,
     window: u64,
     initial: u64,
     max: u64,
@@ -42,6 +44,7 @@ impl Readahead {
         Readahead {
             next: 0,
             requested_to: 0,
+            run: 0,
             window: chunk_size,
             initial: chunk_size,
             max,
@@ -61,6 +64,11 @@ impl Readahead {
         let sequential = offset + SEQUENTIAL_SLACK >= prev
             && offset <= (prev + SEQUENTIAL_SLACK).max(self.requested_to);
         self.next = end;
+        self.run = if sequential {
+            self.run + (end - offset.min(end))
+        } else {
+            end - offset.min(end)
+        };
         if !sequential {
             let cancel = self.requested_to > prev;
             self.window = self.initial;
@@ -81,6 +89,12 @@ impl Readahead {
             fetch: from..to.max(from),
             cancel: false,
         }
+    }
+
+    /// Bytes this reader read since it last sought away: how far it has
+    /// shown itself a sequential reader (a loader), not a random one.
+    pub fn sequential_bytes(&self) -> u64 {
+        self.run
     }
 }
 
@@ -134,8 +148,10 @@ mod tests {
             },
             "nothing was fetched ahead of a random read"
         );
+        assert_eq!(ra.sequential_bytes(), 4096, "a seek starts a new run");
         // Reading on from there is sequential again, with the first window.
         let r = ra.on_read(100 * MIB + 4096, 4096, size).fetch;
+        assert_eq!(ra.sequential_bytes(), 8192);
         assert_eq!(r.end - r.start, 8 * MIB);
         // A jump forward into that window (a skipped tensor) keeps it.
         let skip = ra.on_read(100 * MIB + 6 * MIB, 4096, size);

@@ -403,10 +403,7 @@ async fn a_prefetch_waits_for_a_chunk_another_process_holds_instead_of_giving_up
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(held);
     });
-    s.fetcher
-        .prefetch_file(&s.target, &s.blob, &|_| {})
-        .await
-        .unwrap();
+    s.fetcher.fetch_file(&s.target, &|_| {}).await.unwrap();
     releaser.join().unwrap();
     assert!(s.blob.is_complete());
     (0..5).for_each(|c| s.assert_chunk_right(c));

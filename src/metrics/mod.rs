@@ -2,9 +2,12 @@
 //! the last error of each source for `/healthz`. Metric names live here only.
 
 pub mod http;
+mod streams;
+
+pub use streams::{StreamEnd, StreamProgress};
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -63,6 +66,7 @@ pub struct Metrics {
     fuse_ops: Family<OpLabel, Counter>,
     opens: Family<ModeLabel, Counter>,
     uncached_bytes: Counter,
+    streams: streams::StreamFigures,
     last_errors: Mutex<BTreeMap<String, SourceError>>,
 }
 
@@ -134,6 +138,8 @@ impl Metrics {
             "Bytes of chunks fetched, verified and served from memory because the cache had no room",
             uncached_bytes.clone(),
         );
+        let streams = streams::StreamFigures::default();
+        streams.register(&mut registry);
         Metrics {
             registry,
             fetch_bytes,
@@ -147,6 +153,7 @@ impl Metrics {
             fuse_ops,
             opens,
             uncached_bytes,
+            streams,
             last_errors: Mutex::new(BTreeMap::new()),
         }
     }
@@ -217,10 +224,27 @@ impl Metrics {
             .clone()
     }
 
+    /// A stream of `model` starts over files of `total` bytes, `present`
+    /// of them verified already.
+    pub fn stream_started(&self, model: &str, total: u64, present: u64) -> Arc<StreamProgress> {
+        self.streams.started(model, total, present)
+    }
+
+    pub fn stream_ended(&self, progress: &StreamProgress, how: StreamEnd) {
+        progress.end(how);
+        self.streams.ended(how);
+    }
+
+    /// Each model's latest stream, by model id.
+    pub fn streams(&self) -> BTreeMap<String, Arc<StreamProgress>> {
+        self.streams.latest()
+    }
+
     /// The text exposition, with `cache_bytes` as measured now.
     pub fn encode(&self, cache_bytes: u64) -> String {
         self.cache_bytes
             .set(cache_bytes.try_into().unwrap_or(i64::MAX));
+        self.streams.refresh();
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
