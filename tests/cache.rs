@@ -296,27 +296,6 @@ fn stop(m: &mut Mount) {
     assert!(status.success(), "mount exited with {status}");
 }
 
-/// Every reservation of cache space the mount logs record, as (bytes, the
-/// most the cache could hold once it was made). modelfs logs each one.
-fn reservations(mounts: &[&Mount]) -> Vec<(u64, u64)> {
-    let field = |line: &str, name: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {line}"))
-    };
-    mounts
-        .iter()
-        .flat_map(|m| {
-            m.log_text()
-                .lines()
-                .filter(|l| l.contains("reserved room in the cache"))
-                .map(|l| (field(l, "bytes"), field(l, "usage_bound")))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// The quota, proven rather than sampled: every byte stored was reserved
 /// first (the reservations add up to what was fetched into the cache), and
 /// no reservation let the cache's bound pass the quota.

@@ -308,8 +308,8 @@ fn assert_resumed_mid_chunk(server: &RangeServer) {
 #[test]
 fn a_source_that_keeps_failing_is_tried_last_for_a_while() {
     // 24 chunks; reads 3 MiB apart, last to first, so readahead never joins in
-    // and each read fetches exactly one chunk.
-    let c = build_case(None, 24 * MIB as usize, &[]);
+    // and each read fetches exactly one chunk (nor does a stream of the file).
+    let c = build_case(None, 24 * MIB as usize, &["--no-stream"]);
     c.first.set_always(Some(Fault::Status(500)));
     let f = fs::File::open(c.mount.path("m/w.bin")).unwrap();
     let mut buf = [0u8; 4096];

@@ -20,7 +20,7 @@ use super::{
 use crate::cache::Cache;
 use crate::fetch::{Fetcher, RetryPolicy};
 use crate::fs::fuse::{FuseAdapter, watch_cache};
-use crate::fs::{Layout, ModelFs};
+use crate::fs::{Layout, ModelFs, StreamConfig};
 use crate::manifest::Manifest;
 use crate::metrics::{self, Metrics, http::Endpoint};
 
@@ -54,6 +54,18 @@ pub struct MountArgs {
     /// Serve GET /metrics (Prometheus) and GET /healthz (JSON) on this address, e.g. 127.0.0.1:9100.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Do not stream models. By default, once a reader has read 4 MiB in a row
+    /// of a weight file (over 1 MiB), that file and those a loader reads with
+    /// it (the shards its index JSON names, or its NAME-0000k-of-0000n
+    /// siblings, and each other directory's set, as a diffusers pipeline
+    /// has; never another copy of the model) are fetched whole
+    /// into the cache at the link's full speed, behind every reader's own
+    /// requests. A model with `stream = false` in the manifest never streams.
+    #[arg(long)]
+    no_stream: bool,
+    /// Seconds every file of a model must stay closed before its stream stops.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = super::parse_seconds)]
+    stream_grace: Duration,
     #[command(flatten)]
     quota: QuotaArg,
     #[command(flatten)]
@@ -153,6 +165,10 @@ fn serve(
         match args.layout {
             LayoutArg::Models => Layout::Models,
             LayoutArg::Hf => Layout::Hf,
+        },
+        StreamConfig {
+            enabled: !args.no_stream,
+            grace: args.stream_grace,
         },
     ));
     release_freed_memory();

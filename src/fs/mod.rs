@@ -6,8 +6,10 @@
 
 pub mod fuse;
 mod io_modes;
+mod streams;
 mod tree;
 
+pub use streams::StreamConfig;
 pub use tree::Layout;
 
 use std::collections::HashMap;
@@ -22,6 +24,8 @@ use crate::fetch::readahead::Readahead;
 use crate::fetch::{FetchError, Fetcher, Target, Urgency};
 use crate::hash::Digest;
 use crate::manifest::Manifest;
+use crate::manifest::weights::LARGE_FILE;
+use streams::{STREAM_AFTER, Streams};
 use tree::{Kind, ROOT, Tree};
 
 pub const XATTR_SHA256: &str = "user.modelfs.sha256";
@@ -117,6 +121,8 @@ pub struct OpenFile {
     /// Set to stop the readahead started for this open: the reader sought
     /// away from it (then a new flag takes its place) or closed the file.
     stop_readahead: Mutex<Arc<AtomicBool>>,
+    /// Whether a read of this open asked for its model's stream yet.
+    asked_stream: AtomicBool,
 }
 
 impl OpenFile {
@@ -138,8 +144,9 @@ pub struct ModelFs {
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    streams: Arc<Streams>,
     next_fh: AtomicU64,
-    /// Models whose small files were fetched ahead (see [`SMALL_FILE`]).
+    /// Models whose small files were fetched ahead (see [`ModelFs::fetch_small_files`]).
     small_files_started: Mutex<std::collections::HashSet<usize>>,
     /// Every file inode by the first 8 bytes of its sha256, sorted: which
     /// inodes show a blob that changed in the cache.
@@ -149,11 +156,6 @@ pub struct ModelFs {
 fn digest_key(digest: &Digest) -> u64 {
     u64::from_be_bytes(digest.0[..8].try_into().expect("8 bytes"))
 }
-
-/// Files up to this size (configs, tokenizers, index JSON) are fetched for
-/// the whole model at its first open, in parallel: a loader opens dozens of
-/// them one after another, and each would otherwise cost a round trip.
-pub const SMALL_FILE: u64 = 1 << 20;
 
 /// How many requests a readahead window is split into, at most.
 const READAHEAD_REQUESTS: u64 = 8;
@@ -165,6 +167,7 @@ impl ModelFs {
         fetcher: Arc<Fetcher>,
         runtime: tokio::runtime::Handle,
         layout: Layout,
+        stream: StreamConfig,
     ) -> Self {
         let tree = Tree::build(&manifest, layout);
         let mut by_digest: Vec<_> = tree
@@ -172,9 +175,17 @@ impl ModelFs {
             .map(|(ino, m, f)| (digest_key(&manifest.models[m].files[f].sha256), ino))
             .collect();
         by_digest.sort_unstable();
+        let streams = Arc::new(Streams::new(
+            stream,
+            Arc::clone(&manifest),
+            Arc::clone(&cache),
+            Arc::clone(&fetcher),
+            runtime.clone(),
+        ));
         ModelFs {
             tree,
             by_digest,
+            streams,
             manifest,
             cache,
             fetcher,
@@ -319,6 +330,7 @@ impl ModelFs {
         let handle = Arc::new(OpenFile {
             readahead: Mutex::new(Readahead::new(blob.chunk_size)),
             stop_readahead: Mutex::default(),
+            asked_stream: AtomicBool::new(false),
             target,
             blob,
         });
@@ -327,13 +339,16 @@ impl ModelFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(fh, Arc::clone(&handle));
+        self.streams.opened(model);
         self.fetch_small_files(model);
         Ok((fh, handle))
     }
 
-    /// At a model's first open, its small files are fetched in parallel,
-    /// in the background (a reader's own reads go first): the loader's next
-    /// opens then find them cached, or in flight.
+    /// At a model's first open, its small files (configs, tokenizers, index
+    /// JSON) are fetched in parallel, in the background: a loader opens
+    /// dozens of them one after another, and each would otherwise cost a
+    /// round trip. A reader's own reads go first; its next opens find
+    /// them cached, or in flight.
     fn fetch_small_files(&self, model: usize) {
         let first = self
             .small_files_started
@@ -344,7 +359,7 @@ impl ModelFs {
             return;
         }
         let files = &self.manifest.models[model].files;
-        for file in (0..files.len()).filter(|&f| files[f].size <= SMALL_FILE) {
+        for file in (0..files.len()).filter(|&f| files[f].size <= LARGE_FILE) {
             let fetcher = Arc::clone(&self.fetcher);
             let target = self.target(model, file);
             self.runtime.spawn(async move {
@@ -371,6 +386,7 @@ impl ModelFs {
                 .unwrap_or_else(|p| p.into_inner())
                 .store(true, Ordering::Release);
             self.finish_if_verified(&h.target, &h.blob);
+            self.streams.closed(h.target.indices().0);
         }
         // Dropping the last handle on a partial file syncs it: let that
         // happen on the runtime's blocking pool, not on the caller's thread.
@@ -398,7 +414,15 @@ impl ModelFs {
         if offset >= end {
             return Ok(ReadNow::Data(Vec::new()));
         }
-        self.start_readahead(&h, offset, end - offset);
+        let sequential = self.start_readahead(&h, offset, end - offset);
+        if sequential >= STREAM_AFTER
+            && h.blob.size > LARGE_FILE
+            && !h.asked_stream.load(Ordering::Relaxed)
+            && !h.asked_stream.swap(true, Ordering::Relaxed)
+        {
+            let (model, file) = h.target.indices();
+            self.streams.start(model, file);
+        }
         let cs = h.blob.chunk_size;
         if (offset / cs..=(end - 1) / cs).all(|c| h.blob.has_chunk(c)) {
             self.fetcher.metrics().cache_hit(end - offset);
@@ -476,15 +500,22 @@ impl ModelFs {
         assemble(blob, offset, end, &uncached)
     }
 
-    fn start_readahead(&self, h: &Arc<OpenFile>, offset: u64, len: u64) {
-        if h.blob.is_complete() || !h.target.entry().is_chunked() {
-            return;
+    /// Records a read for the open's readahead, fetches ahead of it if the
+    /// file is partial, and says how many bytes the reader has read
+    /// sequentially (a file verified only whole is fetched at the first
+    /// read: every read of it counts as sequential).
+    fn start_readahead(&self, h: &Arc<OpenFile>, offset: u64, len: u64) -> u64 {
+        if !h.target.entry().is_chunked() {
+            return offset + len;
         }
-        let ahead = h
-            .readahead
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .on_read(offset, len, h.blob.size);
+        let (ahead, sequential) = {
+            let mut readahead = h.readahead.lock().unwrap_or_else(|p| p.into_inner());
+            let ahead = readahead.on_read(offset, len, h.blob.size);
+            (ahead, readahead.sequential_bytes())
+        };
+        if h.blob.is_complete() {
+            return sequential;
+        }
         let stop = {
             let mut stop = h.stop_readahead.lock().unwrap_or_else(|p| p.into_inner());
             if ahead.cancel {
@@ -494,7 +525,7 @@ impl ModelFs {
             Arc::clone(&stop)
         };
         if ahead.fetch.is_empty() {
-            return;
+            return sequential;
         }
         let cs = h.blob.chunk_size;
         let chunks = ahead.fetch.start / cs..(ahead.fetch.end - 1) / cs + 1;
@@ -515,6 +546,7 @@ impl ModelFs {
                 }
             });
         }
+        sequential
     }
 
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {

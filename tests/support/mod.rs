@@ -399,3 +399,24 @@ pub fn metric(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Every reservation of cache space the mount logs record, as (bytes, the
+/// most the cache could hold once it was made). modelfs logs each one.
+pub fn reservations(mounts: &[&Mount]) -> Vec<(u64, u64)> {
+    let field = |line: &str, name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    mounts
+        .iter()
+        .flat_map(|m| {
+            m.log_text()
+                .lines()
+                .filter(|l| l.contains("reserved room in the cache"))
+                .map(|l| (field(l, "bytes"), field(l, "usage_bound")))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

@@ -1,0 +1,232 @@
+//! A mount's model streams. A loader reading on through a weight file streams
+//! the weights it will read next (`manifest::weights` says which files,
+//! `fetch::stream` how), so that a cold load takes the time its bytes take
+//! to arrive rather than that plus the load. A stream ends when nothing is
+//! left to fetch, when the cache is full, or when every file of the model
+//! has been closed for a while.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::cache::Cache;
+use crate::fetch::{FetchError, Fetcher, Streamed, Tally, Target};
+use crate::fileio::blocking;
+use crate::manifest::Manifest;
+use crate::manifest::weights::{self, LARGE_FILE};
+use crate::metrics::StreamEnd;
+
+/// A reader that has read this many bytes of a weight file in a row starts
+/// the model's stream: a loader soon does, while a tool that reads only
+/// headers (safetensors metadata, a GGUF vocabulary) or a random reader
+/// does not.
+pub const STREAM_AFTER: u64 = 4 << 20;
+
+/// When a mount streams.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamConfig {
+    pub enabled: bool,
+    /// How long every file of a model must stay closed before its stream
+    /// stops: a loader closes one shard before it opens the next.
+    pub grace: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            enabled: true,
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct Streams {
+    config: StreamConfig,
+    manifest: Arc<Manifest>,
+    cache: Arc<Cache>,
+    fetcher: Arc<Fetcher>,
+    runtime: tokio::runtime::Handle,
+    /// Models with a file open or a stream running.
+    models: Mutex<HashMap<usize, ModelState>>,
+}
+
+#[derive(Default)]
+struct ModelState {
+    opens: usize,
+    /// Times every file of the model was closed: a timer started at one
+    /// close stops the stream only if no open came since.
+    closes: u64,
+    /// Set to stop the stream, while one runs.
+    stop: Option<Arc<AtomicBool>>,
+}
+
+impl Streams {
+    pub fn new(
+        config: StreamConfig,
+        manifest: Arc<Manifest>,
+        cache: Arc<Cache>,
+        fetcher: Arc<Fetcher>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Streams {
+            config,
+            manifest,
+            cache,
+            fetcher,
+            runtime,
+            models: Mutex::default(),
+        }
+    }
+
+    fn models(&self) -> std::sync::MutexGuard<'_, HashMap<usize, ModelState>> {
+        self.models.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn opened(&self, model: usize) {
+        self.models().entry(model).or_default().opens += 1;
+    }
+
+    /// One open of a file of `model` ended; the last one starts the grace
+    /// period after which its stream stops.
+    pub fn closed(self: &Arc<Self>, model: usize) {
+        let mut models = self.models();
+        let Some(state) = models.get_mut(&model) else {
+            return;
+        };
+        state.opens = state.opens.saturating_sub(1);
+        if state.opens > 0 {
+            return;
+        }
+        state.closes += 1;
+        let Some(stop) = state.stop.clone() else {
+            models.remove(&model);
+            return;
+        };
+        let (this, closes) = (Arc::clone(self), state.closes);
+        self.runtime.spawn(async move {
+            tokio::time::sleep(this.config.grace).await;
+            let idle = this
+                .models()
+                .get(&model)
+                .is_some_and(|s| s.opens == 0 && s.closes == closes);
+            if idle {
+                debug!(
+                    model = this.manifest.models[model].id,
+                    "every file of the model is closed: its stream stops"
+                );
+                stop.store(true, Ordering::Release);
+            }
+        });
+    }
+
+    /// A loader read [`STREAM_AFTER`] bytes of file `reading` of `model` in a row: streams
+    /// what it will read next, unless a stream of the model runs already.
+    pub fn start(self: &Arc<Self>, model: usize, reading: usize) {
+        let spec = &self.manifest.models[model];
+        if !self.config.enabled || !spec.stream {
+            return;
+        }
+        let stop = {
+            let mut models = self.models();
+            let Some(state) = models
+                .get_mut(&model)
+                .filter(|s| s.opens > 0 && s.stop.is_none())
+            else {
+                return;
+            };
+            Arc::clone(state.stop.insert(Arc::default()))
+        };
+        let this = Arc::clone(self);
+        let span = info_span!("stream", model = spec.id);
+        self.runtime
+            .spawn(async move { this.run(model, reading, stop).await }.instrument(span));
+    }
+
+    async fn run(&self, model: usize, reading: usize, stop: Arc<AtomicBool>) {
+        let files = {
+            let (manifest, cache) = (Arc::clone(&self.manifest), Arc::clone(&self.cache));
+            blocking(move || Ok(files_to_stream(&manifest, &cache, model, reading)))
+                .await
+                .unwrap_or_default()
+        };
+        let id = &self.manifest.models[model].id;
+        let metrics = self.fetcher.metrics();
+        let total = files.iter().map(|f| f.blob.size).sum();
+        let tally = Tally::new(&files);
+        let present = tally.started_with();
+        let progress = metrics.stream_started(id, total, present);
+        info!(
+            files = files.len(),
+            bytes = total - present,
+            "streaming the weights a loader reads"
+        );
+        let results = self
+            .fetcher
+            .stream(&files, &stop, &tally, &|n| progress.add(n))
+            .await;
+        let how = match results.iter().find_map(|r| r.as_ref().err()) {
+            Some(FetchError::CacheFull { .. }) => StreamEnd::CacheFull,
+            Some(e) => {
+                warn!(error = %e, "a streamed file failed; its readers will try again");
+                StreamEnd::Failed
+            }
+            None if stop.load(Ordering::Acquire) => StreamEnd::Closed,
+            None => StreamEnd::Done,
+        };
+        metrics.stream_ended(&progress, how);
+        info!(
+            end = how.as_str(),
+            bytes = progress.fetched(),
+            seconds = progress.seconds(),
+            rate_mib_s = progress.rate() / f64::from(1 << 20),
+            "stream ended"
+        );
+        let mut models = self.models();
+        if let Some(state) = models.get_mut(&model) {
+            state.stop = None;
+            if state.opens == 0 {
+                models.remove(&model);
+            }
+        }
+    }
+}
+
+/// The files to stream for a loader reading `reading`, their blobs opened
+/// (and so held: none is evicted while the stream runs). Blocking.
+fn files_to_stream(
+    manifest: &Arc<Manifest>,
+    cache: &Cache,
+    model: usize,
+    reading: usize,
+) -> Vec<Streamed> {
+    let spec = &manifest.models[model];
+    // An index JSON is read if it is cached (its model's small files are
+    // fetched at the first open, before a loader reads a weight).
+    let index = |i: usize| {
+        let entry = &spec.files[i];
+        if entry.size > LARGE_FILE {
+            return None;
+        }
+        let mut file = cache.open_blob(entry).ok()?.complete_file()?;
+        let mut json = Vec::new();
+        file.read_to_end(&mut json).ok()?;
+        weights::index_shards(&entry.path, &json)
+    };
+    weights::stream_order(spec, reading, index)
+        .into_iter()
+        .filter_map(|file| {
+            let target = Target::new(Arc::clone(manifest), model, file);
+            match cache.open_blob(target.entry()) {
+                Ok(blob) => Some(Streamed { target, blob }),
+                Err(e) => {
+                    debug!(file = %target, error = %e, "not streamed: cannot open it in the cache");
+                    None
+                }
+            }
+        })
+        .collect()
+}
