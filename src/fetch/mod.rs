@@ -5,6 +5,7 @@
 
 mod flight;
 mod health;
+mod publish;
 pub mod readahead;
 mod retry;
 mod stream;
@@ -170,6 +171,7 @@ pub struct Fetcher {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     health: health::SourceHealth,
+    quiet: Arc<publish::Quiet>,
 }
 
 /// A failed attempt at one source, or a local failure that no source can fix.
@@ -208,6 +210,7 @@ impl Fetcher {
             cache,
             metrics,
             health: health::SourceHealth::default(),
+            quiet: Arc::default(),
         }
     }
 
@@ -434,6 +437,7 @@ impl Fetcher {
         let first = run.first().map_or(0, Lead::chunk);
         let span = info_span!("fetch_run", file = %target, first, chunks = run.len());
         let started = std::time::Instant::now();
+        let busy = self.quiet.busy();
         let result = async {
             let mut state = RunState {
                 blob,
@@ -457,8 +461,9 @@ impl Fetcher {
         .instrument(span)
         .await;
         self.metrics.fetch_took(started.elapsed());
+        drop(busy);
         if blob.all_chunks_verified() {
-            finish_in_background(target, blob);
+            self.finish_in_background(target, blob);
         }
         result
     }
@@ -514,7 +519,7 @@ impl Fetcher {
             }
             debug!(file = %target, chunk = c, "verified by another process, or before an unclean shutdown");
             state.settle_front();
-            finish_if_verified(target, blob);
+            self.finish_if_verified(target, blob);
         }
         if let Some(cut) = state.leads.iter().position(|l| blob.has_chunk(l.chunk())) {
             state.leads.truncate(cut);
@@ -956,42 +961,6 @@ impl ChunkDone for RunState<'_, '_> {
             _ => Ok(()),
         }
     }
-}
-
-/// Publishes a partial file whose chunks are all verified, counting the bits
-/// other processes set: when processes share the work, the one that sets the
-/// last bit may not know the others did theirs. Costs a scan of the map.
-pub fn finish_if_verified(target: &Target, blob: &Arc<Blob>) {
-    if blob.is_complete() {
-        return;
-    }
-    blob.recount_verified();
-    if blob.all_chunks_verified() {
-        finish_in_background(target, blob);
-    }
-}
-
-/// Once every chunk is verified: checks the whole file against its sha256
-/// and publishes it as complete, off the path of any reader (the chunks are
-/// already servable). At most one runs at a time per blob.
-pub fn finish_in_background(target: &Target, blob: &Arc<Blob>) {
-    let (target, blob) = (target.clone(), Arc::clone(blob));
-    tokio::task::spawn_blocking(move || match blob.finish_chunked() {
-        Ok(Ok(())) => {}
-        Ok(Err(actual)) => warn!(
-            model = target.model_id(),
-            file = %target.entry().path,
-            expected = %blob.digest,
-            %actual,
-            "every chunk matches its hash but the whole file does not: the manifest is inconsistent"
-        ),
-        Err(e) => warn!(
-            model = target.model_id(),
-            file = %target.entry().path,
-            error = %e,
-            "cannot complete the cached file"
-        ),
-    });
 }
 
 fn describe(e: &AttemptError) -> String {

@@ -397,7 +397,7 @@ impl ModelFs {
 
     fn finish_if_verified(&self, target: &Target, blob: &Arc<Blob>) {
         let _runtime = self.runtime.enter();
-        crate::fetch::finish_if_verified(target, blob);
+        self.fetcher.finish_if_verified(target, blob);
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<OpenFile>, FsError> {
