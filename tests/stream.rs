@@ -169,6 +169,12 @@ fn reading_on_through_one_shard_streams_the_others_each_byte_once() {
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["streams"]["llm"]["state"], "done", "{health:#}");
     assert_eq!(health["streams"]["llm"]["remaining_bytes"], 0, "{health:#}");
+    // `status` shows it too, from the mount's record.
+    wait_for("status to show the stream", || {
+        ws.status()["mounts"][0]["streams"]["llm"]["state"] == "done"
+    });
+    let text = ws.run_ok(&["status".as_ref()]);
+    assert!(text.contains("stream of llm: done"), "{text}");
 }
 
 /// `llm`: four shards of `mib` MiB each, of plain bytes, served by a new server.

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use fuser::{MountOption, Session, SessionACL};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     CacheArg, ManifestArg, QuotaArg, SourceArgs, UsageError, daemon, init_logging, open_cache,
@@ -152,7 +152,7 @@ fn serve(
         Arc::clone(&cache),
         sources,
         RetryPolicy::default(),
-        metrics,
+        Arc::clone(&metrics),
     ));
     let mtime = std::fs::metadata(args.manifest.path()?)
         .and_then(|m| m.modified())
@@ -212,7 +212,7 @@ fn serve(
     let mut unmounter = session.unmount_callable();
     raise_readahead(mountpoint);
     mounted.store(true, Ordering::Release);
-    let record = MountRecord::create(&cache, mountpoint, &args.manifest.path()?);
+    let mut record = MountRecord::create(&cache, mountpoint, &args.manifest.path()?);
     info!(mountpoint = %mountpoint.display(), cache = %cache.root().display(), "ready");
     if let Some(ready) = ready.take() {
         ready.ok();
@@ -227,10 +227,14 @@ fn serve(
         })
         .context("cannot start the FUSE thread")?;
     let outcome = runtime.block_on(async {
-        tokio::select! {
-            _ = term.recv() => Some("SIGTERM"),
-            _ = int.recv() => Some("SIGINT"),
-            _ = &mut done_rx => None,
+        let mut tick = tokio::time::interval(RECORD_STREAMS_EVERY);
+        loop {
+            tokio::select! {
+                _ = term.recv() => break Some("SIGTERM"),
+                _ = int.recv() => break Some("SIGINT"),
+                _ = &mut done_rx => break None,
+                _ = tick.tick() => record.show_streams(&cache, metrics.streams_json()),
+            }
         }
     });
     mounted.store(false, Ordering::Release);
@@ -495,9 +499,16 @@ impl Drop for EphemeralCache {
     }
 }
 
-/// `CACHE/mounts/<pid>`: tells `modelfs status` which mounts use the cache.
-/// Removed when the mount ends; a record of a dead pid is ignored.
-pub struct MountRecord(Option<(PathBuf, std::fs::File)>);
+/// How often a mount's record is brought up to date with its streams.
+const RECORD_STREAMS_EVERY: Duration = Duration::from_secs(1);
+
+/// `CACHE/mounts/<name>`: tells `modelfs status` which mounts use the cache,
+/// and how their model streams are doing. Removed when the mount ends; a
+/// record nobody holds locked is a dead mount's.
+pub struct MountRecord {
+    held: Option<(PathBuf, std::fs::File)>,
+    body: serde_json::Value,
+}
 
 impl MountRecord {
     /// Writes `CACHE/mounts/<name>` and holds an exclusive `flock` on it for
@@ -514,33 +525,63 @@ impl MountRecord {
         let written = || -> io::Result<(PathBuf, std::fs::File)> {
             let dir = cache.root().join("mounts");
             crate::cache::files::ensure_dir(&dir)?;
-            // Records are locked before they get their name: one that is
-            // not locked is a dead mount's.
             for old in std::fs::read_dir(&dir)?.flatten() {
                 if !crate::cache::files::is_locked(&old.path())? {
                     crate::cache::files::remove(&old.path())?;
                 }
             }
-            let (mut file, tmp) = cache.temp_file(&crate::hash::Digest([0; 32]))?;
-            io::Write::write_all(&mut file, body.to_string().as_bytes())?;
-            file.lock()?;
+            let (file, tmp) = cache.temp_file(&crate::hash::Digest([0; 32]))?;
             let path = dir.join(tmp.file_name().expect("temp files have names"));
-            std::fs::rename(&tmp, &path)?;
-            Ok((path, file))
+            Ok((path.clone(), publish_locked(file, &tmp, &path, &body)?))
         };
         match written() {
-            Ok(record) => MountRecord(Some(record)),
+            Ok(held) => MountRecord {
+                held: Some(held),
+                body,
+            },
             Err(e) => {
                 warn!(error = %e, "cannot record this mount in the cache; status will not list it");
-                MountRecord(None)
+                MountRecord { held: None, body }
             }
+        }
+    }
+
+    /// Replaces the record with one that shows `streams`, if they changed.
+    fn show_streams(&mut self, cache: &Cache, streams: serde_json::Value) {
+        let Some((path, _)) = &self.held else { return };
+        if self.body.get("streams") == Some(&streams) {
+            return;
+        }
+        self.body["streams"] = streams;
+        let replaced = cache
+            .temp_file(&crate::hash::Digest([0; 32]))
+            .and_then(|(file, tmp)| publish_locked(file, &tmp, path, &self.body));
+        match replaced {
+            // The old file's lock goes with it: the name now holds the new one.
+            Ok(file) => self.held = Some((path.clone(), file)),
+            Err(e) => debug!(error = %e, "cannot update this mount's record"),
         }
     }
 }
 
+/// Writes `body` to the new file `tmp`, locks it and renames it to `path`:
+/// records are locked before they get their name, so one that is not locked
+/// is a dead mount's, and a reader sees the old record or the new one, whole.
+fn publish_locked(
+    mut file: std::fs::File,
+    tmp: &Path,
+    path: &Path,
+    body: &serde_json::Value,
+) -> io::Result<std::fs::File> {
+    io::Write::write_all(&mut file, body.to_string().as_bytes())?;
+    file.lock()?;
+    std::fs::rename(tmp, path)?;
+    Ok(file)
+}
+
 impl Drop for MountRecord {
     fn drop(&mut self) {
-        if let Some((path, _locked)) = &self.0 {
+        if let Some((path, _locked)) = &self.held {
             let _ = std::fs::remove_file(path);
         }
     }

@@ -244,9 +244,27 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
             mount["mountpoint"].as_str().unwrap_or("?"),
             mount["pid"]
         )?;
+        for (model, stream) in mount["streams"].as_object().into_iter().flatten() {
+            writeln!(out, "  {}", describe_stream(model, stream))?;
+        }
     }
     out.flush()?;
     Ok(())
+}
+
+/// One line for a model stream of a mount's record: how far it got, how
+/// fast, and how it ended.
+fn describe_stream(model: &str, stream: &serde_json::Value) -> String {
+    let bytes = |key: &str| format_size(stream[key].as_u64().unwrap_or(0));
+    let state = stream["state"].as_str().unwrap_or("?");
+    format!(
+        "stream of {model}: {state}, {} fetched, {} left of {}, {}/s over {} s",
+        bytes("bytes"),
+        bytes("remaining_bytes"),
+        bytes("total_bytes"),
+        format_size(stream["rate_bytes_per_second"].as_f64().unwrap_or(0.0) as u64),
+        stream["seconds"].as_f64().unwrap_or(0.0),
+    )
 }
 
 /// Standard output in large writes: a catalog lists 100,000 lines.

@@ -143,9 +143,7 @@ async fn answer(
         "quota_bytes": endpoint.cache.quota().max_bytes,
         "models": endpoint.models,
         "sources": endpoint.metrics.last_errors(),
-        "streams": endpoint.metrics.streams().iter()
-            .map(|(model, p)| (model.clone(), p.to_json()))
-            .collect::<serde_json::Map<_, _>>(),
+        "streams": endpoint.metrics.streams_json(),
     });
     let status = if mounted {
         StatusCode::OK

@@ -235,9 +235,12 @@ impl Metrics {
         self.streams.ended(how);
     }
 
-    /// Each model's latest stream, by model id.
-    pub fn streams(&self) -> BTreeMap<String, Arc<StreamProgress>> {
-        self.streams.latest()
+    /// Each model's latest stream, by model id, as `/healthz` and the mount's
+    /// record show it.
+    pub fn streams_json(&self) -> serde_json::Value {
+        let latest = self.streams.latest();
+        let each = latest.iter().map(|(model, p)| (model.clone(), p.to_json()));
+        serde_json::Value::Object(each.collect())
     }
 
     /// The text exposition, with `cache_bytes` as measured now.
