@@ -11,6 +11,8 @@ mod retry;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod uncached;
+mod whole;
 mod writer;
 
 use std::collections::VecDeque;
@@ -36,7 +38,7 @@ use crate::manifest::{FileEntry, Manifest};
 use crate::metrics::Metrics;
 use crate::source::{Location, Source, SourceError, StreamError};
 use flight::{ChunkFlights, Flights, Lead, Next, Seen, join_flight};
-use writer::{ChunkDone, Memory, NoBookkeeping, RangeWriter, Stop, TempFile, WholeOut, WriteAt};
+use writer::{ChunkDone, RangeWriter, Stop};
 
 /// Range requests in flight at once per process, for each [`Urgency`];
 /// more only queue at the server and spread the same bandwidth thinner.
@@ -572,76 +574,6 @@ impl Fetcher {
         self.fetch_from_sources(target, &order, &mut writer).await
     }
 
-    /// A chunk the cache has no room for: fetched into memory, verified,
-    /// and handed to the reader, never marked present. Readers of one chunk
-    /// at the same moment share one fetch.
-    pub async fn fetch_uncached(
-        &self,
-        target: &Target,
-        blob: &Arc<Blob>,
-        index: u64,
-    ) -> Result<Arc<[u8]>, FetchError> {
-        let key = (blob.key, index);
-        let fetch = || async {
-            let _slot = self.request_slot(Urgency::Demand).await;
-            let start = index * blob.chunk_size;
-            let range = start..(start + blob.chunk_size).min(blob.size);
-            let memory = Memory {
-                start,
-                bytes: Mutex::new(vec![0; (range.end - start) as usize]),
-            };
-            let locations = target.locations();
-            let order = self.health.order(&locations, std::time::Instant::now());
-            let mut none = NoBookkeeping;
-            let mut writer = RangeWriter::chunks(&memory, blob, range, &mut none);
-            self.fetch_from_sources(target, &order, &mut writer).await?;
-            drop(writer);
-            Ok(self.keep_uncached(key, memory))
-        };
-        join_flight(&self.uncached, key, || self.recent_uncached(&key), fetch)
-            .instrument(info_span!("fetch_uncached", file = %target, chunk = index))
-            .await
-    }
-
-    /// Counts verified bytes fetched into memory and keeps them for the next
-    /// requests; called before the fetch's flight ends, so that no reader
-    /// finds neither.
-    fn keep_uncached(&self, key: ChunkKey, memory: Memory) -> Arc<[u8]> {
-        let bytes: Arc<[u8]> =
-            Arc::from(memory.bytes.into_inner().unwrap_or_else(|p| p.into_inner()));
-        self.metrics.served_uncached(bytes.len() as u64);
-        let mut recent = self
-            .recent_uncached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        recent.push_back((key, Arc::clone(&bytes)));
-        while recent.iter().map(|(_, b)| b.len()).sum::<usize>() > RECENT_UNCACHED_BYTES {
-            recent.pop_front();
-        }
-        bytes
-    }
-
-    /// A chunk fetched uncached lately, made the most recent.
-    fn recent_uncached(&self, key: &ChunkKey) -> Option<Arc<[u8]>> {
-        let mut recent = self
-            .recent_uncached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let at = recent.iter().position(|(k, _)| k == key)?;
-        let hit = recent.remove(at)?;
-        let bytes = Arc::clone(&hit.1);
-        recent.push_back(hit);
-        Some(bytes)
-    }
-
-    /// Says once per process that the cache is full, and why; readers are
-    /// then served uncached.
-    pub fn tell_cache_full(&self, why: &FetchError) {
-        if !self.told_full.swap(true, Ordering::AcqRel) {
-            warn!(error = %why, "the cache is full: reads are served from verified chunks fetched into memory, uncached, until room is made (said once)");
-        }
-    }
-
     /// Fetches what `writer` still lacks from the first source of `order`
     /// that delivers it, retrying each as the policy says: the one loop
     /// behind runs of chunks, parts of whole files, and uncached chunks.
@@ -677,138 +609,6 @@ impl Fetcher {
             attempts: Arc::new(attempts),
             absent,
         })
-    }
-
-    /// Fetches a file without chunk hashes into a private temporary file in
-    /// parallel ranges, verifies it whole, then publishes it. A mismatch is
-    /// retried with the next source first.
-    async fn fetch_whole(
-        &self,
-        target: &Target,
-        blob: &Arc<Blob>,
-        urgency: Urgency,
-    ) -> Result<(), FetchError> {
-        let entry = target.entry();
-        self.make_room(target, entry.size, || Ok(())).await?;
-        let temp = || {
-            // Locked while this process fills it: no sweep takes it for a dead one's.
-            let (file, path) = self.cache.temp_file(&blob.digest)?;
-            file.lock_shared()?;
-            file.set_len(entry.size)?;
-            Ok(TempFile { file, path })
-        };
-        let done = self
-            .whole_rounds(target, blob, urgency, || {
-                temp().map_err(|e| local(target, e))
-            })
-            .await?;
-        let b = Arc::clone(blob);
-        blocking(move || {
-            let TempFile { file, path } = done;
-            b.finish_whole(&path, file)
-        })
-        .await
-        .map_err(|e| local(target, e))
-    }
-
-    /// A file verified only whole that the cache has no room for (`full`
-    /// says why): fetched and verified in memory if it fits in the memory
-    /// kept for uncached reads, else `full` stands.
-    pub async fn fetch_whole_uncached(
-        &self,
-        target: &Target,
-        blob: &Arc<Blob>,
-        full: FetchError,
-    ) -> Result<Arc<[u8]>, FetchError> {
-        if blob.size > RECENT_UNCACHED_BYTES as u64 {
-            return Err(full);
-        }
-        let key = (blob.key, WHOLE);
-        let fetch = || async {
-            let memory = self
-                .whole_rounds(target, blob, Urgency::Demand, || {
-                    Ok(Memory {
-                        start: 0,
-                        bytes: Mutex::new(vec![0; blob.size as usize]),
-                    })
-                })
-                .await?;
-            Ok(self.keep_uncached(key, memory))
-        };
-        join_flight(&self.uncached, key, || self.recent_uncached(&key), fetch)
-            .instrument(info_span!("fetch_whole_uncached", file = %target))
-            .await
-    }
-
-    /// Downloads a file without chunk hashes into what `make` makes, in
-    /// parallel parts, and verifies it whole; a mismatch is fetched again
-    /// with the next source first, once per source.
-    async fn whole_rounds<O: WholeOut>(
-        &self,
-        target: &Target,
-        blob: &Blob,
-        urgency: Urgency,
-        make: impl Fn() -> Result<O, FetchError>,
-    ) -> Result<O, FetchError> {
-        let entry = target.entry();
-        let locations = target.locations();
-        let mut attempts = Vec::new();
-        let first_order = self.health.order(&locations, std::time::Instant::now());
-        for round in 0..locations.len() {
-            let out = make()?;
-            // Each round starts from the next source of one order: were the
-            // order taken again, a source demoted meanwhile would rotate back
-            // to the front, and another never be first.
-            let mut order = first_order.clone();
-            order.rotate_left(round);
-            let parts = (0..entry.chunk_count()).map(|c| {
-                let start = c * entry.chunk_size;
-                self.fetch_part(
-                    target,
-                    &out,
-                    &order,
-                    start..(start + entry.chunk_size).min(entry.size),
-                    urgency,
-                )
-            });
-            if let Some(e) = join_all(parts).await.into_iter().find_map(Result::err) {
-                out.discard();
-                return Err(e);
-            }
-            let (actual, out) = blocking(move || Ok((out.digest()?, out)))
-                .await
-                .map_err(|e| local(target, e))?;
-            if actual == blob.digest {
-                return Ok(out);
-            }
-            out.discard();
-            self.metrics.verify_failed();
-            warn!(model = target.model_id(), file = %entry.path, first_source = %order[0], %actual, "whole file does not match its sha256; fetching again");
-            attempts.push((
-                order[0].to_string(),
-                format!("whole file hash mismatch (got {actual})"),
-            ));
-        }
-        Err(FetchError::AllSourcesFailed {
-            target: target.to_string(),
-            attempts: Arc::new(attempts),
-            absent: false,
-        })
-    }
-
-    async fn fetch_part(
-        &self,
-        target: &Target,
-        out: &dyn WriteAt,
-        order: &[&Location],
-        range: Range<u64>,
-        urgency: Urgency,
-    ) -> Result<(), FetchError> {
-        let _slot = self.request_slot(urgency).await;
-        let mut writer = RangeWriter::unchecked(out, range);
-        self.fetch_from_sources(target, order, &mut writer)
-            .await
-            .map(drop)
     }
 
     /// Fetches what `writer` lacks from one source, retrying transient
