@@ -192,8 +192,9 @@ fn plain_shards(ws: &Workspace, mib: u64, extra: &[&str]) -> (RangeServer, Mount
 #[test]
 fn a_reader_asks_ahead_of_a_running_stream() {
     let ws = Workspace::new();
-    // 20 requests of 8 MiB: more than the stream keeps in flight (16).
-    let (server, m, addr) = plain_shards(&ws, 40, &[]);
+    // The stream's shards, 2 to 4, make 18 requests of 8 MiB: more than it
+    // keeps in flight (16).
+    let (server, m, addr) = plain_shards(&ws, 48, &[]);
     server.set_rate(2 * MIB);
     let first = start_loading(&m.path(&format!("llm/{}", shard(1))));
     wait_for("the stream's first requests", || {
@@ -203,7 +204,7 @@ fn a_reader_asks_ahead_of_a_running_stream() {
     // The last chunk of the last shard: the stream's last request would bring it.
     let last = std::fs::File::open(m.path(&format!("llm/{}", shard(4)))).unwrap();
     let mut buf = vec![0; 4096];
-    let at = 40 * MIB - 4096;
+    let at = 48 * MIB - 4096;
     last.read_exact_at(&mut buf, at).unwrap();
     let original = std::fs::read(ws.models().join("llm").join(shard(4))).unwrap();
     assert_eq!(buf, original[at as usize..], "the reader's bytes");
@@ -211,12 +212,12 @@ fn a_reader_asks_ahead_of_a_running_stream() {
     let log = server.request_log();
     let reader = log
         .iter()
-        .position(|l| *l == format!("{path} {}-{}", 39 * MIB, 40 * MIB - 1))
+        .position(|l| *l == format!("{path} {}-{}", 47 * MIB, 48 * MIB - 1))
         .unwrap_or_else(|| panic!("no request of the reader's own chunk: {log:?}"));
     assert!(
         !log[..reader]
             .iter()
-            .any(|l| l.starts_with(&format!("{path} {}-", 32 * MIB))),
+            .any(|l| l.starts_with(&format!("{path} {}-", 40 * MIB))),
         "the stream asked for the end of the last shard before the reader did: {log:?}"
     );
     wait_for("the stream to end", || {
@@ -224,18 +225,21 @@ fn a_reader_asks_ahead_of_a_running_stream() {
     });
     let log = server.request_log();
     assert!(
-        log[reader..].contains(&format!("{path} {}-{}", 32 * MIB, 39 * MIB - 1)),
+        log[reader..].contains(&format!("{path} {}-{}", 40 * MIB, 47 * MIB - 1)),
         "the stream, still running, left out the chunk the reader had: {log:?}"
     );
     drop((first, last));
-    let asked = ranges(&server);
+    server.set_rate(0);
     for k in 1..=4 {
-        assert_fetched_once(&asked, &format!("/llm/{}", shard(k)), 40 * MIB);
         let got = std::fs::read(m.path(&format!("llm/{}", shard(k)))).unwrap();
         assert!(
-            got == sample_bytes((40 * MIB) as usize, k),
+            got == sample_bytes((48 * MIB) as usize, k),
             "shard {k}'s bytes"
         );
+    }
+    let asked = ranges(&server);
+    for k in 1..=4 {
+        assert_fetched_once(&asked, &format!("/llm/{}", shard(k)), 48 * MIB);
     }
 }
 

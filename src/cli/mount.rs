@@ -55,8 +55,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Do not stream models. By default, once a reader has read 4 MiB in a row
-    /// of a weight file (over 1 MiB), that file and those a loader reads with
-    /// it (the shards its index JSON names, or its NAME-0000k-of-0000n
+    /// of a weight file (over 1 MiB), the files a loader reads with it (the
+    /// other shards its index JSON names, or its NAME-0000k-of-0000n
     /// siblings, and each other directory's set, as a diffusers pipeline
     /// has; never another copy of the model) are fetched whole
     /// into the cache at the link's full speed, behind every reader's own
