@@ -7,24 +7,6 @@ use std::process::Command;
 
 use support::*;
 
-/// Runs a Python snippet; the test fails with its stderr if it does.
-fn python(script: &str, args: &[&std::path::Path]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect(
-            "python3 is needed for loader tests (.ci/run installs it with safetensors and numpy)",
-        );
-    assert!(
-        out.status.success(),
-        "python failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 const WRITE: &str = r#"
 import sys, numpy as np
 from safetensors.numpy import save_file

@@ -7,7 +7,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Command;
 
 use support::*;
 
@@ -65,23 +64,6 @@ fn start_loading(path: &Path) -> std::fs::File {
 
 fn metrics(addr: &str) -> String {
     http_get(addr, "/metrics").1
-}
-
-fn python(script: &str, args: &[&Path]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect(
-            "python3 is needed for loader tests (.ci/run installs it with safetensors and numpy)",
-        );
-    assert!(
-        out.status.success(),
-        "python failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Four 6 MiB shards with their index, and two other copies of the model
@@ -175,6 +157,33 @@ fn reading_on_through_one_shard_streams_the_others_each_byte_once() {
     });
     let text = ws.run_ok(&["status".as_ref()]);
     assert!(text.contains("stream of llm: done"), "{text}");
+}
+
+/// Page faults are a sequential reader too: a loader that maps one shard
+/// and copies its tensors out starts the stream of the others.
+#[test]
+fn a_loader_mapping_one_shard_streams_the_others() {
+    let ws = Workspace::new();
+    let dir = ws.models().join("llm");
+    std::fs::create_dir_all(&dir).unwrap();
+    python(WRITE_SHARDS, &[&dir]);
+    let server = RangeServer::start(&ws.models());
+    ws.write_manifest(&[ws.entry("llm", "llm", &[format!("{}/llm", server.url())], MIB)]);
+    let m = ws.mount();
+    // safetensors maps the file: every byte of it reaches modelfs as a fault.
+    let one = r#"
+import sys
+from safetensors import safe_open
+with safe_open(sys.argv[1], framework="np") as f:
+    print(sum(f.get_tensor(k).nbytes for k in f.keys()))
+"#;
+    let loaded = python(one, &[&m.path(&format!("llm/{}", shard(1)))]);
+    assert_eq!(loaded.trim(), (6 * MIB).to_string());
+    for k in 2..=4 {
+        let path = m.path(&format!("llm/{}", shard(k)));
+        let size = std::fs::metadata(&path).unwrap().len();
+        wait_for(&format!("shard {k} streamed in"), || cached(&path) == size);
+    }
 }
 
 /// `llm`: four shards of `mib` MiB each, of plain bytes, served by a new server.

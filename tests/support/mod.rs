@@ -420,3 +420,21 @@ pub fn reservations(mounts: &[&Mount]) -> Vec<(u64, u64)> {
         })
         .collect()
 }
+
+/// Runs a Python snippet; the test fails with its stderr if it does.
+pub fn python(script: &str, args: &[&Path]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect(
+            "python3 is needed for loader tests (.ci/run installs it with safetensors and numpy)",
+        );
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
