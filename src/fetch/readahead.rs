@@ -64,11 +64,8 @@ impl Readahead {
         let sequential = offset + SEQUENTIAL_SLACK >= prev
             && offset <= (prev + SEQUENTIAL_SLACK).max(self.requested_to);
         self.next = end;
-        self.run = if sequential {
-            self.run + (end - offset.min(end))
-        } else {
-            end - offset.min(end)
-        };
+        // A seek starts a new run with this read.
+        self.run = if sequential { self.run } else { 0 } + (end - offset.min(end));
         if !sequential {
             let cancel = self.requested_to > prev;
             self.window = self.initial;
