@@ -253,3 +253,49 @@ fn sixteen_processes_read_cold_files_whole_and_right() {
 fn sixteen_processes_read_whole_and_right_from_a_cache_smaller_than_the_files() {
     many_readers("6 MiB quota", &["--max-cache-size", "6M"]);
 }
+
+/// A copy out of a mapped file touches the end of what it copies before its
+/// start (glibc's memcpy loads the last vectors first), so a loader's page
+/// faults jump a tensor ahead and come back, tensor after tensor. That is
+/// still one sequential reader: its window keeps growing, its requests grow
+/// with it, and no byte is asked for twice.
+#[test]
+fn a_reader_that_touches_each_tensors_end_first_is_still_sequential() {
+    const TENSORS: u64 = 8;
+    let size = TENSORS * 8 * MIB;
+    let (ws, server, data) = one_file(size as usize);
+    let m = Mount::start(&ws, &["--no-stream"]);
+    let file = File::open(m.path("m/w.bin")).unwrap();
+    let mut buf = vec![0; MIB as usize];
+    for t in 0..TENSORS {
+        let base = t * 8 * MIB;
+        for i in std::iter::once(7).chain(0..8) {
+            let at = base + i * MIB;
+            file.read_exact_at(&mut buf, at).unwrap();
+            assert!(
+                buf == data[at as usize..(at + MIB) as usize],
+                "bytes at {at}"
+            );
+        }
+    }
+    let mut asked: Vec<(u64, u64)> = server
+        .request_log()
+        .iter()
+        .filter_map(|e| e.split(' ').nth(1)?.split_once('-'))
+        .map(|(a, b)| (a.parse().unwrap(), b.parse::<u64>().unwrap() + 1))
+        .collect();
+    asked.sort_unstable();
+    let mut next = 0;
+    for &(first, end) in &asked {
+        assert_eq!(first, next, "asked {asked:?}: a gap or a byte asked twice");
+        next = end;
+    }
+    assert_eq!(next, size);
+    let largest = asked.iter().map(|(a, b)| b - a).max().unwrap();
+    // Reset at each tensor, it would ask a chunk at a time: 64 requests.
+    assert!(
+        largest >= 4 * MIB && asked.len() < 48,
+        "the window never grew: {} requests, the largest {largest} bytes: {asked:?}",
+        asked.len()
+    );
+}

@@ -27,6 +27,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
 
+pub use publish::Busy;
 pub use retry::RetryPolicy;
 pub use stream::{Streamed, Tally};
 

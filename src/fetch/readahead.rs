@@ -5,6 +5,11 @@
 //! doubles each time it has consumed half of the window, up to a cap; a
 //! random reader gets nothing ahead (only the chunks it touches), and a
 //! reader that seeks away leaves its old window behind, to be cancelled.
+//! A few reads elsewhere are not a seek: a copy out of a mapped file touches
+//! the end of what it copies first (glibc's memcpy loads the last vectors
+//! before the loop), so a loader's page faults jump a tensor ahead, read a
+//! page-cache window there, and come back. Only reads that go on from there
+//! for [`MOVED_AFTER`] bytes move the window.
 
 use std::ops::Range;
 
@@ -12,6 +17,9 @@ use std::ops::Range;
 /// sequential: the kernel issues up to 1 MiB per request and may have a few
 /// in flight out of order.
 const SEQUENTIAL_SLACK: u64 = 2 << 20;
+/// Bytes read in a row away from the window that show the reader moved: more
+/// than the kernel reads around one fault of a mapping (1 MiB here).
+const MOVED_AFTER: u64 = 4 << 20;
 /// Cap on bytes requested ahead of one reader: enough for every request
 /// slot to carry a full request (16 × 8 MiB).
 const MAX_WINDOW_BYTES: u64 = 128 << 20;
@@ -33,6 +41,9 @@ pub struct Readahead {
     requested_to: u64,
     /// Bytes read since the reader last sought away.
     run: u64,
+    /// Bytes read in a row away from the run, the latest last: the reader
+    /// moved only if it goes on there for [`MOVED_AFTER`] bytes.
+    stray: Option<Range<u64>>,
     window: u64,
     initial: u64,
     max: u64,
@@ -45,6 +56,7 @@ impl Readahead {
             next: 0,
             requested_to: 0,
             run: 0,
+            stray: None,
             window: chunk_size,
             initial: chunk_size,
             max,
@@ -59,21 +71,34 @@ impl Readahead {
             fetch: end..end,
             cancel,
         };
-        // A jump forward into what was fetched ahead still uses it.
-        let prev = self.next;
-        let sequential = offset + SEQUENTIAL_SLACK >= prev
-            && offset <= (prev + SEQUENTIAL_SLACK).max(self.requested_to);
-        self.next = end;
-        // A seek starts a new run with this read.
-        self.run = if sequential { self.run } else { 0 } + (end - offset.min(end));
-        if !sequential {
-            let cancel = self.requested_to > prev;
-            self.window = self.initial;
-            self.requested_to = end;
-            return none(cancel);
+        let near = |to: u64| offset + SEQUENTIAL_SLACK >= to && offset <= to + SEQUENTIAL_SLACK;
+        let (mut cancel, mut read) = (false, end - offset.min(end));
+        if !near(self.next) {
+            let stray = match self.stray.take() {
+                Some(stray) if near(stray.end) => stray.start..end.max(stray.end),
+                _ => offset..end,
+            };
+            if stray.end - stray.start < MOVED_AFTER {
+                self.stray = Some(stray);
+                return none(false);
+            }
+            // The reader moved. Into the window (a skipped tensor), the run
+            // goes on; elsewhere, a seek leaves the window behind and
+            // starts a new run.
+            if stray.start < self.next || stray.start > self.requested_to {
+                cancel = self.requested_to > self.next;
+                self.run = 0;
+                self.window = self.initial;
+                self.requested_to = end;
+                self.next = end;
+            }
+            read = stray.end - stray.start;
         }
+        self.stray = None;
+        self.next = self.next.max(end);
+        self.run += read;
         if self.requested_to.saturating_sub(end) > self.window / 2 {
-            return none(false);
+            return none(cancel);
         }
         if self.requested_to >= end {
             // The reader is reading what was fetched for it: widen.
@@ -84,7 +109,7 @@ impl Readahead {
         self.requested_to = to.max(self.requested_to);
         Ahead {
             fetch: from..to.max(from),
-            cancel: false,
+            cancel,
         }
     }
 
@@ -126,33 +151,55 @@ mod tests {
     }
 
     #[test]
-    fn random_reads_get_nothing_ahead_and_reset_the_window() {
+    fn random_reads_get_nothing_ahead_and_a_seek_resets_the_window() {
         let mut ra = Readahead::new(8 * MIB);
         let size = 1_000 * MIB;
         assert!(!ra.on_read(0, MIB, size).fetch.is_empty());
-        let seek = ra.on_read(500 * MIB, 4096, size);
-        assert!(seek.fetch.is_empty());
+        for offset in [500 * MIB, 100 * MIB, 700 * MIB, 701 * MIB, 702 * MIB] {
+            assert_eq!(
+                ra.on_read(offset, MIB, size),
+                Ahead {
+                    fetch: offset + MIB..offset + MIB,
+                    cancel: false
+                },
+                "nothing ahead of a random read, and a few reads are not a seek"
+            );
+        }
+        // Reading on there past MOVED_AFTER: the reader moved.
+        let moved = ra.on_read(703 * MIB, MIB, size);
         assert!(
-            seek.cancel,
+            moved.cancel,
             "the window ahead of offset 1 MiB is left behind"
         );
-        let again = ra.on_read(100 * MIB, 4096, size);
-        assert_eq!(
-            again,
-            Ahead {
-                fetch: 100 * MIB + 4096..100 * MIB + 4096,
-                cancel: false
-            },
-            "nothing was fetched ahead of a random read"
-        );
-        assert_eq!(ra.sequential_bytes(), 4096, "a seek starts a new run");
-        // Reading on from there is sequential again, with the first window.
-        let r = ra.on_read(100 * MIB + 4096, 4096, size).fetch;
-        assert_eq!(ra.sequential_bytes(), 8192);
-        assert_eq!(r.end - r.start, 8 * MIB);
-        // A jump forward into that window (a skipped tensor) keeps it.
-        let skip = ra.on_read(100 * MIB + 6 * MIB, 4096, size);
-        assert!(!skip.cancel);
+        assert_eq!(moved.fetch.start, 704 * MIB);
+        assert_eq!(ra.sequential_bytes(), 4 * MIB, "a seek starts a new run");
+        // A skip forward into that window (a skipped tensor) keeps it.
+        let skip_to = moved.fetch.end - 4 * MIB;
+        for i in 0..4 {
+            assert!(!ra.on_read(skip_to + i * MIB, MIB, size).cancel);
+        }
+        assert_eq!(ra.sequential_bytes(), 8 * MIB, "the run goes on");
+    }
+
+    #[test]
+    fn copies_out_of_a_mapping_do_not_reset_the_window() {
+        // memcpy of each 32 MiB tensor faults at its end first, then from
+        // its start on: the window keeps growing and nothing is cancelled.
+        let mut ra = Readahead::new(MIB);
+        let size = 1_000 * MIB;
+        let mut widest = 0;
+        for tensor in 0..8 {
+            let base = tensor * 32 * MIB;
+            let first = ra.on_read(base + 31 * MIB, MIB, size);
+            assert!(!first.cancel);
+            for i in 0..31 {
+                let ahead = ra.on_read(base + i * MIB, MIB, size);
+                assert!(!ahead.cancel, "tensor {tensor} MiB {i}");
+                widest = widest.max(ahead.fetch.end.saturating_sub(base + i * MIB));
+            }
+        }
+        assert!(widest >= 64 * MIB, "widest {widest}");
+        assert_eq!(ra.sequential_bytes(), 8 * 31 * MIB);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::cache::Cache;
-use crate::fetch::{FetchError, Fetcher, Streamed, Tally, Target};
+use crate::fetch::{Busy, FetchError, Fetcher, Streamed, Tally, Target};
 use crate::fileio::blocking;
 use crate::manifest::Manifest;
 use crate::manifest::weights::{self, LARGE_FILE};
@@ -62,6 +62,17 @@ struct ModelState {
     closes: u64,
     /// Set to stop the stream, while one runs.
     stop: Option<Arc<AtomicBool>>,
+    /// Held from a loader's first run of weight reads until every file of
+    /// the model has been closed for the grace period: whole-file checks
+    /// wait for the load to end.
+    loading: Option<Busy>,
+}
+
+impl ModelState {
+    /// Nothing left to keep: no open, no stream, no load.
+    fn is_idle(&self) -> bool {
+        self.opens == 0 && self.stop.is_none() && self.loading.is_none()
+    }
 }
 
 impl Streams {
@@ -91,7 +102,7 @@ impl Streams {
     }
 
     /// One open of a file of `model` ended; the last one starts the grace
-    /// period after which its stream stops.
+    /// period after which its stream stops and its load is over.
     pub fn closed(self: &Arc<Self>, model: usize) {
         let mut models = self.models();
         let Some(state) = models.get_mut(&model) else {
@@ -102,23 +113,30 @@ impl Streams {
             return;
         }
         state.closes += 1;
-        let Some(stop) = state.stop.clone() else {
+        if state.is_idle() {
             models.remove(&model);
             return;
-        };
+        }
         let (this, closes) = (Arc::clone(self), state.closes);
         self.runtime.spawn(async move {
             tokio::time::sleep(this.config.grace).await;
-            let idle = this
-                .models()
-                .get(&model)
-                .is_some_and(|s| s.opens == 0 && s.closes == closes);
-            if idle {
-                debug!(
-                    model = this.manifest.models[model].id,
-                    "every file of the model is closed: its stream stops"
-                );
+            let mut models = this.models();
+            let Some(state) = models
+                .get_mut(&model)
+                .filter(|s| s.opens == 0 && s.closes == closes)
+            else {
+                return;
+            };
+            debug!(
+                model = this.manifest.models[model].id,
+                "every file of the model is closed: its load is over, its stream stops"
+            );
+            state.loading = None;
+            if let Some(stop) = &state.stop {
                 stop.store(true, Ordering::Release);
+            }
+            if state.is_idle() {
+                models.remove(&model);
             }
         });
     }
@@ -126,6 +144,9 @@ impl Streams {
     /// A loader read [`STREAM_AFTER`] bytes of file `reading` of `model` in a row: streams
     /// what it will read next, unless a stream of the model runs already.
     pub fn start(self: &Arc<Self>, model: usize, reading: usize) {
+        if let Some(state) = self.models().get_mut(&model).filter(|s| s.opens > 0) {
+            state.loading.get_or_insert_with(|| self.fetcher.reading());
+        }
         let spec = &self.manifest.models[model];
         if !self.config.enabled || !spec.stream {
             return;
@@ -196,7 +217,7 @@ impl Streams {
         let mut models = self.models();
         if let Some(state) = models.get_mut(&model) {
             state.stop = None;
-            if state.opens == 0 {
+            if state.is_idle() {
                 models.remove(&model);
             }
         }
