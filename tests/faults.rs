@@ -30,7 +30,7 @@ struct Case {
     second: RangeServer,
     data: Vec<u8>,
     addr: String,
-    _ws: Workspace,
+    ws: Workspace,
 }
 
 fn case(mount_args: &[&str]) -> Case {
@@ -61,7 +61,7 @@ fn build_case(first_url: Option<&str>, size: usize, mount_args: &[&str]) -> Case
         second,
         data,
         addr,
-        _ws: ws,
+        ws,
     }
 }
 
@@ -321,4 +321,151 @@ fn a_source_that_keeps_failing_is_tried_last_for_a_while() {
     // Three chunks pay 3 attempts each at the failing source; then it is skipped.
     assert_eq!(c.first.requests(), 9, "{:?}", c.first.request_log());
     assert!(c.log().contains("trying it last for a while"));
+}
+
+/// 48 MiB: a loader's shard, dozens of requests, as the issue measured.
+const LARGE: usize = 48 * MIB as usize;
+
+/// No byte was asked for more than twice in all, from all of `servers`:
+/// a request that fell behind and the one that took over from it.
+fn assert_asked_at_most_twice(servers: &[&RangeServer]) {
+    let mut edges: Vec<(u64, i64)> = servers
+        .iter()
+        .flat_map(|s| s.request_log())
+        .filter_map(|e| {
+            let (a, b) = e.split(' ').nth(1)?.split_once('-')?;
+            Some((a.parse().ok()?, b.parse::<u64>().ok()? + 1))
+        })
+        .flat_map(|(a, b)| [(a, 1), (b, -1)])
+        .collect();
+    edges.sort_unstable();
+    let (mut depth, mut most) = (0, 0);
+    for (_, step) in edges {
+        depth += step;
+        most = most.max(depth);
+    }
+    assert!(most <= 2, "some bytes were asked for {most} times");
+}
+
+/// What the mount says of the source at `url`.
+fn source_state(c: &Case, url: &str) -> serde_json::Value {
+    c.health()["sources"][url].clone()
+}
+
+#[test]
+fn a_source_that_stalls_mid_response_is_left_in_seconds() {
+    let c = build_case(None, LARGE, &[]);
+    c.first.set_always(Some(Fault::StallMidway));
+    c.read_ok();
+    assert_asked_at_most_twice(&[&c.first, &c.second]);
+    let first = source_state(&c, &c.first.url());
+    assert!(first["demotions"].as_u64() >= Some(1), "{first}");
+    assert!(first["hedges"].as_u64() >= Some(1), "{first}");
+    // Demoted at the first stall: after the requests already under way,
+    // only its probes asked it again.
+    assert!(c.first.requests() <= 24, "{} requests", c.first.requests());
+    assert!(
+        !c.log().contains("no data for 30s"),
+        "no request waited out the read timeout"
+    );
+    let hedges = c.metric(&format!(
+        "modelfs_source_hedges_total{{source=\"{}\",why=\"stalled\"}}",
+        c.first.url()
+    ));
+    assert!(hedges >= 1.0);
+    // `status` shows it too, from the mount's record.
+    wait_for("status to show the demotion", || {
+        let status = c.ws.status();
+        status["mounts"][0]["sources"][c.first.url()]["demotions"].as_u64() >= Some(1)
+    });
+    let text = c.ws.run_ok(&["status".as_ref()]);
+    assert!(
+        text.contains(&format!("source {}:", c.first.url())),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_source_that_trickles_is_left_in_seconds() {
+    let c = build_case(None, LARGE, &[]);
+    c.first.set_rate(32 << 10);
+    c.read_ok();
+    assert_asked_at_most_twice(&[&c.first, &c.second]);
+    // Each request of it brought what 32 KiB/s brings before it was left.
+    assert!(
+        c.first.bytes_sent() < 4 * MIB,
+        "{} bytes from the trickling source",
+        c.first.bytes_sent()
+    );
+    assert!(c.second.bytes_sent() >= LARGE as u64 - 4 * MIB);
+    let first = source_state(&c, &c.first.url());
+    assert!(
+        first["rate_bytes_per_second"].as_u64() < Some(1 << 20),
+        "{first}"
+    );
+    assert!(first["demotions"].as_u64() >= Some(1), "{first}");
+}
+
+#[test]
+fn a_source_that_stalled_is_used_again_once_it_recovers() {
+    let c = build_case(None, LARGE, &[]);
+    let file = fs::File::open(c.mount.path("m/w.bin")).unwrap();
+    let mut piece = vec![0u8; 4096];
+    let mut at = 0;
+    let mut read_next = || {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(&mut piece, at).unwrap();
+        assert!(piece[..] == c.data[at as usize..at as usize + 4096]);
+        // Far apart: each read a cold chunk, none read ahead.
+        at += MIB;
+    };
+    c.first.set_always(Some(Fault::StallMidway));
+    read_next();
+    assert!(source_state(&c, &c.first.url())["demoted_until"].is_u64());
+    c.first.set_always(None);
+    let asked = c.first.requests();
+    // A read every 250 ms: within the 48 chunks, its demotion (4 s) ends.
+    wait_for("the recovered source to be asked again", || {
+        read_next();
+        let asked_again = c.first.requests() > asked;
+        if !asked_again {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        asked_again
+    });
+    // The probe delivered: it is first again.
+    let before = c.second.requests();
+    read_next();
+    assert_eq!(c.second.requests(), before, "the recovered source is first");
+}
+
+#[test]
+fn one_source_that_pauses_every_response_is_asked_again_on_fresh_connections() {
+    let ws = Workspace::new();
+    let data = sample_bytes(8 * MIB as usize, 3);
+    ws.add_file("m", "w.bin", &data);
+    let server = RangeServer::start(&ws.models());
+    ws.write_manifest(&[ws.entry("m", "m", &[format!("{}/m", server.url())], MIB)]);
+    // Longer than the read timeout: waited out, every response would cost
+    // 30 s and then a retry.
+    server.set_always(Some(Fault::PauseAfter(512 << 10, Duration::from_secs(40))));
+    let addr = free_addr();
+    let m = Mount::start(&ws, &["--metrics-addr", &addr]);
+    let started = Instant::now();
+    let got = fs::read(m.path("m/w.bin")).unwrap();
+    assert!(got == data, "wrong bytes served");
+    eprintln!("fault timing: correct bytes in {:.2?}", started.elapsed());
+    let text = http_get(&addr, "/metrics").1;
+    let reconnects = metric(
+        &text,
+        &format!(
+            "modelfs_source_hedges_total{{source=\"{}\",why=\"reconnect\"}}",
+            server.url()
+        ),
+    );
+    assert!(reconnects >= 1.0);
+    assert!(
+        !m.log_text().contains("no data for 30s"),
+        "no request waited out the read timeout"
+    );
 }

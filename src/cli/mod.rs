@@ -137,6 +137,15 @@ struct SourceArgs {
     /// Seconds a source may go silent mid-request before the attempt fails.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_seconds)]
     read_timeout: Duration,
+    /// Seconds a request may bring nothing (its first byte included) before
+    /// the rest of its range is asked of the next source, and the silent one
+    /// is tried last for a while (4 s, doubling while it stays bad, at most
+    /// 30 s). A request far slower than the other sources (8 times their
+    /// rate, or 1 MiB/s while theirs is unknown) moves on the same way.
+    /// With one source, a fresh connection takes over; one that brings
+    /// nothing doubles the wait, up to --read-timeout.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_seconds)]
+    stall_timeout: Duration,
     /// Seconds one ranged request may take in all (a source trickling bytes
     /// is cut off; the retry resumes). Raise it for slow links or big chunks.
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_seconds)]
@@ -153,7 +162,7 @@ impl SourceArgs {
         let fetcher = crate::fetch::Fetcher::new(
             std::sync::Arc::clone(cache),
             self.build()?,
-            crate::fetch::RetryPolicy::default(),
+            self.retry(),
             std::sync::Arc::new(crate::metrics::Metrics::new()),
         );
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -161,6 +170,14 @@ impl SourceArgs {
             .build()
             .context("cannot start the async runtime")?;
         Ok((fetcher, runtime))
+    }
+
+    fn retry(&self) -> crate::fetch::RetryPolicy {
+        crate::fetch::RetryPolicy {
+            stall: self.stall_timeout,
+            read_timeout: self.read_timeout,
+            ..Default::default()
+        }
     }
 
     fn build(&self) -> anyhow::Result<Sources> {

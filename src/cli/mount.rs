@@ -18,7 +18,7 @@ use super::{
     CacheArg, ManifestArg, QuotaArg, SourceArgs, UsageError, daemon, init_logging, open_cache,
 };
 use crate::cache::Cache;
-use crate::fetch::{Fetcher, RetryPolicy};
+use crate::fetch::Fetcher;
 use crate::fs::fuse::{FuseAdapter, watch_cache};
 use crate::fs::{Layout, ModelFs, StreamConfig};
 use crate::manifest::Manifest;
@@ -151,7 +151,7 @@ fn serve(
     let fetcher = Arc::new(Fetcher::new(
         Arc::clone(&cache),
         sources,
-        RetryPolicy::default(),
+        args.sources.retry(),
         Arc::clone(&metrics),
     ));
     let mtime = std::fs::metadata(args.manifest.path()?)
@@ -227,13 +227,16 @@ fn serve(
         })
         .context("cannot start the FUSE thread")?;
     let outcome = runtime.block_on(async {
-        let mut tick = tokio::time::interval(RECORD_STREAMS_EVERY);
+        let mut tick = tokio::time::interval(RECORD_FIGURES_EVERY);
         loop {
             tokio::select! {
                 _ = term.recv() => break Some("SIGTERM"),
                 _ = int.recv() => break Some("SIGINT"),
                 _ = &mut done_rx => break None,
-                _ = tick.tick() => record.show_streams(&cache, metrics.streams_json()),
+                _ = tick.tick() => record.show(&cache, &[
+                    ("streams", metrics.streams_json()),
+                    ("sources", serde_json::json!(metrics.sources())),
+                ]),
             }
         }
     });
@@ -510,11 +513,11 @@ impl Drop for EphemeralCache {
     }
 }
 
-/// How often a mount's record is brought up to date with its streams.
-const RECORD_STREAMS_EVERY: Duration = Duration::from_secs(1);
+/// How often a mount's record is brought up to date with its streams and sources.
+const RECORD_FIGURES_EVERY: Duration = Duration::from_secs(1);
 
 /// `CACHE/mounts/<name>`: tells `modelfs status` which mounts use the cache,
-/// and how their model streams are doing. Removed when the mount ends; a
+/// how their model streams are doing and what their sources show. Removed when the mount ends; a
 /// record nobody holds locked is a dead mount's.
 pub struct MountRecord {
     held: Option<(PathBuf, std::fs::File)>,
@@ -557,13 +560,16 @@ impl MountRecord {
         }
     }
 
-    /// Replaces the record with one that shows `streams`, if they changed.
-    fn show_streams(&mut self, cache: &Cache, streams: serde_json::Value) {
+    /// Replaces the record with one that shows these figures (by key), if
+    /// they changed.
+    fn show(&mut self, cache: &Cache, figures: &[(&str, serde_json::Value)]) {
         let Some((path, _)) = &self.held else { return };
-        if self.body.get("streams") == Some(&streams) {
+        if figures.iter().all(|(key, v)| self.body.get(key) == Some(v)) {
             return;
         }
-        self.body["streams"] = streams;
+        for (key, value) in figures {
+            self.body[key] = value.clone();
+        }
         let replaced = cache
             .temp_file(&crate::hash::Digest([0; 32]))
             .and_then(|(file, tmp)| publish_locked(file, &tmp, path, &self.body));

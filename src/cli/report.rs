@@ -247,6 +247,9 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
         for (model, stream) in mount["streams"].as_object().into_iter().flatten() {
             writeln!(out, "  {}", describe_stream(model, stream))?;
         }
+        for (origin, source) in mount["sources"].as_object().into_iter().flatten() {
+            writeln!(out, "  {}", describe_source(origin, source))?;
+        }
     }
     out.flush()?;
     Ok(())
@@ -265,6 +268,27 @@ fn describe_stream(model: &str, stream: &serde_json::Value) -> String {
         format_size(stream["rate_bytes_per_second"].as_f64().unwrap_or(0.0) as u64),
         stream["seconds"].as_f64().unwrap_or(0.0),
     )
+}
+
+/// One line for a source of a mount's record: its rate, the requests that
+/// left it, and whether it is tried last, and why.
+fn describe_source(origin: &str, source: &serde_json::Value) -> String {
+    let mut line = format!("source {origin}:");
+    if let Some(rate) = source["rate_bytes_per_second"].as_u64() {
+        line += &format!(" {}/s a request,", format_size(rate));
+    }
+    line += &format!(
+        " {} requests moved on, demoted {} times",
+        source["hedges"].as_u64().unwrap_or(0),
+        source["demotions"].as_u64().unwrap_or(0)
+    );
+    if let Some(why) = source["demoted_for"].as_str() {
+        line += &format!(", tried last ({why})");
+    }
+    if let Some(error) = source["error"].as_str() {
+        line += &format!("; last error: {error}");
+    }
+    line
 }
 
 /// Standard output in large writes: a catalog lists 100,000 lines.

@@ -3,8 +3,10 @@
 //! retries with backoff, failover across a file's sources, and verification
 //! before anything is marked present.
 
+mod attempt;
 mod flight;
 mod health;
+mod pace;
 mod publish;
 pub mod readahead;
 mod retry;
@@ -37,7 +39,7 @@ use crate::fileio::blocking;
 use crate::hash::Digest;
 use crate::manifest::{FileEntry, Manifest};
 use crate::metrics::Metrics;
-use crate::source::{Location, Source, SourceError, StreamError};
+use crate::source::{Location, Source};
 use flight::{ChunkFlights, Flights, Lead, Next, Seen, join_flight};
 use writer::{ChunkDone, RangeWriter, Stop};
 
@@ -177,14 +179,6 @@ pub struct Fetcher {
     quiet: Arc<publish::Quiet>,
 }
 
-/// A failed attempt at one source, or a local failure that no source can fix.
-enum AttemptError {
-    Source(SourceError),
-    Mismatch { actual: Digest },
-    Local(io::Error),
-    Cancelled,
-}
-
 /// How a request over many sources ended, when it did not fail.
 #[derive(PartialEq)]
 enum Ended {
@@ -262,17 +256,6 @@ impl Fetcher {
         .acquire()
         .await
         .expect("the semaphore is never closed")
-    }
-
-    /// Counts a failed attempt at `location`, and the move to the next
-    /// source when there is one.
-    fn source_failed(&self, location: &Location, why: &str, more: bool) {
-        self.health
-            .failed(&location.origin(), std::time::Instant::now());
-        self.metrics.source_failed(&location.origin(), why);
-        if more {
-            self.metrics.failed_over();
-        }
     }
 
     /// Makes chunk `index` of `blob` verified and present, for a reader.
@@ -574,118 +557,7 @@ impl Fetcher {
         }
         self.fetch_from_sources(target, &order, &mut writer).await
     }
-
-    /// Fetches what `writer` still lacks from the first source of `order`
-    /// that delivers it, retrying each as the policy says: the one loop
-    /// behind runs of chunks, parts of whole files, and uncached chunks.
-    async fn fetch_from_sources(
-        &self,
-        target: &Target,
-        order: &[&Location],
-        writer: &mut RangeWriter<'_>,
-    ) -> Result<Ended, FetchError> {
-        let mut attempts = Vec::new();
-        let mut absent = true;
-        for (i, location) in order.iter().enumerate() {
-            match self.fetch_range(location, writer).await {
-                Ok(()) => {
-                    self.health.succeeded(&location.origin());
-                    return Ok(Ended::Done);
-                }
-                Err(AttemptError::Cancelled) => return Ok(Ended::Cancelled),
-                Err(AttemptError::Local(e)) => return Err(local(target, e)),
-                Err(e) => {
-                    let why = describe(&e);
-                    self.source_failed(location, &why, i + 1 < order.len());
-                    absent &= matches!(e, AttemptError::Source(SourceError::NotFound(_)));
-                    warn!(model = target.model_id(), file = %target.entry().path, range = ?writer.pos..writer.range.end, source = %location, error = %why, "source failed; trying the next");
-                    attempts.push((location.to_string(), why));
-                    // The next source starts the chunk afresh.
-                    writer.restart_chunk();
-                }
-            }
-        }
-        Err(FetchError::AllSourcesFailed {
-            target: target.to_string(),
-            attempts: Arc::new(attempts),
-            absent,
-        })
-    }
-
-    /// Fetches what `writer` lacks from one source, retrying transient
-    /// faults with backoff and resuming after the bytes already received.
-    /// A request that verified a chunk, or brought [`PROGRESS_RESETS_RETRIES`]
-    /// bytes, before it failed starts the count of attempts afresh: a
-    /// source that keeps delivering over a bad connection is not failing.
-    async fn fetch_range(
-        &self,
-        location: &Location,
-        writer: &mut RangeWriter<'_>,
-    ) -> Result<(), AttemptError> {
-        let mut retry = 0;
-        loop {
-            let (before, from) = (writer.received, writer.pos);
-            let result = self
-                .sources
-                .fetch(location, writer.pos..writer.range.end, writer)
-                .await;
-            self.metrics
-                .fetched(&location.origin(), writer.received - before);
-            let error = match result {
-                Ok(()) => return Ok(()),
-                Err(StreamError::Sink(e)) => match writer.take_stop() {
-                    Some(Stop::Cancelled) => return Err(AttemptError::Cancelled),
-                    Some(Stop::Mismatch { resumed: true, .. }) => {
-                        // The start came from disk, written before a crash
-                        // (and maybe lost to a power failure): not the
-                        // source's fault. The chunk is fetched whole.
-                        debug!(source = %location, "a resumed chunk did not verify; fetching it whole");
-                        writer.restart_chunk();
-                        continue;
-                    }
-                    Some(Stop::Mismatch { actual, .. }) => {
-                        self.metrics.verify_failed();
-                        return Err(AttemptError::Mismatch { actual });
-                    }
-                    None => return Err(AttemptError::Local(e)),
-                },
-                Err(StreamError::Source(e)) => e,
-            };
-            // Every byte arrived and then the connection failed (a timeout
-            // waiting for its end, say; or more bytes than asked, which the
-            // writer refused): nothing is left to ask for, and an empty
-            // range cannot be asked for. Chunks verified each as they came;
-            // a part of a whole file is trusted only without a long body.
-            if writer.is_done()
-                && (writer.is_checked() || !matches!(error, SourceError::LongBody { .. }))
-            {
-                debug!(source = %location, %error, "failed after the last byte; keeping the bytes");
-                return Ok(());
-            }
-            // Progress is what was kept: an over-long body is thrown away below.
-            let kept = writer.pos.saturating_sub(from);
-            let long = matches!(error, SourceError::LongBody { .. });
-            if writer.take_verified() || (kept >= PROGRESS_RESETS_RETRIES && !long) {
-                retry = 0;
-            }
-            retry += 1;
-            if !error.is_transient() || retry >= self.retry.attempts {
-                return Err(AttemptError::Source(error));
-            }
-            // An over-long body put wrong bytes where right ones may follow: start over.
-            if long {
-                writer.restart_chunk();
-            }
-            let delay = self.retry.delay(retry, error.retry_after());
-            debug!(source = %location, %error, ?delay, resume_at = writer.pos, "retrying");
-            tokio::time::sleep(delay).await;
-        }
-    }
 }
-
-/// See [`Fetcher::fetch_range`]: at least this much progress per attempt
-/// keeps a run going, and bounds its attempts by its length.
-const PROGRESS_RESETS_RETRIES: u64 = 256 << 10;
 
 /// Rounds in a row that settle nothing before [`Fetcher::ensure_chunks`]
 /// gives up on chunks whose leaders keep dropping them.
@@ -761,15 +633,6 @@ impl ChunkDone for RunState<'_, '_> {
             Some(c) if c.load(Ordering::Acquire) && !self.leads.is_empty() => Err(Stop::Cancelled),
             _ => Ok(()),
         }
-    }
-}
-
-fn describe(e: &AttemptError) -> String {
-    match e {
-        AttemptError::Source(e) => e.to_string(),
-        AttemptError::Mismatch { actual } => format!("chunk hash mismatch (got {actual})"),
-        AttemptError::Local(e) => e.to_string(),
-        AttemptError::Cancelled => "cancelled".into(),
     }
 }
 

@@ -9,6 +9,11 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+    /// Silence (before the first byte too) after which a request is left
+    /// for another source, or alone for a fresh connection.
+    pub stall: Duration,
+    /// The sources' own limit on silence: a source alone gets up to this.
+    pub read_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -17,6 +22,8 @@ impl Default for RetryPolicy {
             attempts: 3,
             base_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(5),
+            stall: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(30),
         }
     }
 }

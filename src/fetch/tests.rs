@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::*;
 use crate::metrics::Metrics;
-use crate::source::Sink;
 use crate::source::scripted::{Fault, Scripted};
+use crate::source::{Sink, StreamError};
 
 const CHUNK: usize = 65536;
 

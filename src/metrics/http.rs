@@ -142,7 +142,7 @@ async fn answer(
         "cache_bytes": cache_bytes,
         "quota_bytes": endpoint.cache.quota().max_bytes,
         "models": endpoint.models,
-        "sources": endpoint.metrics.last_errors(),
+        "sources": endpoint.metrics.sources(),
         "streams": endpoint.metrics.streams_json(),
     });
     let status = if mounted {

@@ -2,13 +2,15 @@
 //! the last error of each source for `/healthz`. Metric names live here only.
 
 pub mod http;
+mod sources;
 mod streams;
 
+pub use sources::SourceState;
 pub use streams::{StreamEnd, StreamProgress};
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -67,7 +69,7 @@ pub struct Metrics {
     opens: Family<ModeLabel, Counter>,
     uncached_bytes: Counter,
     streams: streams::StreamFigures,
-    last_errors: Mutex<BTreeMap<String, SourceError>>,
+    sources: sources::SourceFigures,
 }
 
 impl Default for Metrics {
@@ -140,6 +142,8 @@ impl Metrics {
         );
         let streams = streams::StreamFigures::default();
         streams.register(&mut registry);
+        let sources = sources::SourceFigures::default();
+        sources.register(&mut registry);
         Metrics {
             registry,
             fetch_bytes,
@@ -154,7 +158,7 @@ impl Metrics {
             opens,
             uncached_bytes,
             streams,
-            last_errors: Mutex::new(BTreeMap::new()),
+            sources,
         }
     }
 
@@ -204,24 +208,27 @@ impl Metrics {
     }
 
     pub fn source_failed(&self, source: &str, error: &str) {
-        let at = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut errors = self.last_errors.lock().unwrap_or_else(|p| p.into_inner());
-        errors.insert(
-            source.to_owned(),
-            SourceError {
-                error: error.to_owned(),
-                at,
-            },
-        );
+        self.sources.failed(source, error);
     }
 
-    pub fn last_errors(&self) -> BTreeMap<String, SourceError> {
-        self.last_errors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// A request of `source` fell behind (`why`) and moved on.
+    pub fn hedged(&self, source: &str, why: &'static str) {
+        self.sources.hedged(source, why);
+    }
+
+    /// `source` is tried last for `span`, for `why`.
+    pub fn demoted(&self, source: &str, why: &'static str, span: Duration) {
+        self.sources.demoted(source, why, span);
+    }
+
+    pub fn source_rate(&self, source: &str, bytes_per_second: f64) {
+        self.sources.rate(source, bytes_per_second);
+    }
+
+    /// Each source's last error, rate, hedges and demotion, as `/healthz`
+    /// and the mount's record show them.
+    pub fn sources(&self) -> BTreeMap<String, SourceState> {
+        self.sources.states()
     }
 
     /// A stream of `model` starts over files of `total` bytes, `present`

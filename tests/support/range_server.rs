@@ -35,6 +35,12 @@ pub enum Fault {
     ChangeEtag,
     /// Send 1 KiB every 100 ms: never silent long enough for a read timeout.
     Trickle,
+    /// Send the headers and half the body, then nothing else until the
+    /// server stops (at most 120 s), holding the connection.
+    StallMidway,
+    /// Send the headers and this many body bytes, then (if more is due)
+    /// nothing for this long, holding the connection, then the rest.
+    PauseAfter(u64, Duration),
     /// Send the whole body chunked, then stall before the final empty chunk
     /// (at most 120 s): every byte arrives, the response never ends.
     StallAfterBody,
@@ -377,7 +383,8 @@ fn respond(
     }
     let send = match fault {
         Some(Fault::ResetAfter(n)) => n.min(len),
-        Some(Fault::ShortBody) => len / 2,
+        Some(Fault::ShortBody | Fault::StallMidway) => len / 2,
+        Some(Fault::PauseAfter(n, _)) => n.min(len),
         Some(Fault::Stall) => 0,
         _ => len,
     };
@@ -389,7 +396,10 @@ fn respond(
     }
     match fault {
         Some(Fault::LongBody) => out.write_all(&[0]).is_ok(),
-        Some(Fault::Stall) => stall(out, state),
+        Some(Fault::Stall | Fault::StallMidway) => stall(out, state),
+        Some(Fault::PauseAfter(n, pause)) if n < len => {
+            pause_for(pause, state) && send_range(out, &file, start + n, len - n, None, state)
+        }
         Some(Fault::StallAfterBody) => out.write_all(b"\r\n").is_ok() && stall(out, state),
         Some(Fault::ResetAfter(_)) => {
             // SO_LINGER 0: close sends RST, not FIN.
@@ -414,6 +424,18 @@ fn stall(out: &mut TcpStream, state: &State) -> bool {
         }
     }
     false
+}
+
+/// Waits `pause` (or until the server stops); false if it stopped.
+fn pause_for(pause: Duration, state: &State) -> bool {
+    let until = Instant::now() + pause;
+    while Instant::now() < until {
+        if state.stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+    }
+    true
 }
 
 /// An HTML index, as web servers write them: clients such as rclone's http
