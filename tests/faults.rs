@@ -361,9 +361,10 @@ fn a_source_that_stalls_mid_response_is_left_in_seconds() {
     let first = source_state(&c, &c.first.url());
     assert!(first["demotions"].as_u64() >= Some(1), "{first}");
     assert!(first["hedges"].as_u64() >= Some(1), "{first}");
-    // Demoted at the first stall: after the requests already under way,
-    // only its probes asked it again.
-    assert!(c.first.requests() <= 24, "{} requests", c.first.requests());
+    // Demoted at the first stall: after the requests already under way (at
+    // most one per request slot, 16 for readers and 16 for readahead), only
+    // its probes asked it again.
+    assert!(c.first.requests() <= 34, "{} requests", c.first.requests());
     assert!(
         !c.log().contains("no data for 30s"),
         "no request waited out the read timeout"
