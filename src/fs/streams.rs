@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::Read as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +25,12 @@ use crate::metrics::StreamEnd;
 /// headers (safetensors metadata, a GGUF vocabulary) or a random reader
 /// does not.
 pub const STREAM_AFTER: u64 = 4 << 20;
+
+/// The longest whole-file checks wait for one load: a 2 GiB model loads in
+/// about 4 s on 2 cores; a reader that keeps its files open (a server) is
+/// not loading all that time, and the checks of a longer load run beside
+/// it, on one core.
+const LOADING_AT_MOST: Duration = Duration::from_secs(10);
 
 /// When a mount streams.
 #[derive(Clone, Copy, Debug)]
@@ -50,8 +56,10 @@ pub struct Streams {
     cache: Arc<Cache>,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
-    /// Models with a file open or a stream running.
+    /// Models with a file open, a stream running or a load under way.
     models: Mutex<HashMap<usize, ModelState>>,
+    /// Loads begun, to number them.
+    loads: AtomicU64,
 }
 
 #[derive(Default)]
@@ -63,9 +71,10 @@ struct ModelState {
     /// Set to stop the stream, while one runs.
     stop: Option<Arc<AtomicBool>>,
     /// Held from a loader's first run of weight reads until every file of
-    /// the model has been closed for the grace period: whole-file checks
-    /// wait for the load to end.
-    loading: Option<Busy>,
+    /// the model has been closed for the grace period, or for
+    /// [`LOADING_AT_MOST`]: whole-file checks wait for the load to end.
+    /// Numbered, so that a timer ends only the load it was started for.
+    loading: Option<(u64, Busy)>,
 }
 
 impl ModelState {
@@ -90,6 +99,7 @@ impl Streams {
             fetcher,
             runtime,
             models: Mutex::default(),
+            loads: AtomicU64::new(0),
         }
     }
 
@@ -141,12 +151,40 @@ impl Streams {
         });
     }
 
+    /// Marks `model` as loading, unless it is already, until every file of
+    /// it has been closed for the grace period or for [`LOADING_AT_MOST`].
+    fn loading(self: &Arc<Self>, model: usize) {
+        let load = {
+            let mut models = self.models();
+            let Some(state) = models
+                .get_mut(&model)
+                .filter(|s| s.opens > 0 && s.loading.is_none())
+            else {
+                return;
+            };
+            let load = self.loads.fetch_add(1, Ordering::Relaxed);
+            state.loading = Some((load, self.fetcher.reading()));
+            load
+        };
+        let this = Arc::clone(self);
+        self.runtime.spawn(async move {
+            tokio::time::sleep(LOADING_AT_MOST).await;
+            let mut models = this.models();
+            if let Some(state) = models.get_mut(&model)
+                && state.loading.as_ref().is_some_and(|(l, _)| *l == load)
+            {
+                state.loading = None;
+                if state.is_idle() {
+                    models.remove(&model);
+                }
+            }
+        });
+    }
+
     /// A loader read [`STREAM_AFTER`] bytes of file `reading` of `model` in a row: streams
     /// what it will read next, unless a stream of the model runs already.
     pub fn start(self: &Arc<Self>, model: usize, reading: usize) {
-        if let Some(state) = self.models().get_mut(&model).filter(|s| s.opens > 0) {
-            state.loading.get_or_insert_with(|| self.fetcher.reading());
-        }
+        self.loading(model);
         let spec = &self.manifest.models[model];
         if !self.config.enabled || !spec.stream {
             return;
