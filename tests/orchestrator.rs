@@ -13,7 +13,7 @@ use support::*;
 
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/orchestrator-models.toml"
+    "/tests/fixtures/orchestrator-models.toml"
 );
 
 #[test]
