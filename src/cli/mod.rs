@@ -7,6 +7,7 @@ mod fstab;
 mod gc;
 mod mount;
 mod prefetch;
+mod remote;
 mod report;
 mod verify;
 
@@ -42,8 +43,11 @@ struct Cli {
 #[derive(Args, Clone)]
 struct ManifestArg {
     /// The manifest (TOML) describing models, files and sources: modelfs's
-    /// own, or the Model Orchestrator's models.toml (told apart by its keys)
-    /// [default: $MODELFS_MANIFEST, else $WAN_MODELS_MANIFEST].
+    /// own, or the Model Orchestrator's models.toml (told apart by its keys).
+    /// A URL (http(s)://, s3://bucket/key) is fetched by mount and prefetch,
+    /// its last good copy kept in the cache dir for a start with no network
+    /// and for ls and status [default: $MODELFS_MANIFEST, else
+    /// $WAN_MODELS_MANIFEST].
     #[arg(long, short = 'm', env = "MODELFS_MANIFEST", value_name = "FILE")]
     manifest: Option<PathBuf>,
     /// Where the orchestrator's local://REL sources live (REL under DIR);
@@ -66,11 +70,32 @@ impl ManifestArg {
     }
 
     fn load(&self) -> anyhow::Result<Manifest> {
+        self.load_in(None, None)
+    }
+
+    /// The manifest; one named by URL is kept in `cache_root`, and fetched
+    /// with `online`'s timeouts (without, its kept copy is read if there is
+    /// one: no network).
+    fn load_in(
+        &self,
+        cache_root: Option<&Path>,
+        online: Option<&SourceArgs>,
+    ) -> anyhow::Result<Manifest> {
         let root = self
             .local_root
             .clone()
             .or_else(|| std::env::var_os("MODELS_ROOT").map(PathBuf::from));
-        Ok(Manifest::load(&self.path()?, root.as_deref())?)
+        let path = self.path()?;
+        match remote::location(&path) {
+            Some(location) => remote::load(
+                &path.to_string_lossy(),
+                &location,
+                cache_root,
+                online.map(SourceArgs::timeouts),
+                root.as_deref(),
+            ),
+            None => Ok(Manifest::load(&path, root.as_deref())?),
+        }
     }
 }
 
@@ -180,13 +205,16 @@ impl SourceArgs {
         }
     }
 
-    fn build(&self) -> anyhow::Result<Sources> {
-        Sources::new(Timeouts {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
             connect: self.connect_timeout,
             read: self.read_timeout,
             request: self.request_timeout,
-        })
-        .context("cannot set up the clients for sources")
+        }
+    }
+
+    fn build(&self) -> anyhow::Result<Sources> {
+        Sources::new(self.timeouts()).context("cannot set up the clients for sources")
     }
 }
 
@@ -404,8 +432,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             cache,
         } => {
             init_logging("warn");
-            let manifest = manifest.load()?;
-            report::ls(&manifest, &cache.resolve()?, model.as_deref(), json).map(|()| 0)
+            let cache = cache.resolve()?;
+            let manifest = manifest.load_in(Some(&cache), None)?;
+            report::ls(&manifest, &cache, model.as_deref(), json).map(|()| 0)
         }
         Command::Status {
             json,
@@ -413,8 +442,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             cache,
         } => {
             init_logging("warn");
-            let manifest = manifest.load()?;
-            report::status(&manifest, &cache.resolve()?, json).map(|()| 0)
+            let cache = cache.resolve()?;
+            let manifest = manifest.load_in(Some(&cache), None)?;
+            report::status(&manifest, &cache, json).map(|()| 0)
         }
         Command::Manifest(ManifestCommand::Build {
             dir,

@@ -81,7 +81,14 @@ enum LayoutArg {
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // Before the fork is fine: the daemon's fd 2 becomes its log file.
     init_logging("info");
-    let manifest = Arc::new(args.manifest.load()?);
+    // An ephemeral cache keeps no copy of a manifest named by URL.
+    let keep_in = (!args.ephemeral)
+        .then(|| args.cache.resolve().ok())
+        .flatten();
+    let manifest = Arc::new(
+        args.manifest
+            .load_in(keep_in.as_deref(), Some(&args.sources))?,
+    );
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     let ephemeral = args
         .ephemeral
@@ -534,7 +541,10 @@ impl MountRecord {
             "max_cache_size": cache.quota().max_bytes,
             "pid": std::process::id(),
             "mountpoint": mountpoint,
-            "manifest": std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned()),
+            "manifest": match super::remote::location(manifest) {
+                Some(_) => manifest.to_owned(),
+                None => std::path::absolute(manifest).unwrap_or_else(|_| manifest.to_owned()),
+            },
         });
         let written = || -> io::Result<(PathBuf, std::fs::File)> {
             let dir = cache.root().join("mounts");

@@ -36,7 +36,10 @@ pub struct PrefetchArgs {
 
 pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
     init_logging("warn");
-    let manifest = Arc::new(args.manifest.load()?);
+    let manifest = Arc::new(
+        args.manifest
+            .load_in(args.cache.resolve().ok().as_deref(), Some(&args.sources))?,
+    );
     // Without --all, clap requires at least one id.
     let models = model_indices(&manifest, &args.models)?;
     let cache = open_cache(&args.cache, &args.quota, &manifest)?;

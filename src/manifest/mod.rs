@@ -149,7 +149,9 @@ impl Manifest {
         Self::parse_with("models.toml".as_ref(), text, local_root)
     }
 
-    fn parse_with(
+    /// Validates `text` (`path` names it in errors), resolving the
+    /// orchestrator's `local://` sources under `local_root`.
+    pub fn parse_with(
         path: &Path,
         text: &str,
         local_root: Option<&Path>,

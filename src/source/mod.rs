@@ -186,6 +186,33 @@ impl Sources {
     }
 }
 
+impl Sources {
+    /// The whole object at `location` (a manifest), at most `limit` bytes:
+    /// `http(s)://` and `s3://` only.
+    pub async fn document(
+        &self,
+        location: &Location,
+        limit: usize,
+    ) -> Result<Vec<u8>, SourceError> {
+        match location {
+            Location::Http(url) => self.http.get(url, None, limit).await,
+            Location::S3 { bucket, key } => {
+                let url = self.s3.object_url(bucket, key)?;
+                match self.http.get(&url, None, limit).await {
+                    Err(SourceError::Denied { reply, .. }) => Err(SourceError::Denied {
+                        reply,
+                        advice: Some(self.s3.denied_advice()),
+                    }),
+                    other => other,
+                }
+            }
+            _ => Err(SourceError::Rejected(
+                "only http(s):// and s3:// locations are read whole".into(),
+            )),
+        }
+    }
+}
+
 /// A Hugging Face repo at one revision, as its API describes it.
 #[derive(Debug, serde::Deserialize)]
 pub struct HubRepo {

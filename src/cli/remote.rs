@@ -1,0 +1,105 @@
+//! A manifest named by URL (`-m https://…`, `-m s3://bucket/key`): fetched
+//! when a command may use the network, and its last good copy kept in the
+//! cache dir, so that a mount restarted with no network still mounts from
+//! it, and `ls` and `status` read it without touching the network.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
+use tracing::warn;
+
+use crate::manifest::Manifest;
+use crate::source::{Location, Sources, Timeouts};
+
+/// The largest manifest read: a catalog of 100,000 models is about 60 MB.
+const MANIFEST_MAX: usize = 1 << 30;
+
+/// The location `name` names, if it is a URL rather than a file.
+pub(super) fn location(name: &Path) -> Option<Location> {
+    let text = name.to_str()?;
+    ["http://", "https://", "s3://"]
+        .iter()
+        .any(|scheme| text.starts_with(scheme))
+        .then(|| Location::parse(text).ok())
+        .flatten()
+}
+
+/// Where the last good copy of the manifest at `url` is kept.
+fn kept_path(cache_root: &Path, url: &str) -> PathBuf {
+    let digest = Sha256::digest(url.as_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    cache_root.join("manifests").join(format!("{name}.toml"))
+}
+
+/// The manifest at `url`: with `timeouts`, fetched (and kept in
+/// `cache_root`), the kept copy standing in when the fetch or the new text
+/// fails; without, the kept copy if there is one, else fetched.
+pub(super) fn load(
+    url: &str,
+    location: &Location,
+    cache_root: Option<&Path>,
+    timeouts: Option<Timeouts>,
+    local_root: Option<&Path>,
+) -> anyhow::Result<Manifest> {
+    let kept = cache_root.map(|root| kept_path(root, url));
+    let kept_copy = || -> Option<anyhow::Result<Manifest>> {
+        let kept = kept.as_ref().filter(|k| k.exists())?;
+        Some(Manifest::load(kept, local_root).map_err(anyhow::Error::new))
+    };
+    if timeouts.is_none()
+        && let Some(manifest) = kept_copy()
+    {
+        return manifest;
+    }
+    let fetched =
+        fetch(url, location, timeouts.unwrap_or_else(default_timeouts)).and_then(|text| {
+            let manifest = Manifest::parse_with(url.as_ref(), &text, local_root)?;
+            Ok((manifest, text))
+        });
+    match fetched {
+        Ok((manifest, text)) => {
+            if let Some(kept) = &kept
+                && let Err(e) = keep(kept, &text)
+            {
+                warn!(manifest = url, error = %e, "cannot keep a copy of the manifest; a restart will need the network");
+            }
+            Ok(manifest)
+        }
+        Err(e) => match kept_copy() {
+            Some(manifest) => {
+                warn!(manifest = url, error = %format!("{e:#}"), kept = %kept.as_ref().expect("a copy").display(), "cannot use the manifest at its URL: using the copy kept from the last time");
+                manifest
+            }
+            None => Err(e),
+        },
+    }
+}
+
+fn default_timeouts() -> Timeouts {
+    Timeouts {
+        connect: std::time::Duration::from_secs(10),
+        read: std::time::Duration::from_secs(30),
+        request: std::time::Duration::from_secs(60),
+    }
+}
+
+fn fetch(url: &str, location: &Location, timeouts: Timeouts) -> anyhow::Result<String> {
+    let sources = Sources::new(timeouts)?;
+    let bytes = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(sources.document(location, MANIFEST_MAX))
+        .with_context(|| format!("cannot fetch the manifest {url}"))?;
+    String::from_utf8(bytes).with_context(|| format!("the manifest {url} is not UTF-8 text"))
+}
+
+/// Writes `text` to `kept` whole: a new file renamed over the old.
+fn keep(kept: &Path, text: &str) -> std::io::Result<()> {
+    let dir = kept.parent().expect("kept copies live in a directory");
+    crate::cache::files::ensure_dir(dir)?;
+    let tmp = kept.with_extension(format!("toml.{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, kept)
+}
