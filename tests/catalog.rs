@@ -70,7 +70,8 @@ fn a_manifest_named_by_url_is_kept_for_a_start_with_no_network() {
 ",
     )
     .unwrap();
-    let m = Mount::start(&ws, &["-m", &url]);
+    let addr = free_addr();
+    let m = Mount::start(&ws, &["-m", &url, "--metrics-addr", &addr]);
     let log = m.log_text();
     let located = format!("{url}:2:");
     assert!(
@@ -78,6 +79,16 @@ fn a_manifest_named_by_url_is_kept_for_a_start_with_no_network() {
         "{log}"
     );
     assert!(fs::read(m.path("m/w.bin")).unwrap() == data);
+    let health: serde_json::Value = serde_json::from_str(&http_get(&addr, "/healthz").1).unwrap();
+    let catalog = &health["catalog"];
+    assert_eq!(catalog["generation"], 1);
+    assert_eq!(catalog["source"], url.as_str());
+    assert!(
+        catalog["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&located)),
+        "{catalog}"
+    );
     let status = ws.run_ok(&[
         "status".as_ref(),
         "--json".as_ref(),

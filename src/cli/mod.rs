@@ -70,17 +70,18 @@ impl ManifestArg {
     }
 
     fn load(&self) -> anyhow::Result<Manifest> {
-        self.load_in(None, None)
+        Ok(self.load_in(None, None)?.0)
     }
 
     /// The manifest; one named by URL is kept in `cache_root`, and fetched
     /// with `online`'s timeouts (without, its kept copy is read if there is
-    /// one: no network).
+    /// one: no network). With why, when a kept copy stands in for a
+    /// manifest that could not be fetched or did not validate.
     fn load_in(
         &self,
         cache_root: Option<&Path>,
         online: Option<&SourceArgs>,
-    ) -> anyhow::Result<Manifest> {
+    ) -> anyhow::Result<(Manifest, Option<String>)> {
         let root = self
             .local_root
             .clone()
@@ -94,7 +95,7 @@ impl ManifestArg {
                 online.map(SourceArgs::timeouts),
                 root.as_deref(),
             ),
-            None => Ok(Manifest::load(&path, root.as_deref())?),
+            None => Ok((Manifest::load(&path, root.as_deref())?, None)),
         }
     }
 }
@@ -433,7 +434,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             init_logging("warn");
             let cache = cache.resolve()?;
-            let manifest = manifest.load_in(Some(&cache), None)?;
+            let (manifest, _) = manifest.load_in(Some(&cache), None)?;
             report::ls(&manifest, &cache, model.as_deref(), json).map(|()| 0)
         }
         Command::Status {
@@ -443,7 +444,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             init_logging("warn");
             let cache = cache.resolve()?;
-            let manifest = manifest.load_in(Some(&cache), None)?;
+            let (manifest, _) = manifest.load_in(Some(&cache), None)?;
             report::status(&manifest, &cache, json).map(|()| 0)
         }
         Command::Manifest(ManifestCommand::Build {

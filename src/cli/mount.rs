@@ -85,10 +85,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let keep_in = (!args.ephemeral)
         .then(|| args.cache.resolve().ok())
         .flatten();
-    let manifest = Arc::new(
-        args.manifest
-            .load_in(keep_in.as_deref(), Some(&args.sources))?,
-    );
+    let (manifest, stale) = args
+        .manifest
+        .load_in(keep_in.as_deref(), Some(&args.sources))?;
+    let manifest = Arc::new(manifest);
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     let ephemeral = args
         .ephemeral
@@ -111,7 +111,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         None
     };
     let mut ready = ready;
-    let result = serve(&args, manifest, cache, &mountpoint, &mut ready);
+    let result = serve(&args, (manifest, stale), cache, &mountpoint, &mut ready);
     if let (Err(e), Some(ready)) = (&result, ready) {
         ready.fail(&format!("{e:#}"));
     }
@@ -119,9 +119,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
 }
 
 /// Mounts, reports readiness, and serves until a signal or an unmount.
+/// `manifest` comes with why it is a kept copy, if it is (see `remote`).
 fn serve(
     args: &MountArgs,
-    manifest: Arc<Manifest>,
+    (manifest, stale): (Arc<Manifest>, Option<String>),
     cache: Arc<Cache>,
     mountpoint: &Path,
     ready: &mut Option<daemon::Ready>,
@@ -139,6 +140,7 @@ fn serve(
         Err(e) => warn!(error = %e, "the cache is over its quota"),
     }
     let metrics = Arc::new(Metrics::new());
+    metrics.catalog_loaded(&args.manifest.path()?.to_string_lossy(), stale);
     // What /healthz says: not mounted until the kernel has the mount.
     let mounted = Arc::new(AtomicBool::new(false));
     if let Some(addr) = args.metrics_addr {

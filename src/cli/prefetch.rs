@@ -38,7 +38,8 @@ pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
     init_logging("warn");
     let manifest = Arc::new(
         args.manifest
-            .load_in(args.cache.resolve().ok().as_deref(), Some(&args.sources))?,
+            .load_in(args.cache.resolve().ok().as_deref(), Some(&args.sources))?
+            .0,
     );
     // Without --all, clap requires at least one id.
     let models = model_indices(&manifest, &args.models)?;

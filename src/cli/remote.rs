@@ -34,14 +34,15 @@ fn kept_path(cache_root: &Path, url: &str) -> PathBuf {
 
 /// The manifest at `url`: with `timeouts`, fetched (and kept in
 /// `cache_root`), the kept copy standing in when the fetch or the new text
-/// fails; without, the kept copy if there is one, else fetched.
+/// fails (then with why); without, the kept copy if there is one, else
+/// fetched.
 pub(super) fn load(
     url: &str,
     location: &Location,
     cache_root: Option<&Path>,
     timeouts: Option<Timeouts>,
     local_root: Option<&Path>,
-) -> anyhow::Result<Manifest> {
+) -> anyhow::Result<(Manifest, Option<String>)> {
     let kept = cache_root.map(|root| kept_path(root, url));
     let kept_copy = || -> Option<anyhow::Result<Manifest>> {
         let kept = kept.as_ref().filter(|k| k.exists())?;
@@ -50,7 +51,7 @@ pub(super) fn load(
     if timeouts.is_none()
         && let Some(manifest) = kept_copy()
     {
-        return manifest;
+        return Ok((manifest?, None));
     }
     let fetched =
         fetch(url, location, timeouts.unwrap_or_else(default_timeouts)).and_then(|text| {
@@ -64,12 +65,13 @@ pub(super) fn load(
             {
                 warn!(manifest = url, error = %e, "cannot keep a copy of the manifest; a restart will need the network");
             }
-            Ok(manifest)
+            Ok((manifest, None))
         }
         Err(e) => match kept_copy() {
             Some(manifest) => {
-                warn!(manifest = url, error = %format!("{e:#}"), kept = %kept.as_ref().expect("a copy").display(), "cannot use the manifest at its URL: using the copy kept from the last time");
-                manifest
+                let why = format!("{e:#}");
+                warn!(manifest = url, error = %why, kept = %kept.as_ref().expect("a copy").display(), "cannot use the manifest at its URL: using the copy kept from the last time");
+                Ok((manifest?, Some(why)))
             }
             None => Err(e),
         },

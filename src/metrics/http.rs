@@ -144,6 +144,7 @@ async fn answer(
         "models": endpoint.models,
         "sources": endpoint.metrics.sources(),
         "streams": endpoint.metrics.streams_json(),
+        "catalog": endpoint.metrics.catalog(),
     });
     let status = if mounted {
         StatusCode::OK

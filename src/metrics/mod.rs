@@ -70,6 +70,22 @@ pub struct Metrics {
     uncached_bytes: Counter,
     streams: streams::StreamFigures,
     sources: sources::SourceFigures,
+    catalog: std::sync::Mutex<Option<Catalog>>,
+}
+
+/// The catalog a mount serves, for `/healthz`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Catalog {
+    /// 1 for the catalog the mount started with.
+    pub generation: u64,
+    /// Unix seconds.
+    pub loaded_at: u64,
+    /// The manifest's path or URL.
+    pub source: String,
+    /// Why the manifest at `source` is not what is served (a copy kept
+    /// from before is), if it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Default for Metrics {
@@ -159,6 +175,7 @@ impl Metrics {
             uncached_bytes,
             streams,
             sources,
+            catalog: std::sync::Mutex::new(None),
         }
     }
 
@@ -223,6 +240,28 @@ impl Metrics {
 
     pub fn source_rate(&self, source: &str, bytes_per_second: f64) {
         self.sources.rate(source, bytes_per_second);
+    }
+
+    /// A catalog read from `source` is served from now on; `error` says why
+    /// it is a kept copy rather than what `source` holds now, if it is.
+    pub fn catalog_loaded(&self, source: &str, error: Option<String>) {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = catalog.as_ref().map_or(1, |c| c.generation + 1);
+        *catalog = Some(Catalog {
+            generation,
+            loaded_at: std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            source: source.to_owned(),
+            error,
+        });
+    }
+
+    pub fn catalog(&self) -> Option<Catalog> {
+        self.catalog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Each source's last error, rate, hedges and demotion, as `/healthz`
