@@ -111,3 +111,23 @@ fn a_manifest_url_never_fetched_and_unreachable_is_a_clear_error() {
         "{said}"
     );
 }
+
+/// The same from an S3-compatible store: `-m s3://bucket/key`, signed with
+/// the sources' credentials.
+#[test]
+fn a_manifest_in_a_bucket_mounts() {
+    let ws = Workspace::new();
+    let data = sample_bytes(2 * MIB as usize, 8);
+    ws.add_file("bucket/m", "w.bin", &data);
+    let s3 = support::s3_server::S3Server::start(&ws.models());
+    let entry = ws.entry("bucket/m", "m", &["s3://bucket/m".to_owned()], MIB);
+    fs::write(
+        ws.models().join("bucket/catalog.toml"),
+        format!("version = 1\n\n{entry}"),
+    )
+    .unwrap();
+    let env: Vec<(&str, String)> = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let m = Mount::start_with_env(&ws, &["-m", "s3://bucket/catalog.toml"], &env);
+    assert!(fs::read(m.path("m/w.bin")).unwrap() == data);
+}
