@@ -470,3 +470,18 @@ fn one_source_that_pauses_every_response_is_asked_again_on_fresh_connections() {
         "no request waited out the read timeout"
     );
 }
+
+/// A source left for being slow is still the last resort: with the other
+/// one down, its slow answers are waited for, and the reader gets them.
+#[test]
+fn a_source_slow_to_answer_still_serves_when_the_others_are_down() {
+    let c = case(&[]);
+    // Headers at once, the body after 3 s: longer than the stall limit.
+    c.first
+        .set_always(Some(Fault::PauseAfter(0, Duration::from_secs(3))));
+    c.second.set_always(Some(Fault::Status(500)));
+    c.read_ok();
+    assert!(c.first.bytes_sent() >= SIZE as u64);
+    let first = source_state(&c, &c.first.url());
+    assert!(first["hedges"].as_u64() >= Some(1), "{first}");
+}

@@ -44,14 +44,17 @@ pub(super) fn load(
     local_root: Option<&Path>,
 ) -> anyhow::Result<(Manifest, Option<String>)> {
     let kept = cache_root.map(|root| kept_path(root, url));
-    let kept_copy = || -> Option<anyhow::Result<Manifest>> {
+    // A kept copy that does not validate (damaged) is as good as none.
+    let kept_copy = || -> Option<Manifest> {
         let kept = kept.as_ref().filter(|k| k.exists())?;
-        Some(Manifest::load(kept, local_root).map_err(anyhow::Error::new))
+        Manifest::load(kept, local_root)
+            .inspect_err(|e| warn!(kept = %kept.display(), error = %e, "the kept copy of the manifest is damaged"))
+            .ok()
     };
     if timeouts.is_none()
         && let Some(manifest) = kept_copy()
     {
-        return Ok((manifest?, None));
+        return Ok((manifest, None));
     }
     let fetched =
         fetch(url, location, timeouts.unwrap_or_else(default_timeouts)).and_then(|text| {
@@ -71,7 +74,7 @@ pub(super) fn load(
             Some(manifest) => {
                 let why = format!("{e:#}");
                 warn!(manifest = url, error = %why, kept = %kept.as_ref().expect("a copy").display(), "cannot use the manifest at its URL: using the copy kept from the last time");
-                Ok((manifest?, Some(why)))
+                Ok((manifest, Some(why)))
             }
             None => Err(e),
         },
@@ -97,11 +100,20 @@ fn fetch(url: &str, location: &Location, timeouts: Timeouts) -> anyhow::Result<S
     String::from_utf8(bytes).with_context(|| format!("the manifest {url} is not UTF-8 text"))
 }
 
-/// Writes `text` to `kept` whole: a new file renamed over the old.
+/// Writes `text` to `kept` whole and durably: a new file, synced, renamed
+/// over the old.
 fn keep(kept: &Path, text: &str) -> std::io::Result<()> {
     let dir = kept.parent().expect("kept copies live in a directory");
     crate::cache::files::ensure_dir(dir)?;
     let tmp = kept.with_extension(format!("toml.{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, kept)
+    let written = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, kept)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

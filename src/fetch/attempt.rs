@@ -47,18 +47,34 @@ impl Fetcher {
     ) -> Result<Ended, FetchError> {
         let mut attempts = Vec::new();
         let mut absent = true;
-        for (i, location) in order.iter().enumerate() {
-            match self.fetch_range(location, &order[i + 1..], writer).await {
+        // Sources left for falling behind: asked again, alone (patiently),
+        // if every other one fails.
+        let mut behind = Vec::new();
+        let mut next = 0;
+        loop {
+            let (location, others) = if next < order.len() {
+                next += 1;
+                (order[next - 1], &order[next..])
+            } else if !behind.is_empty() {
+                (behind.remove(0), &[][..])
+            } else {
+                break;
+            };
+            let began = std::time::Instant::now();
+            match self.fetch_range(location, others, writer).await {
                 Ok(()) => {
-                    self.health.succeeded(&location.origin());
+                    self.health.succeeded(&location.origin(), began);
                     return Ok(Ended::Done);
                 }
                 Err(AttemptError::Cancelled) => return Ok(Ended::Cancelled),
                 Err(AttemptError::Local(e)) => return Err(local(target, e)),
                 Err(e) => {
                     let why = describe(&e);
-                    self.source_failed(location, &e, &why, i + 1 < order.len());
+                    self.source_failed(location, &e, &why, !others.is_empty());
                     absent &= matches!(e, AttemptError::Source(SourceError::NotFound(_)));
+                    if matches!(e, AttemptError::Behind(_)) {
+                        behind.push(location);
+                    }
                     warn!(model = target.model_id(), file = %target.entry().path, range = ?writer.pos..writer.range.end, source = %location, error = %why, "source failed; trying the next");
                     attempts.push((location.to_string(), why));
                     // The next source starts the chunk afresh.
@@ -152,6 +168,8 @@ impl Fetcher {
             }
             let error = match result {
                 Ok(Ok(())) => return Ok(()),
+                // Every byte came; only the response's end was late.
+                Err(_) if writer.is_done() && writer.is_checked() => return Ok(()),
                 Err(behind) if !others.is_empty() => return Err(AttemptError::Behind(behind)),
                 Err(behind) => {
                     debug!(source = %location, %behind, resume_at = writer.pos, "no other source: a fresh connection takes over");
@@ -228,6 +246,7 @@ impl Fetcher {
         let fetch = self.sources.fetch(location, range, &mut sink);
         let result = if watched {
             tokio::select! {
+                biased;
                 result = fetch => Ok(result),
                 behind = pace::watch(pace, &bytes) => Err(behind),
             }

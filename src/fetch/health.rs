@@ -35,13 +35,27 @@ struct Record {
     /// Demotions since the source last delivered: each doubles the next.
     demotions_in_a_row: u32,
     demoted_until: Option<Instant>,
+    /// When it was last demoted: a request that began before does not
+    /// forgive it by succeeding.
+    demoted_at: Option<Instant>,
     /// While one request probes the source after its demotion ran out.
     probing_until: Option<Instant>,
-    /// Bytes per second of one request, a moving average.
+    /// Bytes per second of one request, a moving average, and when it last
+    /// changed.
     rate: Option<f64>,
+    rated_at: Option<Instant>,
 }
 
 impl Record {
+    /// The rate, unless it is too old to rank the source by: one ranked
+    /// slow is seldom asked, so its rate would never be measured again.
+    fn fresh_rate(&self, now: Instant) -> Option<f64> {
+        self.rate.filter(|_| {
+            self.rated_at
+                .is_some_and(|at| now.saturating_duration_since(at) < DEMOTION)
+        })
+    }
+
     /// Tried last: demoted, or being probed by another request.
     fn demoted(&self, now: Instant) -> bool {
         [self.demoted_until, self.probing_until]
@@ -90,7 +104,12 @@ impl SourceHealth {
         let mut records = self.records();
         let fastest = locations
             .iter()
-            .filter_map(|l| records.get(&l.origin()).filter(|r| !r.demoted(now))?.rate)
+            .filter_map(|l| {
+                records
+                    .get(&l.origin())
+                    .filter(|r| !r.demoted(now))?
+                    .fresh_rate(now)
+            })
             .fold(0.0, f64::max);
         let rank = |records: &mut HashMap<String, Record>, l: &Location| {
             let Some(r) = records.get_mut(&l.origin()) else {
@@ -105,7 +124,10 @@ impl SourceHealth {
                 r.probing_until = Some(now + PROBE);
                 r.rate = None;
             }
-            u8::from(r.rate.is_some_and(|rate| rate * SLOW_FACTOR < fastest))
+            u8::from(
+                r.fresh_rate(now)
+                    .is_some_and(|rate| rate * SLOW_FACTOR < fastest),
+            )
         };
         let mut ranked: Vec<(u8, &Location)> = locations
             .iter()
@@ -141,24 +163,30 @@ impl SourceHealth {
     /// A request of `origin` brought `bytes` in `elapsed`; returns the
     /// origin's rate if that changed it.
     pub fn delivered(&self, origin: &str, bytes: u64, elapsed: Duration) -> Option<f64> {
-        // Too little to tell a rate from a round trip.
-        if bytes < (1 << 20) && elapsed < Duration::from_millis(500) {
+        // Too little to tell a rate from a round trip; and nothing at all
+        // is a failure (a stall, a refusal), which demotions deal with.
+        if bytes == 0 || (bytes < (1 << 20) && elapsed < Duration::from_millis(500)) {
             return None;
         }
         let rate = bytes as f64 / elapsed.as_secs_f64().max(1e-3);
         let mut records = self.records();
         let r = records.entry(origin.to_owned()).or_default();
         let rate = r.rate.map_or(rate, |old| old + RATE_WEIGHT * (rate - old));
-        r.rate = Some(rate);
+        (r.rate, r.rated_at) = (Some(rate), Some(Instant::now()));
         Some(rate)
     }
 
-    /// A fetch from `origin` succeeded: its failures and demotions are forgiven.
-    pub fn succeeded(&self, origin: &str) {
+    /// A fetch from `origin` that began at `began` succeeded: its failures
+    /// and demotions are forgiven, unless it began before the last
+    /// demotion (one of many requests already under way then).
+    pub fn succeeded(&self, origin: &str, began: Instant) {
         let mut records = self.records();
-        if let Some(r) = records.get_mut(origin) {
+        if let Some(r) = records.get_mut(origin)
+            && r.demoted_at.is_none_or(|at| began >= at)
+        {
             *r = Record {
                 rate: r.rate,
+                rated_at: r.rated_at,
                 ..Record::default()
             };
         }
@@ -187,6 +215,7 @@ fn demote(origin: &str, r: &mut Record, why: Demotion, now: Instant) -> bool {
     let span = FIRST_DEMOTION.saturating_mul(1 << shift).min(DEMOTION);
     r.demotions_in_a_row += 1;
     r.demoted_until = Some(now + span);
+    r.demoted_at = Some(now);
     tracing::warn!(
         source = origin,
         why = why.as_str(),
@@ -233,7 +262,10 @@ mod tests {
             [&b, &a],
             "the others wait for the probe"
         );
-        health.succeeded("http://a:1");
+        // Under way before the demotion: not a sign it recovered.
+        health.succeeded("http://a:1", t0 - Duration::from_millis(1));
+        assert_eq!(health.order(&both, t0 + FIRST_DEMOTION), [&b, &a]);
+        health.succeeded("http://a:1", t0 + FIRST_DEMOTION);
         assert_eq!(
             health.order(&both, t0 + FIRST_DEMOTION),
             [&a, &b],
@@ -262,7 +294,7 @@ mod tests {
         }
         assert_eq!(spans, [4, 8, 16, 30, 30, 30, 30, 30]);
         // Recovered: the probe delivers, and the source is first again.
-        health.succeeded("http://a:1");
+        health.succeeded("http://a:1", now);
         assert_eq!(health.order(&both, now), [&a, &b]);
         assert_eq!(health.order(&both, now), [&a, &b]);
     }

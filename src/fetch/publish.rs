@@ -152,8 +152,10 @@ impl Fetcher {
     pub(super) fn finish_in_background(&self, target: &Target, blob: &Arc<Blob>) {
         let (target, blob, quiet) = (target.clone(), Arc::clone(blob), Arc::clone(&self.quiet));
         quiet.deferred.send_modify(|n| *n += 1);
+        // Made before the task: dropped with it even if it never runs.
+        let done = Deferred(Arc::clone(&quiet));
         tokio::spawn(async move {
-            let _done = Deferred(Arc::clone(&quiet));
+            let _done = done;
             quiet.until_check().await;
             let finished = tokio::task::spawn_blocking(move || {
                 let result = blob.finish_chunked();

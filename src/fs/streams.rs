@@ -58,15 +58,16 @@ pub struct Streams {
     runtime: tokio::runtime::Handle,
     /// Models with a file open, a stream running or a load under way.
     models: Mutex<HashMap<usize, ModelState>>,
-    /// Loads begun, to number them.
+    /// Numbers for loads and for closes of every file of a model.
     loads: AtomicU64,
 }
 
 #[derive(Default)]
 struct ModelState {
     opens: usize,
-    /// Times every file of the model was closed: a timer started at one
-    /// close stops the stream only if no open came since.
+    /// The number of the latest time every file of the model was closed: a
+    /// timer started at one close stops the stream only if no open came
+    /// since.
     closes: u64,
     /// Set to stop the stream, while one runs.
     stop: Option<Arc<AtomicBool>>,
@@ -122,7 +123,9 @@ impl Streams {
         if state.opens > 0 {
             return;
         }
-        state.closes += 1;
+        // Numbered across the map's entries: a timer of an entry removed
+        // since must not match its successor's.
+        state.closes = self.loads.fetch_add(1, Ordering::Relaxed);
         if state.is_idle() {
             models.remove(&model);
             return;
