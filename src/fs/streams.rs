@@ -108,6 +108,18 @@ impl Streams {
         self.models.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Changes `model`'s state under the lock, if it has one, and forgets
+    /// the state once nothing is left in it.
+    fn change<R>(&self, model: usize, change: impl FnOnce(&mut ModelState) -> R) -> Option<R> {
+        let mut models = self.models();
+        let state = models.get_mut(&model)?;
+        let changed = change(state);
+        if state.is_idle() {
+            models.remove(&model);
+        }
+        Some(changed)
+    }
+
     pub fn opened(&self, model: usize) {
         self.models().entry(model).or_default().opens += 1;
     }
@@ -115,42 +127,33 @@ impl Streams {
     /// One open of a file of `model` ended; the last one starts the grace
     /// period after which its stream stops and its load is over.
     pub fn closed(self: &Arc<Self>, model: usize) {
-        let mut models = self.models();
-        let Some(state) = models.get_mut(&model) else {
-            return;
-        };
-        state.opens = state.opens.saturating_sub(1);
-        if state.opens > 0 {
-            return;
-        }
-        // Numbered across the map's entries: a timer of an entry removed
-        // since must not match its successor's.
-        state.closes = self.loads.fetch_add(1, Ordering::Relaxed);
-        if state.is_idle() {
-            models.remove(&model);
-            return;
-        }
-        let (this, closes) = (Arc::clone(self), state.closes);
+        let last = self.change(model, |state| {
+            state.opens = state.opens.saturating_sub(1);
+            // Nothing to stop or end: forgotten at once, no timer.
+            (state.opens == 0 && !state.is_idle()).then(|| {
+                // Numbered across the map's entries: a timer of an entry
+                // removed since must not match its successor's.
+                state.closes = self.loads.fetch_add(1, Ordering::Relaxed);
+                state.closes
+            })
+        });
+        let Some(Some(closes)) = last else { return };
+        let this = Arc::clone(self);
         self.runtime.spawn(async move {
             tokio::time::sleep(this.config.grace).await;
-            let mut models = this.models();
-            let Some(state) = models
-                .get_mut(&model)
-                .filter(|s| s.opens == 0 && s.closes == closes)
-            else {
-                return;
-            };
-            debug!(
-                model = this.manifest.models[model].id,
-                "every file of the model is closed: its load is over, its stream stops"
-            );
-            state.loading = None;
-            if let Some(stop) = &state.stop {
-                stop.store(true, Ordering::Release);
-            }
-            if state.is_idle() {
-                models.remove(&model);
-            }
+            this.change(model, |state| {
+                if state.opens > 0 || state.closes != closes {
+                    return;
+                }
+                debug!(
+                    model = this.manifest.models[model].id,
+                    "every file of the model is closed: its load is over, its stream stops"
+                );
+                state.loading = None;
+                if let Some(stop) = &state.stop {
+                    stop.store(true, Ordering::Release);
+                }
+            });
         });
     }
 
@@ -172,15 +175,11 @@ impl Streams {
         let this = Arc::clone(self);
         self.runtime.spawn(async move {
             tokio::time::sleep(LOADING_AT_MOST).await;
-            let mut models = this.models();
-            if let Some(state) = models.get_mut(&model)
-                && state.loading.as_ref().is_some_and(|(l, _)| *l == load)
-            {
-                state.loading = None;
-                if state.is_idle() {
-                    models.remove(&model);
+            this.change(model, |state| {
+                if state.loading.as_ref().is_some_and(|(l, _)| *l == load) {
+                    state.loading = None;
                 }
-            }
+            });
         });
     }
 
@@ -255,13 +254,7 @@ impl Streams {
     }
 
     fn stream_ended(&self, model: usize) {
-        let mut models = self.models();
-        if let Some(state) = models.get_mut(&model) {
-            state.stop = None;
-            if state.is_idle() {
-                models.remove(&model);
-            }
-        }
+        self.change(model, |state| state.stop = None);
     }
 }
 
