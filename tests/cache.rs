@@ -392,7 +392,7 @@ fn quota_evicts_the_least_recently_used_model_never_an_open_or_pinned_one() {
         metric(&http_get(&addr, "/metrics").1, "modelfs_evictions_total"),
         1.0
     );
-    let health: serde_json::Value = serde_json::from_str(&http_get(&addr, "/healthz").1).unwrap();
+    let health = healthz(&addr);
     assert_eq!(health["quota_bytes"], QUOTA);
     wait_for_states(
         &ws,

@@ -79,7 +79,7 @@ fn a_manifest_named_by_url_is_kept_for_a_start_with_no_network() {
         "{log}"
     );
     assert!(fs::read(m.path("m/w.bin")).unwrap() == data);
-    let health: serde_json::Value = serde_json::from_str(&http_get(&addr, "/healthz").1).unwrap();
+    let health = healthz(&addr);
     let catalog = &health["catalog"];
     assert_eq!(catalog["generation"], 1);
     assert_eq!(catalog["source"], url.as_str());

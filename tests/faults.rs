@@ -85,7 +85,7 @@ impl Case {
     }
 
     fn health(&self) -> serde_json::Value {
-        serde_json::from_str(&http_get(&self.addr, "/healthz").1).unwrap()
+        healthz(&self.addr)
     }
 
     fn log(&self) -> String {
@@ -438,6 +438,46 @@ fn a_source_that_stalled_is_used_again_once_it_recovers() {
     let before = c.second.requests();
     read_next();
     assert_eq!(c.second.requests(), before, "the recovered source is first");
+}
+
+/// The case at full length: a first source silent for a whole
+/// minute (demoted 4, 8, 16, then 30 s at a time) is used again within a
+/// minute of recovering. Slow (about 70 s): run with `--ignored`.
+#[test]
+#[ignore]
+fn a_source_silent_for_a_minute_is_used_again_within_a_minute_of_recovering() {
+    let c = build_case(None, 160 * MIB as usize, &[]);
+    let file = fs::File::open(c.mount.path("m/w.bin")).unwrap();
+    let mut piece = vec![0u8; 4096];
+    let mut at = 0;
+    let mut read_next = || {
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(&mut piece, at).unwrap();
+        assert!(piece[..] == c.data[at as usize..at as usize + 4096]);
+        // Far apart: each read a cold chunk, none read ahead.
+        at += 2 * MIB;
+    };
+    c.first.set_always(Some(Fault::StallMidway));
+    let stalled = Instant::now();
+    while stalled.elapsed() < Duration::from_secs(60) {
+        read_next();
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    c.first.set_always(None);
+    let (recovered, asked) = (Instant::now(), c.first.requests());
+    // A read a second: wait_for's deadline is the minute.
+    wait_for("the recovered source to be asked again", || {
+        read_next();
+        let asked_again = c.first.requests() > asked;
+        if !asked_again {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        asked_again
+    });
+    eprintln!(
+        "fault timing: used again {:.1?} after recovering; asked {asked} times while silent",
+        recovered.elapsed()
+    );
 }
 
 #[test]

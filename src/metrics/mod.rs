@@ -73,6 +73,13 @@ pub struct Metrics {
     catalog: std::sync::Mutex<Option<Catalog>>,
 }
 
+/// Now, in Unix seconds.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The catalog a mount serves, for `/healthz`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Catalog {
@@ -249,9 +256,7 @@ impl Metrics {
         let generation = catalog.as_ref().map_or(1, |c| c.generation + 1);
         *catalog = Some(Catalog {
             generation,
-            loaded_at: std::time::SystemTime::now()
-                .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            loaded_at: unix_now(),
             source: source.to_owned(),
             error,
         });

@@ -387,6 +387,11 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A mount's `/healthz` at `addr`, parsed.
+pub fn healthz(addr: &str) -> serde_json::Value {
+    serde_json::from_str(&http_get(addr, "/healthz").1).unwrap()
+}
+
 /// The value of one Prometheus series (exact name with labels), 0 if absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
