@@ -50,22 +50,25 @@ pub struct Quota {
 }
 
 /// Which models a process knows (from its manifest), to group files and
-/// to honour `pinned = true`.
+/// to honour `pinned = true`; a mount's reload replaces it.
 /// The manifest itself, shared: a catalog's copy would cost as much again.
 #[derive(Default)]
 pub struct Catalog {
-    manifest: Option<Arc<Manifest>>,
+    manifest: std::sync::Mutex<Option<Arc<Manifest>>>,
 }
 
 impl Catalog {
     pub fn new(manifest: Arc<Manifest>) -> Catalog {
         Catalog {
-            manifest: Some(manifest),
+            manifest: std::sync::Mutex::new(Some(manifest)),
         }
     }
 
-    fn models(&self) -> &[Model] {
-        self.manifest.as_ref().map_or(&[], |m| &m.models)
+    fn manifest(&self) -> Option<Arc<Manifest>> {
+        self.manifest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -102,6 +105,16 @@ impl Cache {
     pub fn with_catalog(mut self, catalog: Catalog) -> Self {
         self.catalog = catalog;
         self
+    }
+
+    /// The models eviction groups files by from now on (a mount reloaded
+    /// its manifest).
+    pub fn set_catalog(&self, manifest: Arc<Manifest>) {
+        *self
+            .catalog
+            .manifest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(manifest);
     }
 
     pub fn quota(&self) -> Quota {
@@ -245,7 +258,8 @@ impl Cache {
                 }
             }
         }
-        for model in self.catalog.models() {
+        let manifest = self.catalog.manifest();
+        for model in manifest.iter().flat_map(|m| &m.models) {
             for f in &model.files {
                 if let Some(s) = by_digest.get_mut(&f.sha256) {
                     s.models.push(model.id.clone());
@@ -405,10 +419,10 @@ impl Cache {
     }
 
     fn pinned_digests(&self) -> io::Result<HashSet<Digest>> {
-        let mut pinned: HashSet<Digest> = self
-            .catalog
-            .models()
+        let manifest = self.catalog.manifest();
+        let mut pinned: HashSet<Digest> = manifest
             .iter()
+            .flat_map(|m| &m.models)
             .filter(|m| m.pinned)
             .flat_map(|m| m.files.iter().map(|f| f.sha256))
             .collect();

@@ -95,6 +95,12 @@ impl Target {
         (self.model, self.file)
     }
 
+    /// The manifest the file is from: the catalog it was opened in, which
+    /// a reload may have replaced since.
+    pub fn manifest(&self) -> &Arc<Manifest> {
+        &self.manifest
+    }
+
     pub fn entry(&self) -> &FileEntry {
         &self.manifest.models[self.model].files[self.file]
     }

@@ -19,13 +19,13 @@ use fuser::{
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use super::io_modes::{IoModes, Mode};
-use super::{Attr, DirEntry, FsError, ModelFs, NodeKind, ReadNow};
+use super::{Attr, Changes, FsError, ModelFs, NodeKind, ReadNow};
 use crate::cache::watch::{Changed, Watcher};
 
-/// The tree never changes while mounted, so the kernel may keep names and
-/// attributes a long time and answer `ls -lR` itself. Only `st_blocks`
-/// moves as the cache fills: a blob's files appearing or going is pushed
-/// to the kernel as it happens ([`watch_cache`]).
+/// A tree never changes, so the kernel may keep names and attributes a long
+/// time and answer `ls -lR` itself. What a reload changes is pushed to it
+/// ([`forget_changes`]), as is `st_blocks`, which moves as the cache
+/// fills: a blob's files appearing or going ([`watch_cache`]).
 const TTL: Duration = Duration::from_secs(24 * 3600);
 /// A partial file's chunks verify in place, with no event to push: its
 /// `st_blocks` is asked for again after this.
@@ -80,22 +80,6 @@ impl FuseAdapter {
     /// Where [`watch_cache`] says whether it is pushing changes.
     pub fn watching_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.watching)
-    }
-
-    /// Hands `add` the entries of directory `ino` from `offset` on, each
-    /// with the offset of the one after it, until it says the reply is full.
-    fn list(
-        &self,
-        ino: INodeNo,
-        offset: u64,
-        mut add: impl FnMut(DirEntry<'_>, u64) -> Result<bool, FsError>,
-    ) -> Result<(), FsError> {
-        for (e, next) in self.core.readdir(ino.0, offset)?.zip(offset + 1..) {
-            if add(e, next)? {
-                break;
-            }
-        }
-        Ok(())
     }
 
     fn attr_ttl(&self, a: &Attr) -> &'static Duration {
@@ -174,7 +158,7 @@ fn push_changes(watcher: &mut Watcher, core: &ModelFs, notifier: &Notifier) {
     loop {
         let inodes: Vec<u64> = match watcher.wait() {
             Ok(Changed::Blobs(digests)) => digests.iter().flat_map(|d| core.inodes_of(d)).collect(),
-            Ok(Changed::Anything) => core.file_inodes().collect(),
+            Ok(Changed::Anything) => core.file_inodes(),
             Err(e) => {
                 warn!(error = %e, "cannot watch the cache any longer: `du` may lag a second");
                 return;
@@ -190,6 +174,30 @@ fn push_changes(watcher: &mut Watcher, core: &ModelFs, notifier: &Notifier) {
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+/// Tells the kernel what a reload changed: each name added, removed or
+/// now naming another inode leaves its dentry cache (a name absent before
+/// was remembered absent for a day), and each directory with such a name
+/// its kept listing. Never from a FUSE request: a notification waits for
+/// the directory's lock, which the request may hold.
+pub fn forget_changes(notifier: &Notifier, changes: &Changes) {
+    let entries = changes
+        .entries
+        .iter()
+        .map(|(dir, name)| (*dir, notifier.inval_entry(INodeNo(*dir), OsStr::new(name))));
+    let listings =
+        (changes.dirs.iter()).map(|&dir| (dir, notifier.inval_inode(INodeNo(dir), 0, 0)));
+    for (dir, told) in entries.chain(listings) {
+        match told {
+            // ENOENT: the kernel holds nothing of it; nothing to forget.
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                warn!(dir, error = %e, "cannot tell the kernel of a reload; it may show the old catalog for a while");
+                return;
+            }
+            _ => {}
         }
     }
 }
@@ -249,8 +257,9 @@ impl Filesystem for FuseAdapter {
         let _span = debug_span!("lookup", parent = parent.0, ?name).entered();
         match name_str(name).and_then(|n| self.core.lookup(parent.0, n)) {
             Ok(a) => reply.entry_with_ttls(self.attr_ttl(&a), &TTL, &self.attr(&a), Generation(0)),
-            // A name absent now is absent while mounted: inode 0 makes the
-            // kernel remember that (loaders probe for many optional files).
+            // A name absent now stays absent until a reload, which says
+            // otherwise: inode 0 makes the kernel remember that (loaders
+            // probe for many optional files).
             Err(FsError::NotFound) => {
                 let absent = Attr {
                     ino: 0,
@@ -284,13 +293,13 @@ impl Filesystem for FuseAdapter {
     ) {
         self.core.metrics().fuse_op("readdir");
         let _span = debug_span!("readdir", ino = ino.0, offset).entered();
-        let listed = self.list(ino, offset, |e, next| {
+        let listed = self.core.readdir(ino.0, offset, false, |e, _, next| {
             let kind = match e.kind {
                 NodeKind::Dir => FileType::Directory,
                 NodeKind::File => FileType::RegularFile,
                 NodeKind::Symlink => FileType::Symlink,
             };
-            Ok(reply.add(INodeNo(e.ino), next, kind, e.name))
+            reply.add(INodeNo(e.ino), next, kind, e.name)
         });
         match listed {
             Ok(()) => reply.ok(),
@@ -310,10 +319,10 @@ impl Filesystem for FuseAdapter {
     ) {
         self.core.metrics().fuse_op("readdirplus");
         let _span = debug_span!("readdirplus", ino = ino.0, offset).entered();
-        let listed = self.list(ino, offset, |e, next| {
-            let a = self.core.getattr(e.ino)?;
+        let listed = self.core.readdir(ino.0, offset, true, |e, a, next| {
+            let a = a.expect("attributes asked for");
             let (ino, attr) = (INodeNo(e.ino), self.attr(&a));
-            Ok(reply.add(ino, next, e.name, self.attr_ttl(&a), &attr, Generation(0)))
+            reply.add(ino, next, e.name, self.attr_ttl(&a), &attr, Generation(0))
         });
         match listed {
             Ok(()) => reply.ok(),
@@ -323,7 +332,7 @@ impl Filesystem for FuseAdapter {
 
     /// No opens of directories at all: after this ENOSYS the kernel opens
     /// them itself, keeping the listings it read (`FOPEN_CACHE_DIR`, as
-    /// nothing here changes while mounted), so a listing read once costs
+    /// only a reload changes them, and says so), so a listing read once costs
     /// no round trip again, not even an open. Older kernels get the flags.
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if self.no_opendir {
@@ -496,18 +505,9 @@ impl Filesystem for FuseAdapter {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         self.core.metrics().fuse_op("statfs");
-        let (bytes, files) = self.core.totals();
+        let (bytes, files, inodes) = self.core.totals();
         let blocks = bytes.div_ceil(BLOCK_SIZE as u64);
-        reply.statfs(
-            blocks,
-            0,
-            0,
-            files + self.core.node_count() as u64,
-            0,
-            BLOCK_SIZE,
-            255,
-            BLOCK_SIZE,
-        );
+        reply.statfs(blocks, 0, 0, files + inodes, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -5,12 +5,13 @@
 //! the missing ones first.
 
 pub mod fuse;
+mod generation;
 mod io_modes;
 mod streams;
 mod tree;
 
 pub use streams::StreamConfig;
-pub use tree::Layout;
+pub use tree::{Changes, Layout, OutOfInodes};
 
 use std::collections::HashMap;
 use std::io;
@@ -25,13 +26,18 @@ use crate::fetch::{FetchError, Fetcher, Target, Urgency};
 use crate::hash::Digest;
 use crate::manifest::Manifest;
 use crate::manifest::weights::LARGE_FILE;
+use generation::{Catalog, Generation};
 use streams::{STREAM_AFTER, Streams};
-use tree::{Kind, ROOT, Tree};
+use tree::{Kind, ROOT};
 
 pub const XATTR_SHA256: &str = "user.modelfs.sha256";
 pub const XATTR_CACHED: &str = "user.modelfs.cached";
 /// The orchestrator's component of a file (`vae`, `text_encoder`, ...).
 pub const XATTR_COMPONENT: &str = "user.modelfs.component";
+/// On the root: the catalog served and the process serving it, as JSON
+/// (`/healthz`'s `catalog`): how `modelfs reload` finds the mount's
+/// process and sees its reload end.
+pub const XATTR_CATALOG: &str = "user.modelfs.catalog";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -115,6 +121,8 @@ pub struct DirEntry<'t> {
 
 /// One `open` of a file.
 pub struct OpenFile {
+    /// The inode opened, which a reload may have removed since.
+    ino: u64,
     target: Target,
     blob: Arc<Blob>,
     readahead: Mutex<Readahead>,
@@ -138,23 +146,13 @@ pub enum ReadNow {
 }
 
 pub struct ModelFs {
-    manifest: Arc<Manifest>,
-    tree: Tree,
+    catalog: Catalog,
     cache: Arc<Cache>,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     streams: Arc<Streams>,
     next_fh: AtomicU64,
-    /// Models whose small files were fetched ahead (see [`ModelFs::fetch_small_files`]).
-    small_files_started: Mutex<std::collections::HashSet<usize>>,
-    /// Every file inode by the first 8 bytes of its sha256, sorted: which
-    /// inodes show a blob that changed in the cache.
-    by_digest: Vec<(u64, u64)>,
-}
-
-fn digest_key(digest: &Digest) -> u64 {
-    u64::from_be_bytes(digest.0[..8].try_into().expect("8 bytes"))
 }
 
 /// How many requests a readahead window is split into, at most.
@@ -169,30 +167,20 @@ impl ModelFs {
         layout: Layout,
         stream: StreamConfig,
     ) -> Self {
-        let tree = Tree::build(&manifest, layout);
-        let mut by_digest: Vec<_> = tree
-            .files()
-            .map(|(ino, m, f)| (digest_key(&manifest.models[m].files[f].sha256), ino))
-            .collect();
-        by_digest.sort_unstable();
         let streams = Arc::new(Streams::new(
             stream,
-            Arc::clone(&manifest),
             Arc::clone(&cache),
             Arc::clone(&fetcher),
             runtime.clone(),
         ));
         ModelFs {
-            tree,
-            by_digest,
+            catalog: Catalog::new(manifest, layout),
             streams,
-            manifest,
             cache,
             fetcher,
             runtime,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            small_files_started: Mutex::default(),
         }
     }
 
@@ -200,20 +188,28 @@ impl ModelFs {
         self.fetcher.metrics()
     }
 
-    pub fn manifest(&self) -> &Manifest {
-        &self.manifest
+    /// The manifest served now.
+    pub fn manifest(&self) -> Arc<Manifest> {
+        Arc::clone(&self.catalog.now().manifest)
     }
 
-    pub fn node_count(&self) -> usize {
-        self.tree.len()
-    }
-
-    fn target(&self, model: usize, file: usize) -> Target {
-        Target::new(Arc::clone(&self.manifest), model, file)
+    /// Serves `manifest` from now on: one catalog swapped for the next, in
+    /// whole. Files open keep reading what they opened; see [`Changes`]
+    /// for what the kernel must forget.
+    pub fn reload(&self, manifest: Arc<Manifest>) -> Result<Changes, OutOfInodes> {
+        let changes = self.catalog.replace(Arc::clone(&manifest))?;
+        self.cache.set_catalog(manifest);
+        Ok(changes)
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
+        self.attr_in(&self.catalog.now(), ino)
+    }
+
+    fn attr_in(&self, g: &Generation, ino: u64) -> Result<Attr, FsError> {
+        let Some(node) = g.tree.get(ino) else {
+            return self.open_attr(ino);
+        };
         let fixed = |kind, size, cached| Attr {
             ino,
             kind,
@@ -226,53 +222,66 @@ impl ModelFs {
             Kind::Symlink(target) => fixed(NodeKind::Symlink, target.len() as u64, 0),
             Kind::Text(text) => fixed(NodeKind::File, text.len() as u64, text.len() as u64),
             Kind::File { model, file } => {
-                let entry = &self.manifest.models[model].files[file];
-                // An unreadable map only makes `du` show less; never fail a stat on it.
-                let presence = self.cache.presence(entry).unwrap_or(Presence::Absent);
-                Attr {
-                    changing: matches!(presence, Presence::Partial { .. }),
-                    ..fixed(NodeKind::File, entry.size, presence.bytes(entry.size))
-                }
+                let entry = &g.manifest.models[model].files[file];
+                self.file_attr(ino, entry)
             }
         })
     }
 
-    /// The inodes that show the blob `digest` (one per model that has the
-    /// file, in the models layout).
-    pub fn inodes_of(&self, digest: &Digest) -> impl Iterator<Item = u64> + '_ {
-        let (digest, key) = (*digest, digest_key(digest));
-        let from = self.by_digest.partition_point(|&(k, _)| k < key);
-        self.by_digest[from..]
-            .iter()
-            .take_while(move |&&(k, _)| k == key)
-            .map(|&(_, ino)| ino)
-            .filter(move |&ino| {
-                matches!(self.tree.get(ino).map(|n| n.kind),
-                    Some(Kind::File { model, file }) if self.manifest.models[model].files[file].sha256 == digest)
-            })
+    fn file_attr(&self, ino: u64, entry: &crate::manifest::FileEntry) -> Attr {
+        // An unreadable map only makes `du` show less; never fail a stat on it.
+        let presence = self.cache.presence(entry).unwrap_or(Presence::Absent);
+        Attr {
+            ino,
+            kind: NodeKind::File,
+            size: entry.size,
+            cached: presence.bytes(entry.size),
+            changing: matches!(presence, Presence::Partial { .. }),
+        }
+    }
+
+    /// The attributes of a file a reload removed or replaced while it was
+    /// open: `fstat` of the open file goes on working.
+    fn open_attr(&self, ino: u64) -> Result<Attr, FsError> {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        let h = handles.values().find(|h| h.ino == ino);
+        let h = h.map(Arc::clone).ok_or(FsError::NotFound)?;
+        drop(handles);
+        Ok(self.file_attr(ino, h.target.entry()))
+    }
+
+    /// The inodes that show the blob `digest`.
+    pub fn inodes_of(&self, digest: &Digest) -> Vec<u64> {
+        self.catalog.now().inodes_of(digest).collect()
     }
 
     /// Every file inode the manifest gives.
-    pub fn file_inodes(&self) -> impl Iterator<Item = u64> + '_ {
-        self.by_digest.iter().map(|&(_, ino)| ino)
+    pub fn file_inodes(&self) -> Vec<u64> {
+        self.catalog.now().file_inodes().collect()
     }
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
-        let node = self.tree.get(parent).ok_or(FsError::NotFound)?;
+        let g = self.catalog.now();
+        let node = g.tree.get(parent).ok_or(FsError::NotFound)?;
         let Kind::Dir(children) = node.kind else {
             return Err(FsError::NotDir);
         };
         let ino = children.get(name).ok_or(FsError::NotFound)?;
-        self.getattr(ino)
+        self.attr_in(&g, ino)
     }
 
-    /// Entries from position `offset` on, `.` and `..` first.
+    /// Hands `add` the entries of directory `ino` from position `offset`
+    /// on (`.` and `..` first), with their attributes if `plus`, each with
+    /// the offset of the one after it, until it says the reply is full.
     pub fn readdir(
         &self,
         ino: u64,
         offset: u64,
-    ) -> Result<impl Iterator<Item = DirEntry<'_>>, FsError> {
-        let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
+        plus: bool,
+        mut add: impl FnMut(DirEntry<'_>, Option<Attr>, u64) -> bool,
+    ) -> Result<(), FsError> {
+        let g = self.catalog.now();
+        let node = g.tree.get(ino).ok_or(FsError::NotFound)?;
         let Kind::Dir(children) = node.kind else {
             return Err(FsError::NotDir);
         };
@@ -287,19 +296,32 @@ impl ModelFs {
         let from = offset.saturating_sub(2) as usize;
         let entries = children.iter_from(from).map(|(name, child)| DirEntry {
             ino: child,
-            kind: match self.tree.get(child).map(|n| n.kind) {
+            kind: match g.tree.get(child).map(|n| n.kind) {
                 Some(Kind::Dir(_)) => NodeKind::Dir,
                 Some(Kind::Symlink(_)) => NodeKind::Symlink,
                 _ => NodeKind::File,
             },
             name,
         });
-        Ok(dots.chain(entries))
+        for (e, next) in dots.chain(entries).zip(offset + 1..) {
+            let attr = plus.then(|| self.attr_in(&g, e.ino)).transpose()?;
+            if add(e, attr, next) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Where a symlink points.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
-        match self.tree.get(ino).ok_or(FsError::NotFound)?.kind {
+        match self
+            .catalog
+            .now()
+            .tree
+            .get(ino)
+            .ok_or(FsError::NotFound)?
+            .kind
+        {
             Kind::Symlink(target) => Ok(target.as_bytes().to_vec()),
             _ => Err(FsError::NotSymlink),
         }
@@ -307,7 +329,8 @@ impl ModelFs {
 
     /// The bytes of a file the tree holds itself (`refs/main`), if `ino` is one.
     pub fn read_text(&self, ino: u64, offset: u64, len: u32) -> Option<Vec<u8>> {
-        let Kind::Text(text) = self.tree.get(ino)?.kind else {
+        let g = self.catalog.now();
+        let Kind::Text(text) = g.tree.get(ino)?.kind else {
             return None;
         };
         let start = (offset as usize).min(text.len());
@@ -316,18 +339,20 @@ impl ModelFs {
     }
 
     pub fn open(&self, ino: u64, write: bool) -> Result<(u64, Arc<OpenFile>), FsError> {
-        let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
+        let g = self.catalog.now();
+        let node = g.tree.get(ino).ok_or(FsError::NotFound)?;
         let Kind::File { model, file } = node.kind else {
             return Err(FsError::IsDir);
         };
         if write {
             return Err(FsError::ReadOnly);
         }
-        let target = self.target(model, file);
+        let target = Target::new(Arc::clone(&g.manifest), model, file);
         let blob = self.cache.open_blob(target.entry())?;
         // A previous run may have verified every chunk but stopped before the final check.
         self.finish_if_verified(&target, &blob);
         let handle = Arc::new(OpenFile {
+            ino,
             readahead: Mutex::new(Readahead::new(blob.chunk_size)),
             stop_readahead: Mutex::default(),
             asked_stream: AtomicBool::new(false),
@@ -339,8 +364,10 @@ impl ModelFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(fh, Arc::clone(&handle));
-        self.streams.opened(model);
-        self.fetch_small_files(model);
+        self.streams.opened(&handle.target);
+        if g.first_open(model) {
+            self.fetch_small_files(&g.manifest, model);
+        }
         Ok((fh, handle))
     }
 
@@ -349,19 +376,11 @@ impl ModelFs {
     /// dozens of them one after another, and each would otherwise cost a
     /// round trip. A reader's own reads go first; its next opens find
     /// them cached, or in flight.
-    fn fetch_small_files(&self, model: usize) {
-        let first = self
-            .small_files_started
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(model);
-        if !first {
-            return;
-        }
-        let files = &self.manifest.models[model].files;
+    fn fetch_small_files(&self, manifest: &Arc<Manifest>, model: usize) {
+        let files = &manifest.models[model].files;
         for file in (0..files.len()).filter(|&f| files[f].size <= LARGE_FILE) {
             let fetcher = Arc::clone(&self.fetcher);
-            let target = self.target(model, file);
+            let target = Target::new(Arc::clone(manifest), model, file);
             self.runtime.spawn(async move {
                 if let Err(e) = fetcher.fetch_file(&target, &|_| {}).await {
                     debug!(file = %target, error = %e, "a small file was not fetched ahead; a read of it will try");
@@ -386,7 +405,7 @@ impl ModelFs {
                 .unwrap_or_else(|p| p.into_inner())
                 .store(true, Ordering::Release);
             self.finish_if_verified(&h.target, &h.blob);
-            self.streams.closed(h.target.indices().0);
+            self.streams.closed(&h.target);
         }
         // Dropping the last handle on a partial file syncs it: let that
         // happen on the runtime's blocking pool, not on the caller's thread.
@@ -420,8 +439,7 @@ impl ModelFs {
             && !h.asked_stream.load(Ordering::Relaxed)
             && !h.asked_stream.swap(true, Ordering::Relaxed)
         {
-            let (model, file) = h.target.indices();
-            self.streams.start(model, file);
+            self.streams.start(&h.target);
         }
         let cs = h.blob.chunk_size;
         if (offset / cs..=(end - 1) / cs).all(|c| h.blob.has_chunk(c)) {
@@ -550,14 +568,19 @@ impl ModelFs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &str) -> Result<Vec<u8>, FsError> {
-        let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
+        if ino == ROOT && name == XATTR_CATALOG {
+            let catalog = self.metrics().catalog().ok_or(FsError::NoAttr)?;
+            return Ok(serde_json::to_vec(&catalog).expect("plain data serializes"));
+        }
+        let g = self.catalog.now();
+        let node = g.tree.get(ino).ok_or(FsError::NotFound)?;
         let Kind::File { model, file } = node.kind else {
             return Err(FsError::NoAttr);
         };
-        let entry = &self.manifest.models[model].files[file];
+        let entry = &g.manifest.models[model].files[file];
         match name {
             XATTR_SHA256 => Ok(entry.sha256.to_hex().into_bytes()),
-            XATTR_CACHED => Ok(self.getattr(ino)?.cached.to_string().into_bytes()),
+            XATTR_CACHED => Ok(self.file_attr(ino, entry).cached.to_string().into_bytes()),
             XATTR_COMPONENT => entry
                 .component
                 .as_ref()
@@ -568,24 +591,28 @@ impl ModelFs {
     }
 
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
-        let node = self.tree.get(ino).ok_or(FsError::NotFound)?;
+        let g = self.catalog.now();
+        let node = g.tree.get(ino).ok_or(FsError::NotFound)?;
         Ok(match node.kind {
             Kind::File { model, file } => {
                 let mut names = format!("{XATTR_SHA256}\0{XATTR_CACHED}\0");
-                if self.manifest.models[model].files[file].component.is_some() {
+                if g.manifest.models[model].files[file].component.is_some() {
                     names.push_str(XATTR_COMPONENT);
                     names.push('\0');
                 }
                 names.into_bytes()
             }
+            Kind::Dir(_) if ino == ROOT => format!("{XATTR_CATALOG}\0").into_bytes(),
             Kind::Dir(_) | Kind::Symlink(_) | Kind::Text(_) => Vec::new(),
         })
     }
 
-    /// Total bytes and files the tree shows.
-    pub fn totals(&self) -> (u64, u64) {
-        let files = self.manifest.models.iter().flat_map(|m| &m.files);
-        files.fold((0, 0), |(bytes, n), f| (bytes + f.size, n + 1))
+    /// Total bytes and files the tree shows, and its inodes.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let g = self.catalog.now();
+        let files = g.manifest.models.iter().flat_map(|m| &m.files);
+        let (bytes, n) = files.fold((0, 0), |(bytes, n), f| (bytes + f.size, n + 1));
+        (bytes, n, g.tree.len() as u64)
     }
 
     pub fn root(&self) -> u64 {

@@ -16,7 +16,6 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 use crate::cache::Cache;
 use crate::fetch::{Busy, FetchError, Fetcher, Streamed, Tally, Target};
 use crate::fileio::blocking;
-use crate::manifest::Manifest;
 use crate::manifest::weights::{self, LARGE_FILE};
 use crate::metrics::StreamEnd;
 
@@ -52,12 +51,12 @@ impl Default for StreamConfig {
 
 pub struct Streams {
     config: StreamConfig,
-    manifest: Arc<Manifest>,
     cache: Arc<Cache>,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
-    /// Models with a file open, a stream running or a load under way.
-    models: Mutex<HashMap<usize, ModelState>>,
+    /// Models with a file open, a stream running or a load under way, by
+    /// id: opens of one model may come from catalogs a reload replaced.
+    models: Mutex<HashMap<String, ModelState>>,
     /// Numbers for loads and for closes of every file of a model.
     loads: AtomicU64,
 }
@@ -88,14 +87,12 @@ impl ModelState {
 impl Streams {
     pub fn new(
         config: StreamConfig,
-        manifest: Arc<Manifest>,
         cache: Arc<Cache>,
         fetcher: Arc<Fetcher>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         Streams {
             config,
-            manifest,
             cache,
             fetcher,
             runtime,
@@ -104,30 +101,41 @@ impl Streams {
         }
     }
 
-    fn models(&self) -> std::sync::MutexGuard<'_, HashMap<usize, ModelState>> {
+    fn models(&self) -> std::sync::MutexGuard<'_, HashMap<String, ModelState>> {
         self.models.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Changes `model`'s state under the lock, if it has one, and forgets
     /// the state once nothing is left in it.
-    fn change<R>(&self, model: usize, change: impl FnOnce(&mut ModelState) -> R) -> Option<R> {
+    fn change<R>(&self, model: &str, change: impl FnOnce(&mut ModelState) -> R) -> Option<R> {
         let mut models = self.models();
-        let state = models.get_mut(&model)?;
+        let state = models.get_mut(model)?;
         let changed = change(state);
         if state.is_idle() {
-            models.remove(&model);
+            models.remove(model);
         }
         Some(changed)
     }
 
-    pub fn opened(&self, model: usize) {
-        self.models().entry(model).or_default().opens += 1;
+    pub fn opened(&self, file: &Target) {
+        let mut models = self.models();
+        match models.get_mut(file.model_id()) {
+            Some(state) => state.opens += 1,
+            None => {
+                let state = ModelState {
+                    opens: 1,
+                    ..ModelState::default()
+                };
+                models.insert(file.model_id().to_owned(), state);
+            }
+        }
     }
 
-    /// One open of a file of `model` ended; the last one starts the grace
-    /// period after which its stream stops and its load is over.
-    pub fn closed(self: &Arc<Self>, model: usize) {
-        let last = self.change(model, |state| {
+    /// One open of `file` ended; the last of its model's starts the grace
+    /// period after which the model's stream stops and its load is over.
+    pub fn closed(self: &Arc<Self>, file: &Target) {
+        let model = file.model_id().to_owned();
+        let last = self.change(&model, |state| {
             state.opens = state.opens.saturating_sub(1);
             // Nothing to stop or end: forgotten at once, no timer.
             (state.opens == 0 && !state.is_idle()).then(|| {
@@ -141,12 +149,12 @@ impl Streams {
         let this = Arc::clone(self);
         self.runtime.spawn(async move {
             tokio::time::sleep(this.config.grace).await;
-            this.change(model, |state| {
+            this.change(&model, |state| {
                 if state.opens > 0 || state.closes != closes {
                     return;
                 }
                 debug!(
-                    model = this.manifest.models[model].id,
+                    model,
                     "every file of the model is closed: its load is over, its stream stops"
                 );
                 state.loading = None;
@@ -159,11 +167,11 @@ impl Streams {
 
     /// Marks `model` as loading, unless it is already, until every file of
     /// it has been closed for the grace period or for [`LOADING_AT_MOST`].
-    fn loading(self: &Arc<Self>, model: usize) {
+    fn loading(self: &Arc<Self>, model: &str) {
         let load = {
             let mut models = self.models();
             let Some(state) = models
-                .get_mut(&model)
+                .get_mut(model)
                 .filter(|s| s.opens > 0 && s.loading.is_none())
             else {
                 return;
@@ -172,10 +180,10 @@ impl Streams {
             state.loading = Some((load, self.fetcher.reading()));
             load
         };
-        let this = Arc::clone(self);
+        let (this, model) = (Arc::clone(self), model.to_owned());
         self.runtime.spawn(async move {
             tokio::time::sleep(LOADING_AT_MOST).await;
-            this.change(model, |state| {
+            this.change(&model, |state| {
                 if state.loading.as_ref().is_some_and(|(l, _)| *l == load) {
                     state.loading = None;
                 }
@@ -183,42 +191,43 @@ impl Streams {
         });
     }
 
-    /// A loader read [`STREAM_AFTER`] bytes of file `reading` of `model` in a row: streams
-    /// what it will read next, unless a stream of the model runs already.
-    pub fn start(self: &Arc<Self>, model: usize, reading: usize) {
+    /// A loader read [`STREAM_AFTER`] bytes of `reading` in a row: streams
+    /// what it will read next, unless a stream of its model runs already.
+    pub fn start(self: &Arc<Self>, reading: &Target) {
+        let model = reading.model_id();
         self.loading(model);
-        let spec = &self.manifest.models[model];
+        let spec = &reading.manifest().models[reading.indices().0];
         if !self.config.enabled || !spec.stream {
             return;
         }
         let stop = {
             let mut models = self.models();
             let Some(state) = models
-                .get_mut(&model)
+                .get_mut(model)
                 .filter(|s| s.opens > 0 && s.stop.is_none())
             else {
                 return;
             };
             Arc::clone(state.stop.insert(Arc::default()))
         };
-        let this = Arc::clone(self);
+        let (this, reading) = (Arc::clone(self), reading.clone());
         let span = info_span!("stream", model = spec.id);
         self.runtime
-            .spawn(async move { this.run(model, reading, stop).await }.instrument(span));
+            .spawn(async move { this.run(reading, stop).await }.instrument(span));
     }
 
-    async fn run(&self, model: usize, reading: usize, stop: Arc<AtomicBool>) {
+    async fn run(&self, reading: Target, stop: Arc<AtomicBool>) {
+        let id = reading.model_id();
         let files = {
-            let (manifest, cache) = (Arc::clone(&self.manifest), Arc::clone(&self.cache));
-            blocking(move || Ok(files_to_stream(&manifest, &cache, model, reading)))
+            let (reading, cache) = (reading.clone(), Arc::clone(&self.cache));
+            blocking(move || Ok(files_to_stream(&reading, &cache)))
                 .await
                 .unwrap_or_default()
         };
         if files.is_empty() {
-            self.stream_ended(model);
+            self.stream_ended(id);
             return;
         }
-        let id = &self.manifest.models[model].id;
         let metrics = self.fetcher.metrics();
         let total = files.iter().map(|f| f.blob.size).sum();
         let tally = Tally::new(&files);
@@ -250,10 +259,10 @@ impl Streams {
             rate_mib_s = progress.rate() / f64::from(1 << 20),
             "stream ended"
         );
-        self.stream_ended(model);
+        self.stream_ended(id);
     }
 
-    fn stream_ended(&self, model: usize) {
+    fn stream_ended(&self, model: &str) {
         self.change(model, |state| state.stop = None);
     }
 }
@@ -265,12 +274,8 @@ impl Streams {
 /// loader opened them; a file complete at its open is read by passthrough,
 /// at local speed (a cold 2 GiB load in 4 shards: 4.0-4.2 s with it,
 /// 2.8-3.4 s without, cat of the shards 2.6 and 2.2-2.4 s). Blocking.
-fn files_to_stream(
-    manifest: &Arc<Manifest>,
-    cache: &Cache,
-    model: usize,
-    reading: usize,
-) -> Vec<Streamed> {
+fn files_to_stream(reading: &Target, cache: &Cache) -> Vec<Streamed> {
+    let (manifest, (model, reading)) = (reading.manifest(), reading.indices());
     let spec = &manifest.models[model];
     // An index JSON is read if it is cached (its model's small files are
     // fetched at the first open, before a loader reads a weight).

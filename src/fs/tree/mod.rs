@@ -1,7 +1,12 @@
-//! The inode tree, built once from the manifest and never changed. Two
-//! layouts: `models` (one directory per model, directories made from file
+//! The inode tree, built from the manifest and never changed: a reload
+//! builds the next one, which keeps the inode numbers of what stayed the
+//! same ([`carry`]). Two layouts: `models` (one directory per model, directories made from file
 //! paths, and files) and `hf` (a Hugging Face hub cache: per repo `refs/main`,
 //! `snapshots/<revision>/<path>` as relative symlinks into `blobs/<sha256>`).
+
+mod carry;
+
+pub use carry::{Changes, OutOfInodes};
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -67,15 +72,20 @@ impl<'t> Dir<'t> {
     }
 }
 
-/// The tree, built once from the manifest and never changed, kept compact:
-/// a catalog has hundreds of thousands of files. Names live end to end in
+/// The tree, built from the manifest and never changed, kept compact: a
+/// catalog has hundreds of thousands of files. Names live end to end in
 /// one string; each directory's entries are a run of one array.
 pub struct Tree {
-    /// `nodes[ino - 1]`.
+    /// Node `i` is inode `i + 1` in a mount's first tree; in one a reload
+    /// made, inode `inos[i]`.
     nodes: Vec<Stored>,
     entries: Vec<Entry>,
     /// Every name, symlink target and text.
     names: String,
+    /// Empty in a mount's first tree.
+    inos: Vec<u32>,
+    /// `(inode, node)`, sorted, when `inos` is not empty.
+    by_ino: Vec<(u32, u32)>,
 }
 
 struct Stored {
@@ -103,7 +113,7 @@ impl Span {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Entry {
     name: Span,
     ino: u32,
@@ -171,6 +181,8 @@ impl Tree {
             nodes: Vec::with_capacity(nodes),
             entries: Vec::with_capacity(entries),
             names: String::with_capacity(bytes),
+            inos: Vec::new(),
+            by_ino: Vec::new(),
         }
     }
 
@@ -221,8 +233,33 @@ impl Tree {
         }
     }
 
+    /// The node that is inode `ino`.
+    fn position(&self, ino: u64) -> Option<usize> {
+        if self.inos.is_empty() {
+            return Some(ino.checked_sub(1)? as usize);
+        }
+        let ino = u32::try_from(ino).ok()?;
+        let at = self.by_ino.binary_search_by_key(&ino, |&(i, _)| i).ok()?;
+        Some(self.by_ino[at].1 as usize)
+    }
+
+    /// The inode node `position` is.
+    fn ino(&self, position: usize) -> u64 {
+        self.inos
+            .get(position)
+            .map_or(position as u64 + 1, |&ino| ino as u64)
+    }
+
+    /// The highest inode number in the tree.
+    pub fn max_ino(&self) -> u64 {
+        self.inos
+            .iter()
+            .max()
+            .map_or(self.nodes.len() as u64, |&ino| ino as u64)
+    }
+
     pub fn get(&self, ino: u64) -> Option<Node<'_>> {
-        let stored = self.nodes.get(ino.checked_sub(1)? as usize)?;
+        let stored = self.nodes.get(self.position(ino)?)?;
         let kind = match &stored.kind {
             StoredKind::Dir(span) => Kind::Dir(Dir {
                 names: &self.names,
@@ -243,10 +280,13 @@ impl Tree {
 
     /// Every file the manifest gives: its inode, model and file index.
     pub fn files(&self) -> impl Iterator<Item = (u64, usize, usize)> + '_ {
-        (1..)
-            .zip(&self.nodes)
-            .filter_map(|(ino, node)| match node.kind {
-                StoredKind::File { model, file } => Some((ino, model as usize, file as usize)),
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(at, node)| match node.kind {
+                StoredKind::File { model, file } => {
+                    Some((self.ino(at), model as usize, file as usize))
+                }
                 _ => None,
             })
     }
