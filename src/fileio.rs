@@ -63,10 +63,27 @@ pub fn statvfs(path: &std::path::Path) -> io::Result<libc::statvfs> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// When process `pid` started, in clock ticks since boot (`/proc/PID/stat`,
+/// field 22): with the pid, it names one process whatever reused the pid
+/// since, in any PID namespace of this kernel.
+pub fn process_started(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_process_is_known_by_its_start() {
+        let me = process_started(std::process::id()).unwrap();
+        assert_eq!(process_started(std::process::id()), Some(me));
+        assert!(process_started(1).is_some_and(|init| init <= me));
+    }
 
     #[test]
     fn append_at_adds_what_is_there_after_what_was_kept() {

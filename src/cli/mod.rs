@@ -3,10 +3,12 @@
 
 mod chunk;
 mod daemon;
+mod follow;
 mod fstab;
 mod gc;
 mod mount;
 mod prefetch;
+mod reload;
 mod remote;
 mod report;
 mod verify;
@@ -70,7 +72,14 @@ impl ManifestArg {
     }
 
     fn load(&self) -> anyhow::Result<Manifest> {
-        Ok(self.load_in(None, None)?.0)
+        Ok(self.load_in(None, None)?.manifest)
+    }
+
+    /// `--local-root`, else `$MODELS_ROOT`.
+    fn local_root(&self) -> Option<PathBuf> {
+        self.local_root
+            .clone()
+            .or_else(|| std::env::var_os("MODELS_ROOT").map(PathBuf::from))
     }
 
     /// The manifest; one named by URL is kept in `cache_root`, and fetched
@@ -81,11 +90,8 @@ impl ManifestArg {
         &self,
         cache_root: Option<&Path>,
         online: Option<&SourceArgs>,
-    ) -> anyhow::Result<(Manifest, Option<String>)> {
-        let root = self
-            .local_root
-            .clone()
-            .or_else(|| std::env::var_os("MODELS_ROOT").map(PathBuf::from));
+    ) -> anyhow::Result<remote::Loaded> {
+        let root = self.local_root();
         let path = self.path()?;
         match remote::location(&path) {
             Some(location) => remote::load(
@@ -95,7 +101,10 @@ impl ManifestArg {
                 online.map(SourceArgs::timeouts),
                 root.as_deref(),
             ),
-            None => Ok((Manifest::load(&path, root.as_deref())?, None)),
+            None => Ok(remote::Loaded::fresh(Manifest::load(
+                &path,
+                root.as_deref(),
+            )?)),
         }
     }
 }
@@ -220,13 +229,18 @@ impl SourceArgs {
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs)
+    parse_seconds_or_zero(text)
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
+}
+
+/// As [`parse_seconds`], 0 included (for "never").
+fn parse_seconds_or_zero(text: &str) -> Result<Duration, String> {
+    text.parse()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds"))
 }
 
 #[derive(Subcommand)]
@@ -237,6 +251,22 @@ enum Command {
     Umount {
         /// The mounted directory.
         mountpoint: PathBuf,
+    },
+    /// Have a mount read its manifest again (file or URL) and serve it, with no remount.
+    ///
+    /// Models added appear, removed ones vanish (files open keep reading to
+    /// the end), a file whose content changed is a new file (open ones keep
+    /// the old bytes); the rest keeps its inodes and cache. A manifest that
+    /// cannot be had or used changes nothing: the error is printed (exit 1)
+    /// and shown by /healthz. Sends SIGHUP to the mount's process, as
+    /// `kill -HUP` would, and waits for its reload to end. A mount also
+    /// follows its manifest without this: see `mount --manifest-refresh`.
+    Reload {
+        /// The mounted directory.
+        mountpoint: PathBuf,
+        /// How long to wait for the reload to end.
+        #[arg(long, value_name = "SECS", default_value = "120", value_parser = parse_seconds)]
+        timeout: std::time::Duration,
     },
     /// List models (id, files, size, cached, pinned), or one model's files. No network.
     Ls {
@@ -410,6 +440,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Mount(args) => mount::mount(args).map(|()| 0),
         Command::Umount { mountpoint } => mount::umount(&mountpoint).map(|()| 0),
+        Command::Reload {
+            mountpoint,
+            timeout,
+        } => reload::reload(&mountpoint, timeout),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "modelfs", &mut std::io::stdout());
@@ -434,7 +468,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             init_logging("warn");
             let cache = cache.resolve()?;
-            let (manifest, _) = manifest.load_in(Some(&cache), None)?;
+            let manifest = manifest.load_in(Some(&cache), None)?.manifest;
             report::ls(&manifest, &cache, model.as_deref(), json).map(|()| 0)
         }
         Command::Status {
@@ -444,7 +478,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             init_logging("warn");
             let cache = cache.resolve()?;
-            let (manifest, _) = manifest.load_in(Some(&cache), None)?;
+            let manifest = manifest.load_in(Some(&cache), None)?.manifest;
             report::status(&manifest, &cache, json).map(|()| 0)
         }
         Command::Manifest(ManifestCommand::Build {

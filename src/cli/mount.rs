@@ -14,6 +14,7 @@ use fuser::{MountOption, Session, SessionACL};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
 
+use super::follow::{Follower, Seen, Stamp, Why};
 use super::{
     CacheArg, ManifestArg, QuotaArg, SourceArgs, UsageError, daemon, init_logging, open_cache,
 };
@@ -66,6 +67,12 @@ pub struct MountArgs {
     /// Seconds every file of a model must stay closed before its stream stops.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = super::parse_seconds)]
     stream_grace: Duration,
+    /// How often a manifest named by URL is asked whether it changed (a
+    /// conditional request: an unchanged one sends no body). A manifest file
+    /// is watched whatever this says (its metadata, twice a second). 0: only
+    /// SIGHUP or `modelfs reload` reload either.
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = super::parse_seconds_or_zero)]
+    manifest_refresh: Duration,
     #[command(flatten)]
     quota: QuotaArg,
     #[command(flatten)]
@@ -85,10 +92,21 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let keep_in = (!args.ephemeral)
         .then(|| args.cache.resolve().ok())
         .flatten();
-    let (manifest, stale) = args
+    // Looked at before the file is read: a change after this is seen.
+    let path = args.manifest.path()?;
+    let stamp = super::remote::location(&path)
+        .is_none()
+        .then(|| Stamp::of(&path))
+        .flatten();
+    let loaded = args
         .manifest
         .load_in(keep_in.as_deref(), Some(&args.sources))?;
-    let manifest = Arc::new(manifest);
+    let seen = Seen {
+        file: stamp,
+        etag: loaded.etag,
+        text: loaded.text,
+    };
+    let (manifest, stale) = (Arc::new(loaded.manifest), loaded.stale);
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     let ephemeral = args
         .ephemeral
@@ -111,7 +129,13 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         None
     };
     let mut ready = ready;
-    let result = serve(&args, (manifest, stale), cache, &mountpoint, &mut ready);
+    let result = serve(
+        &args,
+        (manifest, stale, seen),
+        cache,
+        &mountpoint,
+        &mut ready,
+    );
     if let (Err(e), Some(ready)) = (&result, ready) {
         ready.fail(&format!("{e:#}"));
     }
@@ -119,10 +143,11 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
 }
 
 /// Mounts, reports readiness, and serves until a signal or an unmount.
-/// `manifest` comes with why it is a kept copy, if it is (see `remote`).
+/// `manifest` comes with why it is a kept copy, if it is (see `remote`),
+/// and what it was read from.
 fn serve(
     args: &MountArgs,
-    (manifest, stale): (Arc<Manifest>, Option<String>),
+    (manifest, stale, seen): (Arc<Manifest>, Option<String>, Seen),
     cache: Arc<Cache>,
     mountpoint: &Path,
     ready: &mut Option<daemon::Ready>,
@@ -140,7 +165,11 @@ fn serve(
         Err(e) => warn!(error = %e, "the cache is over its quota"),
     }
     let metrics = Arc::new(Metrics::new());
-    metrics.catalog_loaded(&args.manifest.path()?.to_string_lossy(), stale);
+    metrics.catalog_loaded(
+        &args.manifest.path()?.to_string_lossy(),
+        manifest.models.len(),
+        stale,
+    );
     // What /healthz says: not mounted until the kernel has the mount.
     let mounted = Arc::new(AtomicBool::new(false));
     if let Some(addr) = args.metrics_addr {
@@ -150,7 +179,6 @@ fn serve(
         let endpoint = Arc::new(Endpoint::new(
             Arc::clone(&metrics),
             Arc::clone(&cache),
-            manifest.models.len(),
             Arc::clone(&mounted),
         ));
         runtime.spawn(metrics::http::serve(listener, endpoint));
@@ -203,11 +231,12 @@ fn serve(
     config.n_threads = Some(FUSE_THREADS);
     // Before the mount exists: a SIGTERM the moment it is up must unmount,
     // not kill the process with its default action.
-    let (mut term, mut int) = {
+    let (mut term, mut int, mut hup) = {
         let _runtime = runtime.enter();
         (
             signal(SignalKind::terminate())?,
             signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
         )
     };
     let notifier = adapter.notifier_slot();
@@ -215,6 +244,23 @@ fn serve(
     let mut session = Session::new(adapter, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
+    let follower = Arc::new(Follower::new(
+        args.manifest.path()?,
+        args.manifest.local_root(),
+        (!args.ephemeral).then(|| cache.root()),
+        args.sources.build()?,
+        Arc::clone(&core),
+        session.notifier(),
+        Arc::clone(&metrics),
+        seen,
+    ));
+    if let Some(every) = Some(args.manifest_refresh).filter(|d| !d.is_zero()) {
+        let follower = Arc::clone(&follower);
+        match follower.is_remote() {
+            true => runtime.spawn(follower.poll_url(every)),
+            false => runtime.spawn(follower.watch_file()),
+        };
+    }
     if let Err(e) = watch_cache(core, session.notifier(), cache.root(), watching) {
         warn!(error = %e, "cannot watch the cache: files' attributes are asked for again each second");
     }
@@ -241,10 +287,15 @@ fn serve(
             tokio::select! {
                 _ = term.recv() => break Some("SIGTERM"),
                 _ = int.recv() => break Some("SIGINT"),
+                _ = hup.recv() => {
+                    let follower = Arc::clone(&follower);
+                    tokio::spawn(async move { follower.reload(Why::Asked).await });
+                }
                 _ = &mut done_rx => break None,
                 _ = tick.tick() => record.show(&cache, &[
                     ("streams", metrics.streams_json()),
                     ("sources", serde_json::json!(metrics.sources())),
+                    ("catalog", serde_json::json!(metrics.catalog())),
                 ]),
             }
         }
@@ -287,7 +338,7 @@ const FINISH_AT_END: Duration = Duration::from_secs(10);
 /// Gives back to the system what parsing the manifest and building the
 /// tree allocated and freed: glibc keeps freed memory for reuse, and for a
 /// catalog it is tens of MB the mount would hold for its whole life.
-fn release_freed_memory() {
+pub(super) fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only reads and releases the allocator's free memory.
     unsafe {
@@ -368,20 +419,7 @@ fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn umount(path: &Path) -> anyhow::Result<()> {
-    let abs = std::path::absolute(path)?;
-    match mounted_at(&abs) {
-        None => return Err(UsageError(format!("{} is not mounted", abs.display())).into()),
-        Some(m) if !m.is_ours() => {
-            return Err(UsageError(format!(
-                "{} is a {} mount of {}, not a modelfs one; not unmounting it",
-                abs.display(),
-                m.fs_type,
-                m.source
-            ))
-            .into());
-        }
-        Some(_) => {}
-    }
+    let abs = ours(path)?;
     let c = cpath(&abs)?;
     // SAFETY: c is a valid NUL-terminated path.
     if unsafe { libc::umount(c.as_ptr()) } == 0 {
@@ -402,6 +440,23 @@ pub fn umount(path: &Path) -> anyhow::Result<()> {
     match status {
         Ok(s) if s.success() => Ok(()),
         _ => Err(err).with_context(|| format!("cannot unmount {}", abs.display())),
+    }
+}
+
+/// The absolute path of `path`, a modelfs mount; a usage error if it is
+/// not one.
+pub(super) fn ours(path: &Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(path)?;
+    match mounted_at(&abs) {
+        None => Err(UsageError(format!("{} is not mounted", abs.display())).into()),
+        Some(m) if !m.is_ours() => Err(UsageError(format!(
+            "{} is a {} mount of {}, not a modelfs one",
+            abs.display(),
+            m.fs_type,
+            m.source
+        ))
+        .into()),
+        Some(_) => Ok(abs),
     }
 }
 

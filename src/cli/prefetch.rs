@@ -39,7 +39,7 @@ pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
     let manifest = Arc::new(
         args.manifest
             .load_in(args.cache.resolve().ok().as_deref(), Some(&args.sources))?
-            .0,
+            .manifest,
     );
     // Without --all, clap requires at least one id.
     let models = model_indices(&manifest, &args.models)?;

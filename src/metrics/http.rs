@@ -29,23 +29,16 @@ const CACHE_BYTES_FOR: Duration = Duration::from_secs(5);
 pub struct Endpoint {
     pub metrics: Arc<Metrics>,
     pub cache: Arc<Cache>,
-    pub models: usize,
     /// Set once the file system is mounted, cleared when it is unmounted.
     pub mounted: Arc<AtomicBool>,
     cache_bytes: tokio::sync::Mutex<Option<(Instant, u64)>>,
 }
 
 impl Endpoint {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        cache: Arc<Cache>,
-        models: usize,
-        mounted: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn new(metrics: Arc<Metrics>, cache: Arc<Cache>, mounted: Arc<AtomicBool>) -> Self {
         Endpoint {
             metrics,
             cache,
-            models,
             mounted,
             cache_bytes: tokio::sync::Mutex::new(None),
         }
@@ -136,15 +129,16 @@ async fn answer(
         );
     }
     let mounted = endpoint.mounted.load(Ordering::Acquire);
+    let catalog = endpoint.metrics.catalog();
     let health = serde_json::json!({
         "mounted": mounted,
         "cache_dir": endpoint.cache.root(),
         "cache_bytes": cache_bytes,
         "quota_bytes": endpoint.cache.quota().max_bytes,
-        "models": endpoint.models,
+        "models": catalog.as_ref().map_or(0, |c| c.models),
         "sources": endpoint.metrics.sources(),
         "streams": endpoint.metrics.streams_json(),
-        "catalog": endpoint.metrics.catalog(),
+        "catalog": catalog,
     });
     let status = if mounted {
         StatusCode::OK

@@ -31,6 +31,7 @@ const FETCH_DURATION: &str = "modelfs_fetch_duration_seconds";
 const FUSE_OPS: &str = "modelfs_fuse_ops";
 const OPENS: &str = "modelfs_opens";
 const UNCACHED_BYTES: &str = "modelfs_uncached_bytes";
+const CATALOG_RELOADS: &str = "modelfs_catalog_reloads";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
@@ -45,6 +46,11 @@ struct OpLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabel {
     mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
 }
 
 /// The last failure seen from one source.
@@ -71,6 +77,7 @@ pub struct Metrics {
     streams: streams::StreamFigures,
     sources: sources::SourceFigures,
     catalog: std::sync::Mutex<Option<Catalog>>,
+    catalog_reloads: Family<ResultLabel, Counter>,
 }
 
 /// Now, in Unix seconds.
@@ -80,8 +87,8 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The catalog a mount serves, for `/healthz`.
-#[derive(Clone, Debug, serde::Serialize)]
+/// The catalog a mount serves, for `/healthz` and `modelfs reload`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Catalog {
     /// 1 for the catalog the mount started with.
     pub generation: u64,
@@ -89,9 +96,20 @@ pub struct Catalog {
     pub loaded_at: u64,
     /// The manifest's path or URL.
     pub source: String,
-    /// Why the manifest at `source` is not what is served (a copy kept
-    /// from before is), if it is not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: usize,
+    /// Reloads tried (a signal, `modelfs reload`, a change seen), whatever
+    /// came of them.
+    pub reloads: u64,
+    /// Reloads asked for and not yet done: `modelfs reload` waits for none.
+    pub reloads_pending: u64,
+    /// The mount's process, and when it started (see
+    /// [`crate::fileio::process_started`]): whom `modelfs reload` signals.
+    pub pid: u32,
+    pub started: Option<u64>,
+    /// Why the manifest at `source` is not what is served (the catalog
+    /// from before is: the last reload failed, or a kept copy stood in at
+    /// start), if it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -114,6 +132,13 @@ impl Metrics {
         let fuse_ops = Family::<OpLabel, Counter>::default();
         let opens = Family::<ModeLabel, Counter>::default();
         let uncached_bytes = Counter::default();
+        let catalog_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            CATALOG_RELOADS,
+            "Reloads of the manifest, by result: loaded (a new catalog is served), unchanged, \
+             failed (the catalog from before stays)",
+            catalog_reloads.clone(),
+        );
         registry.register(
             FETCH_BYTES,
             "Bytes received from each source",
@@ -183,6 +208,7 @@ impl Metrics {
             streams,
             sources,
             catalog: std::sync::Mutex::new(None),
+            catalog_reloads,
         }
     }
 
@@ -249,17 +275,65 @@ impl Metrics {
         self.sources.rate(source, bytes_per_second);
     }
 
-    /// A catalog read from `source` is served from now on; `error` says why
-    /// it is a kept copy rather than what `source` holds now, if it is.
-    pub fn catalog_loaded(&self, source: &str, error: Option<String>) {
+    /// A catalog of `models` read from `source` is served from now on, at
+    /// start or by a reload; `error` says why it is a kept copy rather
+    /// than what `source` holds now, if it is.
+    pub fn catalog_loaded(&self, source: &str, models: usize, error: Option<String>) {
         let mut catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
-        let generation = catalog.as_ref().map_or(1, |c| c.generation + 1);
+        let (generation, reloads, reloads_pending) = match &*catalog {
+            Some(c) => {
+                self.counted_reload("loaded");
+                (
+                    c.generation + 1,
+                    c.reloads + 1,
+                    c.reloads_pending.saturating_sub(1),
+                )
+            }
+            None => (1, 0, 0),
+        };
+        let pid = std::process::id();
         *catalog = Some(Catalog {
             generation,
             loaded_at: unix_now(),
             source: source.to_owned(),
+            models,
+            reloads,
+            reloads_pending,
+            pid,
+            started: crate::fileio::process_started(pid),
             error,
         });
+    }
+
+    /// A reload was asked for; it counts as pending until it is done
+    /// (`catalog_loaded` or `catalog_kept`).
+    pub fn catalog_reload_asked(&self) {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = &mut *catalog {
+            c.reloads_pending += 1;
+        }
+    }
+
+    /// A reload left the catalog as it was: the manifest was unchanged
+    /// (`error` None), or it could not be had or used.
+    pub fn catalog_kept(&self, error: Option<String>) {
+        let mut catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
+        self.counted_reload(if error.is_some() {
+            "failed"
+        } else {
+            "unchanged"
+        });
+        if let Some(c) = &mut *catalog {
+            c.reloads += 1;
+            c.error = error;
+            c.reloads_pending = c.reloads_pending.saturating_sub(1);
+        }
+    }
+
+    fn counted_reload(&self, result: &'static str) {
+        self.catalog_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     pub fn catalog(&self) -> Option<Catalog> {

@@ -108,15 +108,39 @@ impl HttpSource {
         bearer: Option<&str>,
         limit: usize,
     ) -> Result<Vec<u8>, SourceError> {
+        let got = self.get_if_changed(url, bearer, limit, None).await?;
+        Ok(got.body.unwrap_or_default())
+    }
+
+    /// As [`Self::get`], unless the document still has the ETag `unless`
+    /// (a conditional request: then no body comes).
+    pub(super) async fn get_if_changed(
+        &self,
+        url: &Url,
+        bearer: Option<&str>,
+        limit: usize,
+        unless: Option<&str>,
+    ) -> Result<super::Document, SourceError> {
         let request = async {
             let mut request = self.client.get(url.clone());
             if let Some(token) = bearer {
                 request = request.bearer_auth(token);
             }
+            if let Some(etag) = unless {
+                request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+            }
             let mut response = request
                 .send()
                 .await
                 .map_err(|e| classify(&e, self.read_timeout))?;
+            let etag = response
+                .headers()
+                .get(ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if unless.is_some() && response.status() == reqwest::StatusCode::NOT_MODIFIED {
+                return Ok(super::Document { body: None, etag });
+            }
             if !response.status().is_success() {
                 return Err(refusal(&mut response, self.read_timeout).await);
             }
@@ -131,7 +155,10 @@ impl HttpSource {
                 }
                 body.extend_from_slice(&piece);
             }
-            Ok(body)
+            Ok(super::Document {
+                body: Some(body),
+                etag,
+            })
         };
         tokio::time::timeout(self.request_timeout, request)
             .await

@@ -187,18 +187,19 @@ impl Sources {
 }
 
 impl Sources {
-    /// The whole object at `location` (a manifest), at most `limit` bytes:
-    /// `http(s)://` and `s3://` only.
+    /// The whole object at `location` (a manifest), at most `limit` bytes,
+    /// unless it still has the ETag `unless`: `http(s)://` and `s3://` only.
     pub async fn document(
         &self,
         location: &Location,
         limit: usize,
-    ) -> Result<Vec<u8>, SourceError> {
+        unless: Option<&str>,
+    ) -> Result<Document, SourceError> {
         match location {
-            Location::Http(url) => self.http.get(url, None, limit).await,
+            Location::Http(url) => self.http.get_if_changed(url, None, limit, unless).await,
             Location::S3 { bucket, key } => {
                 let url = self.s3.object_url(bucket, key)?;
-                match self.http.get(&url, None, limit).await {
+                match self.http.get_if_changed(&url, None, limit, unless).await {
                     Err(SourceError::Denied { reply, .. }) => Err(SourceError::Denied {
                         reply,
                         advice: Some(self.s3.denied_advice()),
@@ -211,6 +212,14 @@ impl Sources {
             )),
         }
     }
+}
+
+/// A document read whole.
+#[derive(Debug)]
+pub struct Document {
+    /// None when it still had the ETag the request named.
+    pub body: Option<Vec<u8>>,
+    pub etag: Option<String>,
 }
 
 /// A Hugging Face repo at one revision, as its API describes it.

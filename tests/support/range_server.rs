@@ -167,6 +167,8 @@ struct Request {
     path: String,
     range: Option<(u64, Option<u64>)>,
     authorization: Option<String>,
+    /// A conditional request: answer 304 if the file still has this ETag.
+    if_none_match: Option<String>,
     /// The origin named by an absolute-form request line: the client took
     /// this server for its HTTP proxy.
     proxied_for: Option<String>,
@@ -194,6 +196,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     let path = path.split('?').next().unwrap_or_default().to_owned();
     let mut range = None;
     let mut authorization = None;
+    let mut if_none_match = None;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).ok()? == 0 {
@@ -207,6 +210,9 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         if name.eq_ignore_ascii_case("authorization") {
             authorization = Some(value.trim().to_owned());
         }
+        if name.eq_ignore_ascii_case("if-none-match") {
+            if_none_match = Some(value.trim().to_owned());
+        }
         if name.eq_ignore_ascii_case("range") {
             let spec = value.trim().strip_prefix("bytes=")?;
             let (a, b) = spec.split_once('-')?;
@@ -218,6 +224,7 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
         path,
         range,
         authorization,
+        if_none_match,
         proxied_for,
     })
 }
@@ -345,6 +352,13 @@ fn respond(
             .map_or(0, |d| d.as_nanos());
         format!("\"{size:x}-{nanos:x}\"")
     };
+    if req.if_none_match.as_deref() == Some(etag.as_str()) {
+        let _ = write!(
+            out,
+            "HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\nContent-Length: 0\r\n\r\n"
+        );
+        return true;
+    }
     let (status, start, end) = match (req.range, &fault) {
         (Some(_), Some(Fault::IgnoreRange)) | (None, _) => ("200 OK", 0, size),
         (Some((a, b)), _) => {

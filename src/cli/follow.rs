@@ -1,0 +1,248 @@
+//! A mount follows its manifest: it reloads it on SIGHUP (which `modelfs
+//! reload` sends), when the file changes (an edit in place or a rename,
+//! seen by polling its metadata), and, for one named by URL, every
+//! `--manifest-refresh` seconds with a conditional request. A manifest that
+//! cannot be had or used changes nothing: the catalog from before stays,
+//! and the log, `/healthz` and `modelfs reload` say why.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fuser::Notifier;
+use sha2::{Digest as _, Sha256};
+use tracing::{debug, info, warn};
+
+use super::remote;
+use crate::fs::ModelFs;
+use crate::fs::fuse::forget_changes;
+use crate::manifest::Manifest;
+use crate::metrics::Metrics;
+use crate::source::{Location, Sources};
+
+/// How often a manifest file's metadata is looked at. A change is acted on
+/// once the file has stayed the same for one more look, so that a file
+/// being written is not read half-way.
+pub const FILE_POLL: Duration = Duration::from_millis(500);
+
+/// What the catalog in use was read from.
+#[derive(Default)]
+pub struct Seen {
+    /// The manifest file's metadata, looked at before it was read.
+    pub file: Option<Stamp>,
+    /// The ETag of the manifest at its URL.
+    pub etag: Option<String>,
+    /// The SHA-256 of the text, if known: the same text again changes
+    /// nothing.
+    pub text: Option<[u8; 32]>,
+}
+
+/// What tells a changed file from the same one: another file renamed over
+/// it, or its size or times changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp([i64; 7]);
+
+impl Stamp {
+    pub fn of(path: &Path) -> Option<Stamp> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(Stamp([
+            m.dev() as i64,
+            m.ino() as i64,
+            m.size() as i64,
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        ]))
+    }
+}
+
+pub struct Follower {
+    /// The manifest's path or URL, as given.
+    name: PathBuf,
+    url: Option<Location>,
+    local_root: Option<PathBuf>,
+    /// Where the last good copy of a manifest named by URL is kept.
+    kept: Option<PathBuf>,
+    sources: Sources,
+    core: Arc<ModelFs>,
+    notifier: Notifier,
+    metrics: Arc<Metrics>,
+    /// Held while a reload runs: one at a time.
+    seen: tokio::sync::Mutex<Seen>,
+}
+
+/// Why a reload runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// SIGHUP, or `modelfs reload`: the manifest is read again whatever its
+    /// metadata or ETag say.
+    Asked,
+    /// The file's metadata or the URL's ETag changed.
+    Changed,
+}
+
+/// The catalog a reload left.
+enum Outcome {
+    Unchanged,
+    Loaded {
+        models: usize,
+        entries_changed: usize,
+    },
+}
+
+impl Follower {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: PathBuf,
+        local_root: Option<PathBuf>,
+        kept_in: Option<&Path>,
+        sources: Sources,
+        core: Arc<ModelFs>,
+        notifier: Notifier,
+        metrics: Arc<Metrics>,
+        seen: Seen,
+    ) -> Follower {
+        let url = remote::location(&name);
+        let kept = url
+            .as_ref()
+            .zip(kept_in)
+            .map(|(_, root)| remote::kept_path(root, &name.to_string_lossy()));
+        Follower {
+            name,
+            url,
+            local_root,
+            kept,
+            sources,
+            core,
+            notifier,
+            metrics,
+            seen: tokio::sync::Mutex::new(seen),
+        }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.url.is_some()
+    }
+
+    /// Reads the manifest again and serves it if it changed; waits for any
+    /// reload already running first.
+    pub async fn reload(&self, why: Why) {
+        self.metrics.catalog_reload_asked();
+        let mut seen = self.seen.lock().await;
+        let source = self.name.to_string_lossy();
+        match self.try_reload(&mut seen, why).await {
+            Ok(Outcome::Unchanged) => {
+                debug!(manifest = %source, "the manifest is unchanged");
+                self.metrics.catalog_kept(None);
+            }
+            Ok(Outcome::Loaded {
+                models,
+                entries_changed,
+            }) => {
+                self.metrics.catalog_loaded(&source, models, None);
+                let generation = self.metrics.catalog().map_or(0, |c| c.generation);
+                info!(
+                    manifest = %source,
+                    generation,
+                    models,
+                    entries_changed,
+                    "reloaded the manifest"
+                );
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                warn!(manifest = %source, error, "the manifest cannot be used; the catalog from before stays");
+                self.metrics.catalog_kept(Some(error));
+            }
+        }
+    }
+
+    async fn try_reload(&self, seen: &mut Seen, why: Why) -> anyhow::Result<Outcome> {
+        let text = match &self.url {
+            None => {
+                // Looked at before it is read: a change after this is seen
+                // by the next look.
+                seen.file = Stamp::of(&self.name);
+                let name = self.name.clone();
+                let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(&name));
+                read.await?
+                    .with_context(|| format!("cannot read {}", self.name.display()))?
+            }
+            Some(location) => {
+                let url = self.name.to_string_lossy();
+                let unless = seen.etag.as_deref().filter(|_| why == Why::Changed);
+                match remote::fetch_unless(&self.sources, &url, location, unless).await? {
+                    None => return Ok(Outcome::Unchanged),
+                    Some((text, etag)) => {
+                        seen.etag = etag;
+                        text
+                    }
+                }
+            }
+        };
+        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        if seen.text == Some(digest) {
+            return Ok(Outcome::Unchanged);
+        }
+        // Parsing a catalog and building its tree take a core for a second
+        // or two: off the async workers, which serve reads meanwhile.
+        let (name, root) = (self.name.clone(), self.local_root.clone());
+        let (core, notifier) = (Arc::clone(&self.core), self.notifier.clone());
+        let (kept, url) = (self.kept.clone(), self.name.to_string_lossy().into_owned());
+        let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<Outcome> {
+            let manifest = Manifest::parse_with(&name, &text, root.as_deref())?;
+            let models = manifest.models.len();
+            let changes = core.reload(Arc::new(manifest))?;
+            forget_changes(&notifier, &changes);
+            if let Some(kept) = &kept {
+                remote::keep_or_warn(&url, kept, &text);
+            }
+            super::mount::release_freed_memory();
+            Ok(Outcome::Loaded {
+                models,
+                entries_changed: changes.entries.len(),
+            })
+        });
+        let outcome = outcome.await??;
+        seen.text = Some(digest);
+        Ok(outcome)
+    }
+
+    /// Reloads when the manifest file changes, until the runtime ends.
+    pub async fn watch_file(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(FILE_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changed_to = None;
+        loop {
+            tick.tick().await;
+            let name = self.name.clone();
+            let now = tokio::task::spawn_blocking(move || Stamp::of(&name))
+                .await
+                .ok()
+                .flatten();
+            if now == self.seen.lock().await.file {
+                changed_to = None;
+            } else if now == changed_to {
+                // Changed, and settled since the last look.
+                self.reload(Why::Changed).await;
+                changed_to = None;
+            } else {
+                changed_to = now;
+            }
+        }
+    }
+
+    /// Asks the manifest's URL whether it changed, every `every`, until the
+    /// runtime ends.
+    pub async fn poll_url(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.reload(Why::Changed).await;
+        }
+    }
+}
