@@ -4,7 +4,7 @@
 # of RUNS runs, with modelfs ÷ peer ratios and whether each target holds.
 # Everything listens on 127.0.0.1 and nowhere else. Needs root (FUSE).
 # Parts: scripts/bench/common.sh (helpers), servers.sh (nginx, delay proxy, s3s-fs),
-# rows-read.sh (rows 1-7, S3), row-loader.sh (row 8), rows-catalog.sh (C1-C7),
+# rows-read.sh (rows 1-7, S3), row-loader.sh (row 8), rows-catalog.sh (C1-C9),
 # bench.py (the helpers in Python).
 # Ratios matter more than absolute numbers: these machines are shared and noisy.
 #
@@ -65,6 +65,10 @@
 #              spent cold, the kernel's share no server can lower
 #           C5-C7: BIG_CATALOG_MODELS models: manifest check (seconds, peak RSS),
 #              mount ready (the --daemon mount returns), the mount's RSS then    [no network]
+#           C8-C9: that catalog plus one model of 8 real 4 MiB files, cached, which 8
+#              readers open and read (1 MiB) in a loop while `modelfs reload` swaps in
+#              the manifest with one model more: the longest open+read during the
+#              reload (and before it), the reload's time, the mount's RSS after/before
 #
 # Knobs (environment):
 #   RUNS=3  SIZE_MB=1024  SLOW_MB=512  KILL_MB=128  KILLS=20  LOADER_MB=2048  RTT_MS=20
@@ -266,6 +270,8 @@ t_bigchk() { check "m <= 1" "m=bigchk.$1"; }
 t_bigchkrss() { check "m <= 300" "m=bigchkrss.$1"; }
 t_bigready() { check "m <= 1" "m=bigready.$1"; }
 t_bigrss() { check "m <= 150" "m=bigrss.$1"; }
+t_reloadwait() { check "m <= 50" "m=reloadwait.$1"; }
+t_reloadrss() { check "m <= 1.3" "m=reloadrss.$1"; }
 kill_max=$(awk -v s="$kill_mb" -v k="$kills" 'BEGIN { printf "%.0f", s + 3.2 * k }')
 # Every run's bytes must have been intact, and every kill done.
 t_kill() {
@@ -319,6 +325,13 @@ main_table() {
     line C5 "… its peak RSS" – MB bigchkrss "≤ 300 MB" t_bigchkrss
     line C6 "mount ready, ${big_catalog_models} models (the --daemon mount returns)" – s bigready "≤ 1 s" t_bigready
     line C7 "RSS of that mount once ready" – MB bigrss "≤ 150 MB (≤ 512 B a file)" t_bigrss
+    line C8 "reload of the ${big_catalog_models}-model manifest (one model added) while 8 readers open and read 1 MiB of cached files: the longest such read begun during the swap" – ms reloadwait "≤ 50 ms" t_reloadwait
+    line C8 "… the longest overlapping the swap (begun before it, while the next catalog was built beside the readers)" – ms reloadover "–" ""
+    line C8 "… the swap itself (pointer, kernel told, old catalog freed, memory given back)" – ms reloadswap "–" ""
+    line C8 "… the longest during the whole reload (parse and build run beside the readers, on these cores)" – ms reloadall "–" ""
+    line C8 "… the longest before the reload" – ms reloadbase "–" ""
+    line C8 "… modelfs reload, asked to done" – s reloadtook "–" ""
+    line C9 "the mount's RSS after the reload / before" – ratio reloadrss "≤ 1.3" t_reloadrss
 }
 main_lines=$(main_table)
 if [ -n "$main_lines" ]; then

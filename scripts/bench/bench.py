@@ -196,6 +196,68 @@ def gen_catalog(n, manifest, local=""):
                     with open(os.path.join(local, mid, name), "wb") as g:
                         g.truncate(1 << 20)
 
+def reload_reads(mnt, model_dir, manifest, pid, modelfs, log, readers="8"):
+    """Readers open and read cached files of the mount in a loop while the
+    mount reloads its manifest (one model appended). Prints the longest
+    open + 1 MiB read of any reader begun during the swap (the `swap_ms`
+    before the mount's log line), overlapping it, during the whole
+    reload and before it (ms), how long `modelfs reload` took (s), and the
+    mount's RSS before and after it (MB)."""
+    import datetime, multiprocessing, random, re, subprocess
+    multiprocessing = multiprocessing.get_context("fork")  # the readers are closures
+    files = [os.path.join(model_dir, f) for f in sorted(os.listdir(model_dir))]
+    stop = multiprocessing.Event()
+    out = multiprocessing.Queue()
+
+    def reader(seed):
+        rnd, seen = random.Random(int(seed)), []
+        while not stop.is_set():
+            path = rnd.choice(files)
+            t = time.time()
+            fd = os.open(path, os.O_RDONLY)
+            size = os.fstat(fd).st_size
+            os.pread(fd, 1 << 20, rnd.randrange(0, max(1, size - (1 << 20))))
+            os.close(fd)
+            seen.append((t, time.time() - t))
+        out.put(seen)
+
+    def rss():
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(l.split()[1]) * 1024 / 1e6 for l in f if l.startswith("VmRSS"))
+
+    procs = [multiprocessing.Process(target=reader, args=(i,)) for i in range(int(readers))]
+    for p in procs:
+        p.start()
+    time.sleep(2)
+    before = rss()
+    with open(manifest, "a") as f:
+        h = hashlib.sha256(b"added").hexdigest()
+        f.write(f'\n[[model]]\nid = "added"\nsources = ["http://127.0.0.1:9/added"]\n'
+                f'\n[[model.file]]\npath = "w.bin"\nsize = 1048576\nsha256 = "{h}"\n')
+    start = time.time()
+    subprocess.run([modelfs, "reload", mnt], check=True, stdout=subprocess.DEVNULL)
+    end = time.time()
+    if not os.path.exists(os.path.join(mnt, "added")):
+        sys.exit("the added model is not listed after the reload")
+    time.sleep(1)
+    stop.set()
+    seen = [s for _ in procs for s in out.get()]
+    for p in procs:
+        p.join()
+    after = rss()
+    line = [l for l in open(log) if "reloaded the manifest" in l][-1]
+    logged = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+    swap = float(re.search(r"swap_ms=([0-9.]+)", line).group(1)) / 1000
+    overlapping = lambda a, b: max([d for t, d in seen if t <= b and t + d >= a] or [0])
+    # The line is logged a moment after the swap ends: 10 ms of slack.
+    swap_from, swap_to = logged - swap - 0.01, logged
+    began_in_swap = max([d for t, d in seen if swap_from <= t <= swap_to] or [0])
+    worst_swap = overlapping(swap_from, swap_to)
+    worst = overlapping(start, end)
+    base = max(d for t, d in seen if t + d < start)
+    print(f"{began_in_swap * 1000:.1f} {worst_swap * 1000:.1f} {worst * 1000:.1f} {base * 1000:.1f} "
+          f"{end - start:.3f} {swap * 1000:.1f} {before:.1f} {after:.1f}")
+
 def peak(*cmd):
     """seconds a command took and its peak RSS in MB; fails if it did"""
     import resource, subprocess

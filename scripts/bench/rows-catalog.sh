@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Rows C1-C7 of scripts/bench.sh (sourced by it): a generated catalog listed
+# Rows C1-C9 of scripts/bench.sh (sourced by it): a generated catalog listed
 # through a mount and a big one checked and mounted. No network: the sources
 # are never asked.
 # shellcheck disable=SC2154 # globals set by bench.sh: work, runs, whos, catalog_models...
@@ -63,7 +63,35 @@ row_catalog() {
             else fail "bigready.$who"; fi
             rm -rf "$work/cache-$who"
         done
+        reload_under_readers
     done
     return 0
+}
+# C8-C9: the big catalog with one model of real files, cached, which 8
+# readers open and read while the mount reloads its manifest. The mount of
+# this tree only: a baseline from before reloads has none.
+reload_under_readers() {
+    local v dir=$work/reload-model
+    if [ ! -d "$dir" ]; then
+        mkdir -p "$dir"
+        for i in 1 2 3 4 5 6 7 8; do head -c $((4 << 20)) /dev/urandom > "$dir/w$i.bin"; done
+    fi
+    { cat "$work/man/big-catalog.toml"; echo; "$modelfs" manifest build "$dir" --id real --source "file://$dir"; } > "$work/man/reload.toml"
+    rm -rf "$work/cache-reload"
+    mount_mfs "$modelfs" "$work/mnt" "$work/man/reload.toml" "$work/cache-reload" || { fail reloadwait.mfs; return 0; }
+    cat "$work/mnt/real/"* > /dev/null
+    if v=$(py reload-reads "$work/mnt" "$work/mnt/real" "$work/man/reload.toml" "$mfs_pid" "$modelfs" "$work/logs/mount-$n.log"); then
+        read -r began swap during base took swap_ms before after <<< "$v"
+        put reloadwait.mfs "$began"
+        put reloadover.mfs "$swap"
+        put reloadall.mfs "$during"
+        put reloadbase.mfs "$base"
+        put reloadtook.mfs "$took"
+        put reloadswap.mfs "$swap_ms"
+        put reloadrss.mfs "$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.2f", a / b }')"
+        log "  reload: RSS $before MB before, $after MB after"
+    else fail reloadwait.mfs; fi
+    umount_mfs "$work/mnt"
+    rm -rf "$work/cache-reload"
 }
 

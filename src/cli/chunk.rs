@@ -59,7 +59,7 @@ pub fn chunk(args: ChunkArgs) -> anyhow::Result<i32> {
             if entry.is_chunked() {
                 continue;
             }
-            let target = Target::new(Arc::clone(&manifest), m, f);
+            let target = Target::of(&manifest, m, f);
             let blob = runtime.block_on(fetcher.fetch_file(&target, &|_| {}))?;
             let file = blob
                 .complete_file()

@@ -8,7 +8,7 @@
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fuser::Notifier;
@@ -90,7 +90,17 @@ enum Outcome {
     Loaded {
         models: usize,
         entries_changed: usize,
+        times: Times,
     },
+}
+
+/// How long each step of a reload took. Only the swap is one requests
+/// could notice: the pointer swapped, the kernel told, the catalog before
+/// freed and its memory given back.
+struct Times {
+    parse: Duration,
+    build: Duration,
+    swap: Duration,
 }
 
 impl Follower {
@@ -141,6 +151,7 @@ impl Follower {
             Ok(Outcome::Loaded {
                 models,
                 entries_changed,
+                times,
             }) => {
                 self.metrics.catalog_loaded(&source, models, None);
                 let generation = self.metrics.catalog().map_or(0, |c| c.generation);
@@ -149,6 +160,9 @@ impl Follower {
                     generation,
                     models,
                     entries_changed,
+                    parse_ms = times.parse.as_millis() as u64,
+                    build_ms = times.build.as_millis() as u64,
+                    swap_ms = times.swap.as_secs_f64() * 1e3,
                     "reloaded the manifest"
                 );
             }
@@ -192,21 +206,46 @@ impl Follower {
         let (name, root) = (self.name.clone(), self.local_root.clone());
         let (core, notifier) = (Arc::clone(&self.core), self.notifier.clone());
         let (kept, url) = (self.kept.clone(), self.name.to_string_lossy().into_owned());
-        let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<Outcome> {
-            let manifest = Manifest::parse_with(&name, &text, root.as_deref())?;
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let build = move || -> anyhow::Result<Outcome> {
+            let began = Instant::now();
+            let before = core.manifest();
+            let manifest = Manifest::parse_after(&name, &text, root.as_deref(), Some(&before))?;
+            drop(before);
             let models = manifest.models.len();
-            let changes = core.reload(Arc::new(manifest))?;
+            let parsed = Instant::now();
+            let next = core.prepare(Arc::new(manifest))?;
+            let built = Instant::now();
+            let changes = core.swap(next);
             forget_changes(&notifier, &changes);
+            crate::fs::give_back_freed_memory();
+            let swapped = Instant::now();
             if let Some(kept) = &kept {
                 remote::keep_or_warn(&url, kept, &text);
             }
-            super::mount::release_freed_memory();
             Ok(Outcome::Loaded {
                 models,
                 entries_changed: changes.entries.len(),
+                times: Times {
+                    parse: parsed - began,
+                    build: built - parsed,
+                    swap: swapped - built,
+                },
             })
-        });
-        let outcome = outcome.await??;
+        };
+        // A thread of its own, at the lowest priority (the threads that
+        // parse for it inherit it): a reload is background work.
+        std::thread::Builder::new()
+            .name("modelfs-reload".into())
+            .spawn(move || {
+                // SAFETY: setpriority changes only this thread's nice value.
+                if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+                    debug!(error = %std::io::Error::last_os_error(), "the reload runs at normal priority");
+                }
+                let _ = done.send(build());
+            })
+            .context("cannot start a thread to reload")?;
+        let outcome = outcome.await.context("the reload's thread ended early")??;
         seen.text = Some(digest);
         Ok(outcome)
     }

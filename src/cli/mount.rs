@@ -208,7 +208,7 @@ fn serve(
             grace: args.stream_grace,
         },
     ));
-    release_freed_memory();
+    crate::fs::give_back_freed_memory();
     let adapter = FuseAdapter::new(Arc::clone(&core), runtime.handle().clone(), mtime);
 
     let mut config = fuser::Config::default();
@@ -334,17 +334,6 @@ const FUSE_THREADS: usize = 8;
 /// How long an unmount waits for the whole-file checks deferred while
 /// loaders loaded (about 1.5 GB/s of hashing per core).
 const FINISH_AT_END: Duration = Duration::from_secs(10);
-
-/// Gives back to the system what parsing the manifest and building the
-/// tree allocated and freed: glibc keeps freed memory for reuse, and for a
-/// catalog it is tens of MB the mount would hold for its whole life.
-pub(super) fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only reads and releases the allocator's free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// A sequential reader's kernel readahead, and so each FUSE read request,
 /// is 128 KiB by default: eight requests (and replies) per MiB. The kernel

@@ -101,7 +101,7 @@ async fn prefetch_model(
     bar.set_prefix(spec.id.clone());
     // One stream for the whole model, in the manifest's order.
     let targets: Vec<Target> = (0..spec.files.len())
-        .map(|f| Target::new(Arc::clone(manifest), model, f))
+        .map(|f| Target::of(manifest, model, f))
         .collect();
     let results = fetcher.fetch_files(&targets, &|n| bar.inc(n)).await;
     bar.finish();

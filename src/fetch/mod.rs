@@ -37,7 +37,7 @@ use crate::cache::chunk_map::PROGRESS_UNIT;
 use crate::cache::{Blob, BlobKey, Cache, ChunkClaim};
 use crate::fileio::blocking;
 use crate::hash::Digest;
-use crate::manifest::{FileEntry, Manifest};
+use crate::manifest::{FileEntry, Manifest, Model};
 use crate::metrics::Metrics;
 use crate::source::{Location, Source};
 use flight::{ChunkFlights, Flights, Lead, Next, Seen, join_flight};
@@ -72,42 +72,42 @@ pub enum Urgency {
 /// One file of one model of a manifest.
 #[derive(Clone)]
 pub struct Target {
-    manifest: Arc<Manifest>,
-    model: usize,
+    /// Its model alone, not the manifest: a file open for days must not
+    /// keep every catalog a reload replaced meanwhile.
+    model: Arc<Model>,
     file: usize,
 }
 
 impl Target {
-    pub fn new(manifest: Arc<Manifest>, model: usize, file: usize) -> Self {
-        Target {
-            manifest,
-            model,
-            file,
-        }
+    pub fn new(model: Arc<Model>, file: usize) -> Self {
+        Target { model, file }
+    }
+
+    /// File `file` of model `model` of `manifest`.
+    pub fn of(manifest: &Manifest, model: usize, file: usize) -> Self {
+        Target::new(Arc::clone(&manifest.models[model]), file)
     }
 
     pub fn model_id(&self) -> &str {
-        &self.manifest.models[self.model].id
+        &self.model.id
     }
 
-    /// Indices of the model and the file in the manifest.
-    pub fn indices(&self) -> (usize, usize) {
-        (self.model, self.file)
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
     }
 
-    /// The manifest the file is from: the catalog it was opened in, which
-    /// a reload may have replaced since.
-    pub fn manifest(&self) -> &Arc<Manifest> {
-        &self.manifest
+    /// Index of the file in its model.
+    pub fn file_index(&self) -> usize {
+        self.file
     }
 
     pub fn entry(&self) -> &FileEntry {
-        &self.manifest.models[self.model].files[self.file]
+        &self.model.files[self.file]
     }
 
     /// Where the file is fetched from, in order.
     pub fn locations(&self) -> Vec<Location> {
-        self.manifest.models[self.model].locations(self.entry())
+        self.model.locations(self.entry())
     }
 }
 

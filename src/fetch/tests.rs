@@ -68,7 +68,7 @@ impl Setup {
         script: impl FnOnce(Scripted, &Location, &Location) -> Scripted,
     ) -> Setup {
         let manifest = manifest(&data, chunk_hashes);
-        let target = Target::new(Arc::clone(&manifest), 0, 0);
+        let target = Target::of(&manifest, 0, 0);
         let locations = target.locations();
         let (a, b) = (&locations[0], &locations[1]);
         let source = Arc::new(script(Scripted::new(&[a, b], &data), a, b));

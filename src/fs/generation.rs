@@ -4,7 +4,8 @@
 //! the next, never a mix, and none waits while the next is built.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use super::tree::{Changes, Kind, Layout, OutOfInodes, Tree};
 use crate::hash::Digest;
@@ -69,6 +70,10 @@ impl Generation {
     }
 }
 
+/// How long a reload waits for the requests under way with the generation
+/// it replaced to end.
+const OLD_REQUESTS_END: Duration = Duration::from_secs(1);
+
 /// The generation in use, and the making of the next.
 pub struct Catalog {
     now: RwLock<Arc<Generation>>,
@@ -94,18 +99,68 @@ impl Catalog {
         Arc::clone(&self.now.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Builds the generation of `manifest` and puts it in use; says what
-    /// changed. Reloads run one at a time; requests go on meanwhile with
-    /// the generation before, which is freed once the last one ends.
-    pub fn replace(&self, manifest: Arc<Manifest>) -> Result<Changes, OutOfInodes> {
-        let mut next_ino = self.next_ino.lock().unwrap_or_else(|p| p.into_inner());
+    /// Builds the generation of `manifest` beside the one in use, numbered
+    /// after it; [`Catalog::swap`] puts it in use. Reloads run one at a
+    /// time: the next is prepared and swapped under one lock.
+    pub fn prepare(&self, manifest: Arc<Manifest>) -> Result<Next<'_>, OutOfInodes> {
+        let next_ino = self.next_ino.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.now();
         let mut tree = Tree::build(&manifest, self.layout);
         let mut next = *next_ino;
         let changes = tree.carry(&manifest, &old.tree, &old.manifest, &mut next)?;
-        let new = Arc::new(Generation::new(manifest, tree));
-        *self.now.write().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(Next {
+            generation: Arc::new(Generation::new(manifest, tree)),
+            changes,
+            next_ino: (next_ino, next),
+        })
+    }
+
+    /// Puts `next` in use; says what changed. Requests under way go on
+    /// with the generation before, which is freed once they end.
+    pub fn swap(&self, next: Next<'_>) -> Changes {
+        let Next {
+            generation,
+            changes,
+            next_ino: (mut next_ino, next),
+        } = next;
+        let replaced = std::mem::replace(
+            &mut *self.now.write().unwrap_or_else(|p| p.into_inner()),
+            generation,
+        );
         *next_ino = next;
-        Ok(changes)
+        // Freed here, not by whichever request ends last, so that the caller
+        // can give the memory back: requests hold a generation for
+        // microseconds; one that takes longer frees it itself.
+        let deadline = Instant::now() + OLD_REQUESTS_END;
+        while Arc::strong_count(&replaced) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(replaced);
+        changes
+    }
+}
+
+/// Gives back to the system what building or replacing a catalog left
+/// free: glibc keeps freed memory for reuse, and for a catalog it is tens
+/// of MB the mount would hold for its whole life.
+pub fn give_back_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only reads and releases the allocator's free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A generation built to replace the one in use.
+pub struct Next<'a> {
+    generation: Arc<Generation>,
+    changes: Changes,
+    /// Held from the build to the swap, and the number to go on from.
+    next_ino: (MutexGuard<'a, u64>, u64),
+}
+
+impl Next<'_> {
+    pub fn manifest(&self) -> &Arc<Manifest> {
+        &self.generation.manifest
     }
 }

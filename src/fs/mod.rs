@@ -27,6 +27,7 @@ use crate::hash::Digest;
 use crate::manifest::Manifest;
 use crate::manifest::weights::LARGE_FILE;
 use generation::{Catalog, Generation};
+pub use generation::{Next as NextCatalog, give_back_freed_memory};
 use streams::{STREAM_AFTER, Streams};
 use tree::{Kind, ROOT};
 
@@ -193,13 +194,18 @@ impl ModelFs {
         Arc::clone(&self.catalog.now().manifest)
     }
 
-    /// Serves `manifest` from now on: one catalog swapped for the next, in
+    /// Builds the catalog of `manifest` beside the one served; nothing
+    /// changes until [`ModelFs::swap`].
+    pub fn prepare(&self, manifest: Arc<Manifest>) -> Result<NextCatalog<'_>, OutOfInodes> {
+        self.catalog.prepare(manifest)
+    }
+
+    /// Serves `next` from now on: one catalog swapped for the next, in
     /// whole. Files open keep reading what they opened; see [`Changes`]
     /// for what the kernel must forget.
-    pub fn reload(&self, manifest: Arc<Manifest>) -> Result<Changes, OutOfInodes> {
-        let changes = self.catalog.replace(Arc::clone(&manifest))?;
-        self.cache.set_catalog(manifest);
-        Ok(changes)
+    pub fn swap(&self, next: NextCatalog<'_>) -> Changes {
+        self.cache.set_catalog(Arc::clone(next.manifest()));
+        self.catalog.swap(next)
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
@@ -347,7 +353,7 @@ impl ModelFs {
         if write {
             return Err(FsError::ReadOnly);
         }
-        let target = Target::new(Arc::clone(&g.manifest), model, file);
+        let target = Target::of(&g.manifest, model, file);
         let blob = self.cache.open_blob(target.entry())?;
         // A previous run may have verified every chunk but stopped before the final check.
         self.finish_if_verified(&target, &blob);
@@ -380,7 +386,7 @@ impl ModelFs {
         let files = &manifest.models[model].files;
         for file in (0..files.len()).filter(|&f| files[f].size <= LARGE_FILE) {
             let fetcher = Arc::clone(&self.fetcher);
-            let target = Target::new(Arc::clone(manifest), model, file);
+            let target = Target::of(manifest, model, file);
             self.runtime.spawn(async move {
                 if let Err(e) = fetcher.fetch_file(&target, &|_| {}).await {
                     debug!(file = %target, error = %e, "a small file was not fetched ahead; a read of it will try");

@@ -196,7 +196,7 @@ impl Streams {
     pub fn start(self: &Arc<Self>, reading: &Target) {
         let model = reading.model_id();
         self.loading(model);
-        let spec = &reading.manifest().models[reading.indices().0];
+        let spec = reading.model();
         if !self.config.enabled || !spec.stream {
             return;
         }
@@ -275,8 +275,7 @@ impl Streams {
 /// at local speed (a cold 2 GiB load in 4 shards: 4.0-4.2 s with it,
 /// 2.8-3.4 s without, cat of the shards 2.6 and 2.2-2.4 s). Blocking.
 fn files_to_stream(reading: &Target, cache: &Cache) -> Vec<Streamed> {
-    let (manifest, (model, reading)) = (reading.manifest(), reading.indices());
-    let spec = &manifest.models[model];
+    let (spec, reading) = (reading.model(), reading.file_index());
     // An index JSON is read if it is cached (its model's small files are
     // fetched at the first open, before a loader reads a weight).
     let index = |i: usize| {
@@ -293,7 +292,7 @@ fn files_to_stream(reading: &Target, cache: &Cache) -> Vec<Streamed> {
         .into_iter()
         .filter(|&file| file != reading)
         .filter_map(|file| {
-            let target = Target::new(Arc::clone(manifest), model, file);
+            let target = Target::new(Arc::clone(spec), file);
             match cache.open_blob(target.entry()) {
                 Ok(blob) => Some(Streamed { target, blob }),
                 Err(e) => {

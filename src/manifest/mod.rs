@@ -10,6 +10,7 @@ pub mod weights;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use build::{BuildError, BuildOptions, build_entry};
 pub use hub::build_hub_entry;
@@ -31,7 +32,13 @@ pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
 #[derive(Debug)]
 pub struct Manifest {
     pub path: PathBuf,
-    pub models: Vec<Model>,
+    /// Each shared: a file open holds its model, not the whole catalog,
+    /// which a reload may replace while the file stays open for days; and
+    /// a reload shares the models whose text did not change.
+    pub models: Vec<Arc<Model>>,
+    /// The digest of each model's part of the text, when it was parsed in
+    /// parts (a large native manifest): what a reload compares.
+    parts: Vec<raw::PartDigest>,
 }
 
 #[derive(Debug)]
@@ -156,6 +163,17 @@ impl Manifest {
         text: &str,
         local_root: Option<&Path>,
     ) -> Result<Manifest, ManifestError> {
+        Self::parse_after(path, text, local_root, None)
+    }
+
+    /// As [`Manifest::parse_with`], sharing with `before` (the manifest
+    /// this one replaces) the models whose text is the same.
+    pub fn parse_after(
+        path: &Path,
+        text: &str,
+        local_root: Option<&Path>,
+        before: Option<&Manifest>,
+    ) -> Result<Manifest, ManifestError> {
         let models = if orchestrator::detect(text) {
             orchestrator::parse(text, local_root).and_then(|models| {
                 models
@@ -169,17 +187,28 @@ impl Manifest {
                             file.component = component.map(String::into_boxed_str);
                             file.optional = optional;
                         }
-                        Ok(model)
+                        Ok(Arc::new(model))
                     })
-                    .collect()
+                    .collect::<Result<_, _>>()
+                    .map(|models| (models, Vec::new()))
             })
         } else {
-            raw::parse(text)
+            let before: raw::Parts = before
+                .map(|b| {
+                    b.parts
+                        .iter()
+                        .copied()
+                        .zip(b.models.iter().cloned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            raw::parse(text, &before)
         };
         models
-            .map(|models| Manifest {
+            .map(|(models, parts)| Manifest {
                 path: path.to_owned(),
                 models,
+                parts,
             })
             .map_err(|e| e.locate(path, text))
     }

@@ -168,7 +168,7 @@ mod tests {
     use crate::manifest::Manifest;
 
     /// A model of `(path, size)` files.
-    fn model(files: &[(&str, u64)]) -> Model {
+    fn model(files: &[(&str, u64)]) -> std::sync::Arc<Model> {
         let mut text =
             String::from("version = 1\n[[model]]\nid = \"m\"\nsources = [\"file:///srv\"]\n");
         for (path, size) in files {

@@ -378,6 +378,36 @@ fn a_large_manifest_is_read_in_parts_as_it_would_be_whole() {
 }
 
 #[test]
+fn a_reload_shares_the_models_whose_text_is_the_same() {
+    let text = catalog("", 8000);
+    let before = parse(&text).unwrap();
+    // m10 changes, m8000 comes, m20 goes.
+    let now = text
+        .replace(
+            "id = \"m10\"\nsources = [\"file:///srv\"]",
+            "id = \"m10\"\nsources = [\"file:///other\"]",
+        )
+        .replace(
+            "\n[[model]]\nid = \"m20\"\n",
+            "\n[[model]]\nid = \"m8000\"\n",
+        );
+    let after = Manifest::parse_after(Path::new("models.toml"), &now, None, Some(&before)).unwrap();
+    assert_eq!(after.models.len(), 8000);
+    let shared = |i: usize| std::sync::Arc::ptr_eq(&before.models[i], &after.models[i]);
+    assert!(shared(0) && shared(11) && shared(7999));
+    assert!(!shared(10) && !shared(20));
+    assert_eq!(after.models[10].sources[0].to_string(), "file:///other");
+    assert_eq!(after.models[20].id, "m8000");
+    // As it would be read alone.
+    let alone = parse(&now).unwrap();
+    assert_eq!(format!("{:?}", alone.models), format!("{:?}", after.models));
+    // A reload's text is checked whole all the same.
+    let dup = now.replace("id = \"m30\"", "id = \"m31\"");
+    let e = Manifest::parse_after(Path::new("models.toml"), &dup, None, Some(&after)).unwrap_err();
+    assert!(e.message.contains("duplicate model id"), "{e}");
+}
+
+#[test]
 fn local_sources_belong_to_the_orchestrators_format() {
     let model = one_file("").replace("http://127.0.0.1:1/m", "local://m");
     fails(&model, 4, "model[0].sources", "orchestrator");
