@@ -352,3 +352,58 @@ fn the_hub_cache_layout_follows_a_reload() {
     assert!(fs::read(snapshot).unwrap() == new);
     assert_eq!(listed(&repo.join("blobs")), [sha256_hex(&new)]);
 }
+
+/// The same from an S3-compatible store: polls signed as the sources are.
+#[test]
+fn a_manifest_in_a_bucket_is_followed() {
+    let c = Catalog::new();
+    c.ws.add_file("bucket/a", "w.bin", &sample_bytes(MIB as usize, 1));
+    let b = sample_bytes(MIB as usize, 2);
+    c.ws.add_file("bucket/b", "w.bin", &b);
+    let s3 = support::s3_server::S3Server::start(&c.ws.models());
+    let entry = |dir: &str, id: &str| {
+        c.ws.entry(
+            &format!("bucket/{dir}"),
+            id,
+            &[format!("s3://bucket/{dir}")],
+            MIB,
+        )
+    };
+    let catalog = c.ws.models().join("bucket/catalog.toml");
+    fs::write(&catalog, format!("version = 1\n\n{}", entry("a", "a@1"))).unwrap();
+    let env: Vec<(&str, String)> = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let addr = free_addr();
+    let m = Mount::start_with_env(
+        &c.ws,
+        &[
+            "-m",
+            "s3://bucket/catalog.toml",
+            "--manifest-refresh",
+            "1",
+            "--metrics-addr",
+            &addr,
+        ],
+        &env,
+    );
+    assert_eq!(listed(&m.mountpoint), ["a@1"]);
+    wait_for("two polls", || {
+        healthz(&addr)["catalog"]["reloads"].as_u64() >= Some(2)
+    });
+    assert_eq!(healthz(&addr)["catalog"]["generation"], 1);
+    assert!(healthz(&addr)["catalog"].get("error").is_none());
+    // s3s-fs answers a conditional GetObject whole (S3 itself says 304):
+    // the same text again is not built again.
+    assert!(m.log_text().contains("the manifest is unchanged"));
+    fs::write(
+        &catalog,
+        format!(
+            "version = 1\n\n{}\n{}",
+            entry("a", "a@1"),
+            entry("b", "b@1")
+        ),
+    )
+    .unwrap();
+    wait_for("the change to be served", || m.path("b@1").exists());
+    assert!(fs::read(m.path("b@1/w.bin")).unwrap() == b);
+}

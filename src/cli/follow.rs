@@ -189,7 +189,10 @@ impl Follower {
                 let url = self.name.to_string_lossy();
                 let unless = seen.etag.as_deref().filter(|_| why == Why::Changed);
                 match remote::fetch_unless(&self.sources, &url, location, unless).await? {
-                    None => return Ok(Outcome::Unchanged),
+                    None => {
+                        debug!(manifest = %url, "not modified since it was fetched");
+                        return Ok(Outcome::Unchanged);
+                    }
                     Some((text, etag)) => {
                         seen.etag = etag;
                         text
