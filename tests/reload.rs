@@ -250,6 +250,15 @@ fn a_manifest_that_cannot_be_used_changes_nothing() {
         assert!(fs::read(m.path("a@1/w.bin")).unwrap() == a);
     }
     assert!(m.log_text().contains("the catalog from before stays"));
+    // `status` (given a manifest it can read) says so too, from the
+    // mount's record.
+    let good_copy = c.ws.path("good.toml");
+    fs::write(&good_copy, &good).unwrap();
+    wait_for("status to show the error", || {
+        let text =
+            c.ws.run_ok(&["status".as_ref(), "-m".as_ref(), good_copy.as_ref()]);
+        text.contains("catalog: generation 1, 1 models, 2 reloads; not served:")
+    });
 
     // Mended: served, and the error is gone.
     fs::write(&manifest, format!("{good}\n{}", c.entry("b", "b@1"))).unwrap();

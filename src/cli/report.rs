@@ -244,6 +244,9 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
             mount["mountpoint"].as_str().unwrap_or("?"),
             mount["pid"]
         )?;
+        if mount["catalog"].is_object() {
+            writeln!(out, "  {}", describe_catalog(&mount["catalog"]))?;
+        }
         for (model, stream) in mount["streams"].as_object().into_iter().flatten() {
             writeln!(out, "  {}", describe_stream(model, stream))?;
         }
@@ -268,6 +271,22 @@ fn describe_stream(model: &str, stream: &serde_json::Value) -> String {
         format_size(stream["rate_bytes_per_second"].as_f64().unwrap_or(0.0) as u64),
         stream["seconds"].as_f64().unwrap_or(0.0),
     )
+}
+
+/// One line for the catalog a mount serves: which generation, of how many
+/// models, and why the manifest's text now is not it, if it is not.
+fn describe_catalog(catalog: &serde_json::Value) -> String {
+    let number = |key: &str| catalog[key].as_u64().unwrap_or(0);
+    let mut line = format!(
+        "catalog: generation {}, {} models, {} reloads",
+        number("generation"),
+        number("models"),
+        number("reloads")
+    );
+    if let Some(error) = catalog["error"].as_str() {
+        line += &format!("; not served: {error}");
+    }
+    line
 }
 
 /// One line for a source of a mount's record: its rate, the requests that
