@@ -335,6 +335,27 @@ fn a_manifest_at_a_url_is_followed_and_unchanged_polls_send_no_body() {
     assert_eq!(healthz(&addr)["catalog"]["generation"], 2);
     server.set_always(None);
     assert_eq!(listed(&m.mountpoint), ["a@1", "b@1"]);
+
+    // A text that does not validate: refused, and still refused at the
+    // polls after (its ETag is not taken as the catalog's).
+    fs::write(
+        &catalog,
+        "version = 1
+
+[[model]
+",
+    )
+    .unwrap();
+    let error = || {
+        let catalog = healthz(&addr)["catalog"].clone();
+        let error = catalog["error"].as_str().unwrap_or_default().to_owned();
+        (catalog["reloads"].as_u64().unwrap(), error)
+    };
+    wait_for("the bad text to be refused", || error().1.contains(":3:"));
+    let (reloads, _) = error();
+    wait_for("two polls more", || error().0 >= reloads + 2);
+    assert!(error().1.contains(":3:"), "{:?}", error());
+    assert_eq!(healthz(&addr)["catalog"]["generation"], 2);
 }
 
 #[test]
@@ -351,9 +372,13 @@ fn the_hub_cache_layout_follows_a_reload() {
     let repo = m.path("models--org--name");
     let old_rev = fs::read_to_string(repo.join("refs/main")).unwrap();
     assert_eq!(listed(&repo.join("snapshots")), [old_rev.as_str()]);
+    let mut open_ref = fs::File::open(repo.join("refs/main")).unwrap();
 
     c.ws.write_manifest(&[with_repo("v2")]);
     assert!(c.reload(&m).status.success());
+    let mut kept = String::new();
+    open_ref.read_to_string(&mut kept).unwrap();
+    assert_eq!(kept, old_rev, "refs/main open before reads what it opened");
     let rev = fs::read_to_string(repo.join("refs/main")).unwrap();
     assert_ne!(rev, old_rev, "a new revision for new content");
     assert_eq!(listed(&repo.join("snapshots")), [rev.as_str()]);

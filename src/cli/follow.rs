@@ -27,15 +27,19 @@ use crate::source::{Location, Sources};
 /// being written is not read half-way.
 pub const FILE_POLL: Duration = Duration::from_millis(500);
 
-/// What the catalog in use was read from.
+/// What the catalog in use was read from, and what was last looked at.
 #[derive(Default)]
 pub struct Seen {
-    /// The manifest file's metadata, looked at before it was read.
-    pub file: Option<Stamp>,
-    /// The ETag of the manifest at its URL.
+    /// The manifest file's metadata when a reload last looked (or the
+    /// mount started): the watch acts when it changes.
+    pub looked: Option<Stamp>,
+    /// The manifest file's metadata when the text served was read: the
+    /// same again is the same text.
+    pub served: Option<Stamp>,
+    /// The ETag of the text served, from its URL.
     pub etag: Option<String>,
-    /// The SHA-256 of the text, if known: the same text again changes
-    /// nothing.
+    /// The SHA-256 of the text served, if known: the same text again
+    /// changes nothing.
     pub text: Option<[u8; 32]>,
 }
 
@@ -137,10 +141,15 @@ impl Follower {
         self.url.is_some()
     }
 
-    /// Reads the manifest again and serves it if it changed; waits for any
-    /// reload already running first.
-    pub async fn reload(&self, why: Why) {
+    /// Counts a reload as pending, to be run by [`Follower::reload`]: at
+    /// once when it is asked for, so that `modelfs reload` waits for it.
+    pub fn asked(&self) {
         self.metrics.catalog_reload_asked();
+    }
+
+    /// Reads the manifest again and serves it if it changed; waits for any
+    /// reload already running first. [`Follower::asked`] came first.
+    pub async fn reload(&self, why: Why) {
         let mut seen = self.seen.lock().await;
         let source = self.name.to_string_lossy();
         match self.try_reload(&mut seen, why).await {
@@ -175,11 +184,17 @@ impl Follower {
     }
 
     async fn try_reload(&self, seen: &mut Seen, why: Why) -> anyhow::Result<Outcome> {
+        // What the text read now was read from: set as served once it is.
+        let (mut stamp, mut etag) = (None, None);
         let text = match &self.url {
             None => {
                 // Looked at before it is read: a change after this is seen
                 // by the next look.
-                seen.file = Stamp::of(&self.name);
+                stamp = Stamp::of(&self.name);
+                seen.looked = stamp.clone();
+                if stamp.is_some() && stamp == seen.served {
+                    return Ok(Outcome::Unchanged);
+                }
                 let name = self.name.clone();
                 let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(&name));
                 read.await?
@@ -193,8 +208,8 @@ impl Follower {
                         debug!(manifest = %url, "not modified since it was fetched");
                         return Ok(Outcome::Unchanged);
                     }
-                    Some((text, etag)) => {
-                        seen.etag = etag;
+                    Some((text, fetched_etag)) => {
+                        etag = fetched_etag;
                         text
                     }
                 }
@@ -202,6 +217,7 @@ impl Follower {
         };
         let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         if seen.text == Some(digest) {
+            (seen.served, seen.etag) = (stamp, etag);
             return Ok(Outcome::Unchanged);
         }
         // Parsing a catalog and building its tree take a core for a second
@@ -249,7 +265,8 @@ impl Follower {
             })
             .context("cannot start a thread to reload")?;
         let outcome = outcome.await.context("the reload's thread ended early")??;
-        seen.text = Some(digest);
+        // Only now: a text that failed is not "the same" at the next look.
+        (seen.served, seen.etag, seen.text) = (stamp, etag, Some(digest));
         Ok(outcome)
     }
 
@@ -265,10 +282,12 @@ impl Follower {
                 .await
                 .ok()
                 .flatten();
-            if now == self.seen.lock().await.file {
+            // A file gone (being replaced, say) is waited for.
+            if now.is_none() || now == self.seen.lock().await.looked {
                 changed_to = None;
             } else if now == changed_to {
                 // Changed, and settled since the last look.
+                self.asked();
                 self.reload(Why::Changed).await;
                 changed_to = None;
             } else {
@@ -284,6 +303,7 @@ impl Follower {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            self.asked();
             self.reload(Why::Changed).await;
         }
     }

@@ -102,7 +102,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         .manifest
         .load_in(keep_in.as_deref(), Some(&args.sources))?;
     let seen = Seen {
-        file: stamp,
+        looked: stamp.clone(),
+        served: stamp,
         etag: loaded.etag,
         text: loaded.text,
     };
@@ -288,6 +289,7 @@ fn serve(
                 _ = term.recv() => break Some("SIGTERM"),
                 _ = int.recv() => break Some("SIGINT"),
                 _ = hup.recv() => {
+                    follower.asked();
                     let follower = Arc::clone(&follower);
                     tokio::spawn(async move { follower.reload(Why::Asked).await });
                 }

@@ -33,10 +33,13 @@ pub fn reload(mountpoint: &Path, timeout: Duration) -> anyhow::Result<i32> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("cannot signal the mount's process (pid {})", before.pid));
     }
+    // Ours is done once the reloads pending before it, and it, are: the
+    // mount counts each as pending the moment it is asked for.
+    let ours = before.reloads + before.reloads_pending + 1;
     let deadline = Instant::now() + timeout;
     let after = loop {
         let now = catalog_of(&abs)?;
-        if now.reloads > before.reloads && now.reloads_pending == 0 {
+        if now.reloads >= ours && now.reloads_pending == 0 {
             break now;
         }
         if Instant::now() > deadline {

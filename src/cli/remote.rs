@@ -116,7 +116,7 @@ pub(super) fn keep_or_warn(url: &str, kept: &Path, text: &str) {
     }
 }
 
-pub(super) fn default_timeouts() -> Timeouts {
+fn default_timeouts() -> Timeouts {
     Timeouts {
         connect: std::time::Duration::from_secs(10),
         read: std::time::Duration::from_secs(30),

@@ -184,23 +184,35 @@ fn push_changes(watcher: &mut Watcher, core: &ModelFs, notifier: &Notifier) {
 /// its kept listing. Never from a FUSE request: a notification waits for
 /// the directory's lock, which the request may hold.
 pub fn forget_changes(notifier: &Notifier, changes: &Changes) {
-    let entries = changes
-        .entries
-        .iter()
-        .map(|(dir, name)| (*dir, notifier.inval_entry(INodeNo(*dir), OsStr::new(name))));
-    let listings =
-        (changes.dirs.iter()).map(|&dir| (dir, notifier.inval_inode(INodeNo(dir), 0, 0)));
-    for (dir, told) in entries.chain(listings) {
-        match told {
-            // ENOENT: the kernel holds nothing of it; nothing to forget.
-            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
-                warn!(dir, error = %e, "cannot tell the kernel of a reload; it may show the old catalog for a while");
-                return;
-            }
-            _ => {}
+    let mut failed = None;
+    let mut note = |told: io::Result<()>| match told {
+        // ENOENT: the kernel holds nothing of it; nothing to forget.
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+            failed.get_or_insert(e);
+        }
+        _ => {}
+    };
+    for (dir, name) in &changes.entries {
+        note(notifier.inval_entry(INodeNo(*dir), OsStr::new(name)));
+    }
+    // Listings are dropped without the directory's lock: one read from the
+    // catalog before and answered just after would be kept. Once more,
+    // after any such answer.
+    for pass in 0..2 {
+        if pass > 0 && !changes.dirs.is_empty() {
+            std::thread::sleep(LISTINGS_AGAIN_AFTER);
+        }
+        for &dir in &changes.dirs {
+            note(notifier.inval_inode(INodeNo(dir), 0, 0));
         }
     }
+    if let Some(e) = failed {
+        warn!(error = %e, "cannot tell the kernel all a reload changed; it may show some of the old catalog for a while");
+    }
 }
+
+/// Longer than a listing's reply takes to go out once it is made.
+const LISTINGS_AGAIN_AFTER: Duration = Duration::from_millis(20);
 
 /// Opens a servable file (complete, or every chunk verified) as a kernel
 /// passthrough: reads then bypass us.
@@ -361,9 +373,9 @@ impl Filesystem for FuseAdapter {
         self.core.metrics().fuse_op("open");
         let span = debug_span!("open", ino = ino.0);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        // A file the tree holds itself (refs/main) needs no handle: reads find it by inode.
-        if !write && self.core.read_text(ino.0, 0, 0).is_some() {
-            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        // A file the tree holds itself (refs/main): no cache to open.
+        if !write && let Some(fh) = self.core.open_text(ino.0) {
+            reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             return;
         }
         let (core, modes) = (Arc::clone(&self.core), Arc::clone(&self.modes));
@@ -430,7 +442,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         self.core.metrics().fuse_op("read");
-        if let Some(text) = self.core.read_text(ino.0, offset, size) {
+        if let Some(text) = self.core.read_text(fh.0, offset, size) {
             reply.data(&text);
             return;
         }

@@ -152,6 +152,8 @@ pub struct ModelFs {
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Open texts (see [`ModelFs::open_text`]), by handle.
+    texts: Mutex<HashMap<u64, Arc<[u8]>>>,
     streams: Arc<Streams>,
     next_fh: AtomicU64,
 }
@@ -181,6 +183,7 @@ impl ModelFs {
             fetcher,
             runtime,
             handles: Mutex::new(HashMap::new()),
+            texts: Mutex::default(),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -333,12 +336,23 @@ impl ModelFs {
         }
     }
 
-    /// The bytes of a file the tree holds itself (`refs/main`), if `ino` is one.
-    pub fn read_text(&self, ino: u64, offset: u64, len: u32) -> Option<Vec<u8>> {
+    /// Opens a file the tree holds itself (`refs/main`), if `ino` is one:
+    /// its handle keeps the text, which a reload may change.
+    pub fn open_text(&self, ino: u64) -> Option<u64> {
         let g = self.catalog.now();
         let Kind::Text(text) = g.tree.get(ino)?.kind else {
             return None;
         };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let mut texts = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+        texts.insert(fh, text.into());
+        Some(fh)
+    }
+
+    /// The bytes of text open as `fh`, if it is one.
+    pub fn read_text(&self, fh: u64, offset: u64, len: u32) -> Option<Vec<u8>> {
+        let texts = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+        let text = texts.get(&fh)?;
         let start = (offset as usize).min(text.len());
         let end = start.saturating_add(len as usize).min(text.len());
         Some(text[start..end].to_vec())
@@ -398,6 +412,14 @@ impl ModelFs {
     /// Ends open `fh`; true if its file may now be read by passthrough
     /// (complete, or every chunk verified).
     pub fn release(&self, fh: u64) -> bool {
+        let text = self
+            .texts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh);
+        if text.is_some() {
+            return false;
+        }
         let handle = self
             .handles
             .lock()
