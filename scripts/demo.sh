@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-[ "$(id -u)" = 0 ] || { echo "demo: FUSE needs root here (run with sudo)" >&2; exit 1; }
+# shellcheck source=scripts/as-root.sh
+. scripts/as-root.sh
 [ -e /dev/fuse ] || { echo "demo: /dev/fuse is missing (modprobe fuse)" >&2; exit 1; }
 
 say "build"

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The project's checks: formatting, lints, unit tests and end-to-end tests
-# (real FUSE mounts, so run as root with /dev/fuse and python3 with
-# safetensors, numpy, huggingface_hub and transformers for the loader tests;
-# .ci/run installs those).
+# (real FUSE mounts: as root, through sudo if need be, with /dev/fuse).
+# scripts/setup.sh first installs what is missing (fuse3, nginx, Python
+# loaders).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/as-root.sh
+. scripts/as-root.sh
+scripts/setup.sh
 # The S3 tests run against s3s-fs, a real S3-compatible server.
 S3S_FS=$(scripts/ensure-s3s-fs.sh)
 export S3S_FS

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the tests need and a fresh machine lacks (as root): fuse3 for
+# the mounts, nginx (with its slice module) for the fleet test's cache tier,
+# Python loaders for the loader tests, clippy and rustfmt. Quick when all is
+# there; scripts/test.sh runs it first.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+command -v fusermount3 >/dev/null || missing+=(fuse3)
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    # Installed, not started: the tests start their own nginx (the package's would take port 80).
+    own_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+    [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
+fi
+# The loader tests use real Python loaders: safetensors, huggingface_hub, transformers.
+if ! python3 -c "import safetensors, numpy, huggingface_hub, transformers" 2>/dev/null; then
+    echo "setup: installing the Python loaders" >&2
+    python3 -m pip install --quiet --disable-pip-version-check safetensors numpy huggingface_hub transformers
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
