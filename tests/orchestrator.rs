@@ -16,21 +16,40 @@ const FIXTURE: &str = concat!(
     "/tests/fixtures/orchestrator-models.toml"
 );
 
+/// The seed's own models.toml has digests that cannot be right (the empty
+/// file's on 47- and 265-byte files, all zeros on another, one sha256 with
+/// two sizes, more than once): every read of those files would fail, so
+/// `manifest check` refuses it, located, the next once the first is mended.
+/// (All zeros, its third kind, is refused in `manifest::raw`'s tests.)
 #[test]
-fn the_orchestrator_fixture_passes_manifest_check() {
+fn the_orchestrator_fixture_is_refused_for_its_impossible_digests() {
     let ws = Workspace::new();
-    let out = ws
-        .modelfs()
-        .args(["manifest", "check", "-m", FIXTURE])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
+    let check = |text: &str| {
+        let path = ws.path("check.toml");
+        fs::write(&path, text).unwrap();
+        let out = ws
+            .modelfs()
+            .args([
+                "manifest".as_ref(),
+                "check".as_ref(),
+                "-m".as_ref(),
+                path.as_os_str(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let text = fs::read_to_string(FIXTURE).unwrap();
+    let said = check(&text);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        said.contains("check.toml:39:10: models.\"t2v-A14B@2.2.0\".files[0].sha256: the empty file's sha256, but size = 47"),
+        "{said}"
     );
-    assert!(said.contains("ok, 3 models, 9 files"), "{said}");
+    let text = text.replace(empty, &sha256_hex(b"a config"));
+    let said = check(&text);
+    assert!(said.contains("check.toml:107:10: models.\"i2v-A14B@2.2.0\".files[1].sha256: this sha256 was given before with size = 335544320, here 507609880"), "{said}");
 }
 
 /// `[models."<id>"]` with descriptive keys, files and sources, as the

@@ -176,11 +176,16 @@ impl Manifest {
     ) -> Result<Manifest, ManifestError> {
         let models = if orchestrator::detect(text) {
             orchestrator::parse(text, local_root).and_then(|models| {
+                let mut sizes = raw::Sizes::default();
                 models
                     .into_iter()
                     .map(|(raw, extra)| {
                         let field = format!("models.{:?}", raw.id.get_ref());
-                        let mut model = raw::validate_model(raw, raw::At::model(&field, "files"))?;
+                        let at = raw::At::model(&field, "files");
+                        // Reported after what is wrong within the model.
+                        let sized = sizes.check(&raw, at);
+                        let mut model = raw::validate_model(raw, at)?;
+                        sized?;
                         model.details = extra.details;
                         for (file, (component, optional)) in model.files.iter_mut().zip(extra.files)
                         {

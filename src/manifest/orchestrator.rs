@@ -266,7 +266,8 @@ mod tests {
     use crate::manifest::Manifest;
     use crate::source::Location;
 
-    const SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    /// The sha256 of "hello\n": any non-empty file's will do.
+    const SHA: &str = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
 
     fn text(extra: &str) -> String {
         format!(
@@ -319,7 +320,7 @@ mod tests {
         assert_eq!(e.line, 5, "{e}");
         assert!(e.message.contains("unknown field `colour`"), "{e}");
         let bad = text("").replacen(
-            "size = 1\nsha256 = \"e3b0",
+            "size = 1\nsha256 = \"5891",
             "size = 1\nsha256 = \"zz\"\n#",
             1,
         );

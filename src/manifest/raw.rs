@@ -125,6 +125,7 @@ pub(super) fn parse(
     let raw: RawManifest = toml::from_str(text).map_err(Unlocated::from_toml)?;
     check_version(&raw.version)?;
     let mut ids = HashSet::new();
+    let mut sizes = Sizes::default();
     raw.model
         .into_iter()
         .enumerate()
@@ -137,10 +138,53 @@ pub(super) fn parse(
                     format!("duplicate model id {:?}", m.id.get_ref()),
                 );
             }
-            check_model(m, &field).map(Arc::new)
+            // Reported after what is wrong within the model.
+            let sized = sizes.check(&m, At::model(&field, "file"));
+            let model = check_model(m, &field)?;
+            sized.map(|()| Arc::new(model))
         })
         .collect::<Result<_, _>>()
         .map(|models| (models, Vec::new()))
+}
+
+/// The size each sha256 was given in a manifest: one with two sizes cannot
+/// be right (one of them is a placeholder, or a copy-paste slip).
+#[derive(Default)]
+pub(super) struct Sizes(HashMap<Digest, u64>);
+
+impl Sizes {
+    /// Records the files of `m`, found `at` the given place; the first whose
+    /// sha256 came before with another size is an error.
+    pub(super) fn check(&mut self, m: &RawModel, at: At) -> Result<(), Unlocated> {
+        for (j, f) in m.file.iter().enumerate() {
+            // A malformed digest is reported where the file is validated.
+            let Ok(digest) = Digest::from_hex(f.sha256.get_ref()) else {
+                continue;
+            };
+            let size = *f.size.get_ref();
+            match self.0.insert(digest, size) {
+                Some(before) if before != size => {
+                    return err(
+                        f.sha256.span(),
+                        at.file(j).field("sha256"),
+                        format!(
+                            "this sha256 was given before with size = {before}, here {size}: one of them is wrong"
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every file of `models` agrees with the sizes seen.
+    fn agree(&mut self, models: &[Arc<Model>]) -> bool {
+        let files = models.iter().flat_map(|m| &m.files);
+        files
+            .into_iter()
+            .all(|f| *self.0.entry(f.sha256).or_insert(f.size) == f.size)
+    }
 }
 
 /// What identifies one model's part of a manifest's text: its SHA-256,
@@ -235,9 +279,8 @@ fn parse_in_parts(text: &str, before: &Parts) -> Option<(Vec<Arc<Model>>, Vec<Pa
         digests.push(digest);
     }
     let mut ids = HashSet::new();
-    models
-        .iter()
-        .all(|m| ids.insert(m.id.as_str()))
+    // Anything wrong is located by the whole parse.
+    (models.iter().all(|m| ids.insert(m.id.as_str())) && Sizes::default().agree(&models))
         .then_some((models, digests))
 }
 
@@ -409,6 +452,24 @@ fn validate_file(f: RawFile, at: At, bases: &[Location]) -> Result<FileEntry, Un
                 "the file is empty (size = 0), so it must be {}",
                 Digest::of(b"")
             ),
+        );
+    }
+    // Placeholders: no file of these bytes can be served.
+    if size > 0 && sha256 == Digest::of(b"") {
+        return err(
+            f.sha256.span(),
+            at.field("sha256"),
+            format!(
+                "the empty file's sha256, but size = {size}: a placeholder? Give the file's own \
+                 (sha256sum, or modelfs manifest build)"
+            ),
+        );
+    }
+    if sha256 == Digest([0; 32]) {
+        return err(
+            f.sha256.span(),
+            at.field("sha256"),
+            "all zeros: a placeholder, not a file's sha256 (sha256sum, or modelfs manifest build)",
         );
     }
     let chunk_size = match &f.chunk_size {

@@ -174,7 +174,7 @@ mod tests {
         for (path, size) in files {
             text.push_str(&format!(
                 "[[model.file]]\npath = \"{path}\"\nsize = {size}\nsha256 = \"{}\"\n",
-                "0".repeat(64)
+                crate::hash::Digest::of(path.as_bytes())
             ));
         }
         Manifest::parse("m.toml".as_ref(), &text)

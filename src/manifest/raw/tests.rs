@@ -5,7 +5,10 @@ use std::path::Path;
 
 use super::super::{Manifest, ManifestError};
 
-const SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+/// The sha256 of "hello\n": any non-empty file's will do.
+const SHA: &str = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+/// The empty file's.
+const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 fn parse(text: &str) -> Result<Manifest, ManifestError> {
     Manifest::parse(Path::new("models.toml"), text)
@@ -65,7 +68,7 @@ size = 0
 sha256 = "{}"
 sources = ["file:///srv/other/config.json"]
 "#,
-        SHA.to_uppercase()
+        EMPTY.to_uppercase()
     );
     let m = parse(&text).unwrap();
     assert_eq!(m.models.len(), 2);
@@ -86,7 +89,7 @@ sources = ["file:///srv/other/config.json"]
         "http://127.0.0.1:8080/t2v/sub/dir/weights.bin"
     );
     assert!(m.models[0].pinned);
-    assert_eq!(m.models[1].files[0].sha256.to_hex(), SHA);
+    assert_eq!(m.models[1].files[0].sha256.to_hex(), EMPTY);
 }
 
 #[test]
@@ -327,10 +330,51 @@ fn build_output_round_trips() {
 
 #[test]
 fn an_empty_file_must_have_the_empty_digest() {
-    let text = one_file("").replace("size = 200000", "size = 0");
+    let text = one_file("")
+        .replace("size = 200000", "size = 0")
+        .replace(SHA, EMPTY);
     assert!(parse(&text).is_ok());
-    let wrong = text.replace(SHA, &"ab".repeat(32));
+    let wrong = text.replace(EMPTY, &"ab".repeat(32));
     fails(&wrong, 8, "model[0].file[0].sha256", "the file is empty");
+}
+
+/// The seed's manifest had these: each makes every read of its file fail.
+#[test]
+fn placeholder_digests_are_refused() {
+    fails(
+        &one_file("").replace(SHA, EMPTY),
+        8,
+        "model[0].file[0].sha256",
+        "the empty file's sha256, but size = 200000",
+    );
+    fails(
+        &one_file("").replace(SHA, &"0".repeat(64)),
+        8,
+        "model[0].file[0].sha256",
+        "all zeros",
+    );
+}
+
+#[test]
+fn one_sha256_with_two_sizes_is_refused() {
+    let second = "[[model]]\nid = \"b\"\nsources = [\"file:///srv\"]\n\
+                  [[model.file]]\npath = \"w.bin\"\nsize = 7\nsha256 = \"SHA\"\n";
+    let text = format!("{}{}", one_file(""), second.replace("SHA", SHA));
+    let line = one_file("").lines().count() + 7;
+    fails(
+        &text,
+        line,
+        "model[1].file[0].sha256",
+        "size = 200000, here 7",
+    );
+    // Read in parts (over a megabyte), it is found all the same.
+    let big = format!(
+        "{}{}",
+        catalog("", 8000),
+        text.replacen("version = 1\n", "", 1)
+    );
+    let e = parse(&big).unwrap_err();
+    assert!(e.message.contains("given before with size"), "{e}");
 }
 
 /// A manifest of `n` models of one file, with `head` after its version.
@@ -339,7 +383,7 @@ fn catalog(head: &str, n: usize) -> String {
     for i in 0..n {
         text += &format!(
             "\n[[model]]\nid = \"m{i}\"\nsources = [\"file:///srv\"]\n\
-             [[model.file]]\npath = \"w.bin\"\nsize = 0\nsha256 = \"{SHA}\"\n"
+             [[model.file]]\npath = \"w.bin\"\nsize = 0\nsha256 = \"{EMPTY}\"\n"
         );
     }
     text
@@ -366,8 +410,8 @@ fn a_large_manifest_is_read_in_parts_as_it_would_be_whole() {
     let dup = catalog("", 8000).replace("id = \"m7000\"", "id = \"m10\"");
     fails(&dup, 8 * 7000 + 4, "model[7000].id", "duplicate model id");
     let bad = text.replace(
-        &format!("sha256 = \"{SHA}\"\n\n[[model]]\nid = \"m5000\""),
-        &format!("sha256 = \"{}\"\n\n[[model]]\nid = \"m5000\"", &SHA[1..]),
+        &format!("sha256 = \"{EMPTY}\"\n\n[[model]]\nid = \"m5000\""),
+        &format!("sha256 = \"{}\"\n\n[[model]]\nid = \"m5000\"", &EMPTY[1..]),
     );
     fails(
         &bad,
