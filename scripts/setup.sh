@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the tests need and a fresh machine lacks (as root): fuse3 for
 # the mounts, nginx (with its slice module) for the fleet test's cache tier,
-# Python loaders for the loader tests, clippy and rustfmt. Quick when all is
+# python3-venv for the Python package's tests, Python loaders for the loader
+# tests, clippy and rustfmt. Quick when all is
 # there; scripts/test.sh runs it first.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 missing=()
 command -v fusermount3 >/dev/null || missing+=(fuse3)
+# Fresh virtual environments for the Python package's tests.
+python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}" >&2

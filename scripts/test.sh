@@ -16,3 +16,5 @@ cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 # Unit tests, then the end-to-end suites under tests/ (doctests: none).
 cargo test --lib --tests
+# The wheel and the Python API, in fresh virtual environments.
+scripts/python-test.sh

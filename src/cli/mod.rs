@@ -251,6 +251,11 @@ enum Command {
     Umount {
         /// The mounted directory.
         mountpoint: PathBuf,
+        /// If files are open under it, detach it now anyway: it is gone from
+        /// the directory tree at once, and the kernel ends it (and the mount
+        /// process exits) when the last of them is closed.
+        #[arg(long)]
+        lazy: bool,
     },
     /// Have a mount read its manifest again (file or URL) and serve it, with no remount.
     ///
@@ -439,7 +444,7 @@ fn die_on_closed_pipe() {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Mount(args) => mount::mount(args).map(|()| 0),
-        Command::Umount { mountpoint } => mount::umount(&mountpoint).map(|()| 0),
+        Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy).map(|()| 0),
         Command::Reload {
             mountpoint,
             timeout,

@@ -409,7 +409,7 @@ fn prepare_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-pub fn umount(path: &Path) -> anyhow::Result<()> {
+pub fn umount(path: &Path, lazy: bool) -> anyhow::Result<()> {
     let abs = ours(path)?;
     let c = cpath(&abs)?;
     // SAFETY: c is a valid NUL-terminated path.
@@ -418,8 +418,11 @@ pub fn umount(path: &Path) -> anyhow::Result<()> {
     }
     let err = io::Error::last_os_error();
     if err.raw_os_error() == Some(libc::EBUSY) {
+        if lazy {
+            return lazy_unmount(&abs);
+        }
         bail!(
-            "{} is busy: a process has files open under it (close them, or `fusermount3 -uz` to detach)",
+            "{} is busy: a process has files open under it (close them, or `modelfs umount --lazy` to detach)",
             abs.display()
         );
     }
