@@ -338,3 +338,103 @@ fn manifest_chunk_adds_chunk_hashes_and_leaves_the_cache_warm() {
         http.bytes_sent()
     );
 }
+
+/// The seed's models rely on `allow_patterns` with a Hugging Face source for
+/// the files they do not list. `manifest expand` adds every file of the
+/// repo a pattern matches (from the hub's API: the LFS ones without a
+/// download); the result mounts with all of them, and lists with no network.
+#[test]
+fn allow_patterns_are_expanded_from_the_hubs_listing() {
+    let ws = Workspace::new();
+    let config = br#"{"model_type": "wan"}"#.to_vec();
+    let weights = sample_bytes(3 * (1 << 20) + 5, 71);
+    let vae = sample_bytes(1 << 20, 72);
+    let commit = "89abcdef0123456789abcdef0123456789abcdef";
+    let lfs = |path: &str, data: &[u8]| {
+        format!(
+            r#"{{"rfilename": "{path}", "size": {n}, "lfs": {{"sha256": "{}", "size": {n}}}}}"#,
+            sha256_hex(data),
+            n = data.len()
+        )
+    };
+    let api = format!(
+        r#"{{"id": "org/wan", "sha": "{commit}", "siblings": [
+            {{"rfilename": "config.json", "size": {}}},
+            {{"rfilename": "README.md", "size": 5}},
+            {}, {}]}}"#,
+        config.len(),
+        lfs("model.safetensors", &weights),
+        lfs("vae/diffusion_pytorch_model.safetensors", &vae),
+    );
+    let hub = ws.models().join("hub");
+    write(&hub, "api/models/org/wan/revision/main", api.as_bytes());
+    for (path, data) in [
+        ("config.json", &config),
+        ("model.safetensors", &weights),
+        ("vae/diffusion_pytorch_model.safetensors", &vae),
+    ] {
+        write(&hub, &format!("org/wan/resolve/{commit}/{path}"), data);
+        write(&hub, &format!("org/wan/resolve/main/{path}"), data);
+    }
+    let hub = RangeServer::start(&hub);
+    // Lists only its config; the patterns bring the weights, not the README.
+    let model = orchestrator_model(
+        "wan@1",
+        &[("config.json", &config, "config")],
+        &["hf://org/wan@main".to_owned()],
+    )
+    .replace(
+        "required_components",
+        "allow_patterns = [\"*.safetensors\", \"*.json\"]\nrequired_components",
+    );
+    let manifest = ws.path("models.toml");
+    fs::write(&manifest, format!("schema_version = 1\n\n{model}")).unwrap();
+
+    let out = ws
+        .modelfs()
+        .env("HF_ENDPOINT", hub.url())
+        .args([
+            "manifest".as_ref(),
+            "expand".as_ref(),
+            "-m".as_ref(),
+            manifest.as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("wan@1: 2 files added"), "{said}");
+    assert_eq!(
+        hub.bytes_sent(),
+        api.len() as u64,
+        "LFS files described by the API alone"
+    );
+    let expanded = ws.path("models.expanded.toml");
+    fs::write(&expanded, &out.stdout).unwrap();
+
+    hub.reset_counters();
+    let listed = ws.run_ok(&[
+        "ls".as_ref(),
+        "wan@1".as_ref(),
+        "-m".as_ref(),
+        expanded.as_os_str(),
+    ]);
+    for path in [
+        "config.json",
+        "model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ] {
+        assert!(listed.contains(path), "{listed}");
+    }
+    assert!(!listed.contains("README"), "{listed}");
+    assert_eq!(hub.requests(), 0, "ls asked the hub");
+
+    let m = Mount::start_with_env(
+        &ws,
+        &["-m", expanded.to_str().unwrap()],
+        &[("HF_ENDPOINT", &hub.url())],
+    );
+    assert!(fs::read(m.path("wan@1/model.safetensors")).unwrap() == weights);
+    assert!(fs::read(m.path("wan@1/vae/diffusion_pytorch_model.safetensors")).unwrap() == vae);
+    assert!(fs::read(m.path("wan@1/config.json")).unwrap() == config);
+}

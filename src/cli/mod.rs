@@ -373,6 +373,22 @@ enum ManifestCommand {
         #[command(flatten)]
         manifest: ManifestArg,
     },
+    /// Print the orchestrator's models.toml with every file its `allow_patterns` match added.
+    ///
+    /// For each model with `allow_patterns` and an hf:// source, the hub's API
+    /// lists the repo at that revision; each file a pattern matches (fnmatch,
+    /// as the hub's client: `*` crosses `/`) that the model does not list is
+    /// added as a `[[models."<id>".files]]` table at the end, with its size and
+    /// sha256 (from the API for LFS files, so none is downloaded; small files
+    /// are fetched and hashed). The rest of the text is kept as it was. Mount
+    /// the result: listing it needs no network.
+    ///   modelfs manifest expand -m models.toml > models.expanded.toml
+    Expand {
+        #[command(flatten)]
+        manifest: ManifestArg,
+        #[command(flatten)]
+        timeouts: SourceArgs,
+    },
 }
 
 /// Bad arguments or input the user must fix: exit code 2.
@@ -524,6 +540,26 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Manifest(ManifestCommand::Chunk(args)) => chunk::chunk(args),
+        Command::Manifest(ManifestCommand::Expand { manifest, timeouts }) => {
+            init_logging("warn");
+            let path = manifest.path()?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let parsed = Manifest::parse_with(&path, &text, manifest.local_root().as_deref())?;
+            let clients = timeouts.build()?;
+            let (expanded, added) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(crate::manifest::expand(&clients, &parsed, &text))?;
+            // What the text says is checked as any manifest is.
+            Manifest::parse_with(&path, &expanded, manifest.local_root().as_deref())?;
+            std::io::stdout().write_all(expanded.as_bytes())?;
+            for (model, files) in added {
+                eprintln!("{model}: {files} files added by allow_patterns");
+            }
+            Ok(0)
+        }
         Command::Manifest(ManifestCommand::Check { manifest }) => {
             let m = manifest.load()?;
             let files: usize = m.models.iter().map(|m| m.files.len()).sum();

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use build::{BuildError, BuildOptions, build_entry};
-pub use hub::build_hub_entry;
+pub use hub::{build_hub_entry, expand};
 
 use crate::hash::Digest;
 use crate::source::Location;
