@@ -5,13 +5,15 @@
 # another fresh venv must give a working command and package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/as-root.sh
+. scripts/as-root.sh
 target=${CARGO_TARGET_DIR:-$PWD/target}
 work=$(mktemp -d /tmp/modelfs-python.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 pip_install() { "$1/bin/pip" install --quiet --disable-pip-version-check "${@:2}"; }
 
 python3 -m venv "$work/build"
-pip_install "$work/build" maturin
+pip_install "$work/build" "maturin>=1.5,<2"
 "$work/build/bin/maturin" build --release --quiet --out "$work/wheels"
 cargo build --release --quiet --example range_server
 

@@ -83,46 +83,55 @@ def executable() -> Path:
     return Path(found)
 
 
-# `modelfs: FILE:LINE:COLUMN: FIELD: MESSAGE`, as manifest errors print.
-_LOCATED = re.compile(r"^modelfs: (?P<file>.+?):(?P<line>\d+):(?P<column>\d+): (?P<field>[^:]*): ")
+# `modelfs: FILE:LINE:COLUMN: [FIELD: ]MESSAGE`, as manifest errors print.
+_LOCATED = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<column>\d+): (?:(?P<field>[^:\s]+): )?")
 
 
 def _error(stderr: str, exit_code: int) -> ModelfsError:
-    said = stderr.strip()
-    last = said.splitlines()[-1] if said else f"modelfs exited with {exit_code}"
-    located = _LOCATED.match(last)
+    """The error a failed command printed: its `modelfs:` line, or the
+    `error:` line of a usage error (whose other lines are hints)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = next(
+        (line.split(":", 1)[1].strip() for line in lines if line.startswith(("modelfs:", "error:"))),
+        lines[-1] if lines else f"modelfs exited with {exit_code}",
+    )
+    located = _LOCATED.match(said)
     if exit_code == 2 and located:
         return ManifestError(
-            last.removeprefix("modelfs: "),
+            said,
             file=located["file"],
             line=int(located["line"]),
             column=int(located["column"]),
-            field=located["field"],
+            field=located["field"] or "",
         )
-    return ModelfsError(last.removeprefix("modelfs: "), exit_code=exit_code)
+    return ModelfsError(said, exit_code=exit_code)
 
 
 def _run(
+    subcommand: str,
     args: Sequence[str],
     *,
     manifest: Optional[PathLike] = None,
     cache_dir: Optional[PathLike] = None,
+    names: Sequence[str] = (),
     show_progress: bool = False,
 ) -> subprocess.CompletedProcess:
-    command = [os.fspath(executable()), *args]
+    """Runs `modelfs SUBCOMMAND ARGS [-m ..] [--cache-dir ..] -- NAMES`:
+    names after `--`, so that none is taken for a flag."""
+    command = [os.fspath(executable()), subcommand, *args]
     if manifest is not None:
         command += ["-m", os.fspath(manifest)]
     if cache_dir is not None:
         command += ["--cache-dir", os.fspath(cache_dir)]
-    return subprocess.run(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        # Progress bars go to the caller's terminal; errors are kept to raise.
-        stderr=None if show_progress else subprocess.PIPE,
-        text=True,
-        check=False,
-    )
+    if names:
+        command += ["--", *names]
+    if show_progress:
+        # Progress bars go to the caller's terminal; the error's line is
+        # kept (it is the last) to raise.
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, check=False)
+        done.stderr = ""
+        return done
+    return subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
 
 
 def _json_lines(text: str) -> List[Dict[str, Any]]:
@@ -143,11 +152,14 @@ def prefetch(
 
     Raises :class:`FetchError` naming the model, file and sources if a file
     cannot be had right, :class:`ManifestError` for a manifest that cannot
-    be used."""
+    be used. With ``progress``, the command's bars and any other error it
+    prints go to the terminal."""
     done = _run(
-        ["prefetch", model_id, "--json"],
+        "prefetch",
+        ["--json"],
         manifest=manifest,
         cache_dir=cache_dir,
+        names=[model_id],
         show_progress=progress,
     )
     records = _json_lines(done.stdout) if done.stdout else []
@@ -163,7 +175,7 @@ def prefetch(
 def status(*, manifest: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None) -> Dict[str, Any]:
     """What the cache holds of each model of the manifest, and which mounts
     use it: the document of ``modelfs status --json``. No network."""
-    done = _run(["status", "--json"], manifest=manifest, cache_dir=cache_dir)
+    done = _run("status", ["--json"], manifest=manifest, cache_dir=cache_dir)
     if done.returncode != 0:
         raise _error(done.stderr, done.returncode)
     return json.loads(done.stdout)
@@ -178,13 +190,13 @@ def verify(
     dropping what is bad; returns one record per model (``modelfs verify
     --json``). Raises :class:`ModelfsError` if anything was bad, with the
     records as ``records``."""
-    done = _run(["verify", *models, "--json"], manifest=manifest, cache_dir=cache_dir)
-    if done.returncode == 2 or (done.returncode != 0 and not done.stdout):
+    done = _run("verify", ["--json"], manifest=manifest, cache_dir=cache_dir, names=models)
+    records = _json_lines(done.stdout) if done.returncode in (0, 1) else []
+    bad = [str(r.get("model")) for r in records if not r.get("ok", True)]
+    if done.returncode != 0 and not bad:
         raise _error(done.stderr, done.returncode)
-    records = _json_lines(done.stdout)
-    if done.returncode != 0:
-        bad = ", ".join(str(r.get("model")) for r in records if not r.get("ok", True))
-        error = ModelfsError(f"verify found bad bytes in {bad or 'the cache'}", exit_code=done.returncode)
+    if bad:
+        error = ModelfsError(f"verify found bad bytes in {', '.join(bad)}", exit_code=done.returncode)
         error.records = records  # type: ignore[attr-defined]
         raise error
     return records
@@ -218,9 +230,11 @@ def mount(
 
     Raises :class:`MountError` if it cannot mount, :class:`ManifestError`
     for a manifest that cannot be used."""
-    root = Path(os.fspath(mountpoint)).absolute()
+    # Resolved as the kernel records it, so that the unmount finds it.
+    root = Path(os.fspath(mountpoint)).resolve()
     done = _run(
-        ["mount", os.fspath(root), "--daemon", *_flags(options)],
+        "mount",
+        [os.fspath(root), "--daemon", *_flags(options)],
         manifest=manifest,
         cache_dir=cache_dir,
     )
@@ -232,6 +246,6 @@ def mount(
     try:
         yield root
     finally:
-        gone = _run(["umount", os.fspath(root), "--lazy"])
+        gone = _run("umount", [os.fspath(root), "--lazy"])
         if gone.returncode != 0:
             raise MountError(_error(gone.stderr, gone.returncode).message, exit_code=gone.returncode)

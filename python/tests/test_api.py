@@ -119,3 +119,22 @@ def test_a_path_like_manifest_and_the_environment_default(served, monkeypatch):
     monkeypatch.setenv("MODELFS_MANIFEST", str(served["manifest"]))
     monkeypatch.setenv("MODELFS_CACHE_DIR", str(served["cache"]))
     assert modelfs.prefetch("tiny@1").is_dir()
+
+
+def test_a_bad_option_says_which(served):
+    mnt = served["tmp"] / "mnt"
+    mnt.mkdir()
+    with pytest.raises(modelfs.MountError, match="--layuot"):
+        with modelfs.mount(mnt, manifest=served["manifest"], layuot="hf"):
+            pass
+    assert not mounted(mnt)
+
+
+def test_a_symlinked_mountpoint_is_unmounted(served):
+    real = served["tmp"] / "real-mnt"
+    real.mkdir()
+    link = served["tmp"] / "link"
+    link.symlink_to(real)
+    with modelfs.mount(link, manifest=served["manifest"], cache_dir=served["cache"]) as root:
+        assert root == real and mounted(real)
+    assert not mounted(real)

@@ -552,8 +552,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 .build()
                 .context("cannot start the async runtime")?
                 .block_on(crate::manifest::expand(&clients, &parsed, &text))?;
-            // What the text says is checked as any manifest is.
-            Manifest::parse_with(&path, &expanded, manifest.local_root().as_deref())?;
+            // What the text says is checked as any manifest is; its lines
+            // are the expanded text's, not the file's.
+            let named = PathBuf::from(format!("{} (expanded)", path.display()));
+            Manifest::parse_with(&named, &expanded, manifest.local_root().as_deref())?;
             std::io::stdout().write_all(expanded.as_bytes())?;
             for (model, files) in added {
                 eprintln!("{model}: {files} files added by allow_patterns");

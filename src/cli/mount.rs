@@ -417,10 +417,11 @@ pub fn umount(path: &Path, lazy: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let err = io::Error::last_os_error();
+    // Busy, or not root (EPERM): a detach goes through the setuid helper.
+    if lazy {
+        return lazy_unmount(&abs);
+    }
     if err.raw_os_error() == Some(libc::EBUSY) {
-        if lazy {
-            return lazy_unmount(&abs);
-        }
         bail!(
             "{} is busy: a process has files open under it (close them, or `modelfs umount --lazy` to detach)",
             abs.display()

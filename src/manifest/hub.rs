@@ -117,18 +117,29 @@ pub async fn expand(
             continue;
         };
         let hub = model.sources.iter().find_map(|l| match l {
-            Location::Hf { repo, revision, .. } => Some((repo, revision)),
+            Location::Hf {
+                repo,
+                revision,
+                path,
+            } => Some((repo, revision, path)),
             _ => None,
         });
-        let Some((repo, revision)) = hub else {
+        let Some((repo, revision, folder)) = hub else {
             continue;
+        };
+        // The model's files are paths under the source's folder, if it names one.
+        let prefix = match folder.trim_matches('/') {
+            "" => String::new(),
+            folder => format!("{folder}/"),
         };
         let at_hub = |e| BuildError::Fetch(format!("{}: {repo}@{revision}: {e}", model.id));
         let info = sources.hub_repo(repo, revision).await.map_err(at_hub)?;
         let listed: HashSet<&str> = model.files.iter().map(|f| &*f.path).collect();
         let mut count = 0;
         for file in &info.siblings {
-            let path = file.rfilename.as_str();
+            let Some(path) = file.rfilename.strip_prefix(&prefix) else {
+                continue;
+            };
             if listed.contains(path) || !patterns.iter().any(|p| fnmatch(p, path)) {
                 continue;
             }
@@ -150,10 +161,17 @@ pub async fn expand(
 /// A model's `allow_patterns` (the orchestrator's key), if it has any.
 fn allow_patterns(model: &Model) -> Option<Vec<String>> {
     let (_, value) = model.details.iter().find(|(k, _)| k == "allow_patterns")?;
-    let patterns: Vec<String> = value
-        .as_array()?
-        .iter()
-        .filter_map(|p| p.as_str())
+    // One pattern, or a list, as the hub's client takes them.
+    let list = match value {
+        toml::Value::String(one) => vec![one.as_str()],
+        other => other
+            .as_array()?
+            .iter()
+            .filter_map(|p| p.as_str())
+            .collect(),
+    };
+    let patterns: Vec<String> = list
+        .into_iter()
         // As the hub's client reads them: a directory means all under it.
         .map(|p| match p.ends_with('/') {
             true => format!("{p}*"),
