@@ -19,11 +19,7 @@ fn a_manifest_named_by_url_is_kept_for_a_start_with_no_network() {
     ws.add_file("m", "w.bin", &data);
     let server = RangeServer::start(&ws.models());
     let entry = ws.entry("m", "m", &[format!("{}/m", server.url())], MIB);
-    fs::write(
-        ws.models().join("catalog.toml"),
-        format!("version = 1\n\n{entry}"),
-    )
-    .unwrap();
+    fs::write(ws.models().join("catalog.toml"), manifest_text(&[entry])).unwrap();
     let url = format!("{}/catalog.toml", server.url());
 
     let mut first = Mount::start(&ws, &["-m", &url]);
@@ -123,7 +119,7 @@ fn a_manifest_in_a_bucket_mounts() {
     let entry = ws.entry("bucket/m", "m", &["s3://bucket/m".to_owned()], MIB);
     fs::write(
         ws.models().join("bucket/catalog.toml"),
-        format!("version = 1\n\n{entry}"),
+        manifest_text(&[entry]),
     )
     .unwrap();
     let env: Vec<(&str, String)> = s3.env();

@@ -407,27 +407,48 @@ fn a_source_that_trickles_is_left_in_seconds() {
     assert!(first["demotions"].as_u64() >= Some(1), "{first}");
 }
 
+/// Reads of 4 KiB of the case's file, `stride` apart so that each is of a
+/// cold chunk and none is read ahead, each checked.
+struct ColdReads<'c> {
+    file: fs::File,
+    data: &'c [u8],
+    at: u64,
+    stride: u64,
+}
+
+impl<'c> ColdReads<'c> {
+    fn of(c: &'c Case, stride: u64) -> Self {
+        let file = fs::File::open(c.mount.path("m/w.bin")).unwrap();
+        ColdReads {
+            file,
+            data: &c.data,
+            at: 0,
+            stride,
+        }
+    }
+
+    fn next(&mut self) {
+        use std::os::unix::fs::FileExt;
+        let mut piece = vec![0u8; 4096];
+        self.file.read_exact_at(&mut piece, self.at).unwrap();
+        let at = self.at as usize;
+        assert!(piece[..] == self.data[at..at + 4096]);
+        self.at += self.stride;
+    }
+}
+
 #[test]
 fn a_source_that_stalled_is_used_again_once_it_recovers() {
     let c = build_case(None, LARGE, &[]);
-    let file = fs::File::open(c.mount.path("m/w.bin")).unwrap();
-    let mut piece = vec![0u8; 4096];
-    let mut at = 0;
-    let mut read_next = || {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(&mut piece, at).unwrap();
-        assert!(piece[..] == c.data[at as usize..at as usize + 4096]);
-        // Far apart: each read a cold chunk, none read ahead.
-        at += MIB;
-    };
+    let mut reads = ColdReads::of(&c, MIB);
     c.first.set_always(Some(Fault::StallMidway));
-    read_next();
+    reads.next();
     assert!(source_state(&c, &c.first.url())["demoted_until"].is_u64());
     c.first.set_always(None);
     let asked = c.first.requests();
     // A read every 250 ms: within the 48 chunks, its demotion (4 s) ends.
     wait_for("the recovered source to be asked again", || {
-        read_next();
+        reads.next();
         let asked_again = c.first.requests() > asked;
         if !asked_again {
             std::thread::sleep(Duration::from_millis(250));
@@ -439,11 +460,11 @@ fn a_source_that_stalled_is_used_again_once_it_recovers() {
     // so a read racing that still goes to the second source.
     wait_for("a read served by the recovered source alone", || {
         let before = c.second.requests();
-        read_next();
+        reads.next();
         c.second.requests() == before
     });
     let before = c.second.requests();
-    read_next();
+    reads.next();
     assert_eq!(
         c.second.requests(),
         before,
@@ -458,27 +479,18 @@ fn a_source_that_stalled_is_used_again_once_it_recovers() {
 #[ignore]
 fn a_source_silent_for_a_minute_is_used_again_within_a_minute_of_recovering() {
     let c = build_case(None, 160 * MIB as usize, &[]);
-    let file = fs::File::open(c.mount.path("m/w.bin")).unwrap();
-    let mut piece = vec![0u8; 4096];
-    let mut at = 0;
-    let mut read_next = || {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(&mut piece, at).unwrap();
-        assert!(piece[..] == c.data[at as usize..at as usize + 4096]);
-        // Far apart: each read a cold chunk, none read ahead.
-        at += 2 * MIB;
-    };
+    let mut reads = ColdReads::of(&c, 2 * MIB);
     c.first.set_always(Some(Fault::StallMidway));
     let stalled = Instant::now();
     while stalled.elapsed() < Duration::from_secs(60) {
-        read_next();
+        reads.next();
         std::thread::sleep(Duration::from_secs(2));
     }
     c.first.set_always(None);
     let (recovered, asked) = (Instant::now(), c.first.requests());
     // A read a second: wait_for's deadline is the minute.
     wait_for("the recovered source to be asked again", || {
-        read_next();
+        reads.next();
         let asked_again = c.first.requests() > asked;
         if !asked_again {
             std::thread::sleep(Duration::from_secs(1));

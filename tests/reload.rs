@@ -286,7 +286,7 @@ fn a_manifest_at_a_url_is_followed_and_unchanged_polls_send_no_body() {
         c.ws.entry(dir, id, &[format!("{}/{dir}", server.url())], MIB)
     };
     let catalog = c.ws.models().join("catalog.toml");
-    fs::write(&catalog, format!("version = 1\n\n{}", entry("a", "a@1"))).unwrap();
+    fs::write(&catalog, manifest_text(&[entry("a", "a@1")])).unwrap();
     let url = format!("{}/catalog.toml", server.url());
     let addr = free_addr();
     let m = Mount::start(
@@ -310,11 +310,7 @@ fn a_manifest_at_a_url_is_followed_and_unchanged_polls_send_no_body() {
 
     fs::write(
         &catalog,
-        format!(
-            "version = 1\n\n{}\n{}",
-            entry("a", "a@1"),
-            entry("b", "b@1")
-        ),
+        manifest_text(&[entry("a", "a@1"), entry("b", "b@1")]),
     )
     .unwrap();
     let changed = Instant::now();
@@ -404,7 +400,7 @@ fn a_manifest_in_a_bucket_is_followed() {
         )
     };
     let catalog = c.ws.models().join("bucket/catalog.toml");
-    fs::write(&catalog, format!("version = 1\n\n{}", entry("a", "a@1"))).unwrap();
+    fs::write(&catalog, manifest_text(&[entry("a", "a@1")])).unwrap();
     let env: Vec<(&str, String)> = s3.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let addr = free_addr();
@@ -431,11 +427,7 @@ fn a_manifest_in_a_bucket_is_followed() {
     assert!(m.log_text().contains("the manifest is unchanged"));
     fs::write(
         &catalog,
-        format!(
-            "version = 1\n\n{}\n{}",
-            entry("a", "a@1"),
-            entry("b", "b@1")
-        ),
+        manifest_text(&[entry("a", "a@1"), entry("b", "b@1")]),
     )
     .unwrap();
     wait_for("the change to be served", || m.path("b@1").exists());

@@ -139,7 +139,7 @@ impl Workspace {
     /// Writes `version = 1` and the entries as `manifest.toml`.
     pub fn write_manifest(&self, entries: &[String]) -> PathBuf {
         let path = self.path("manifest.toml");
-        fs::write(&path, format!("version = 1\n\n{}", entries.join("\n"))).unwrap();
+        fs::write(&path, manifest_text(entries)).unwrap();
         path
     }
 
@@ -195,6 +195,11 @@ impl Workspace {
     pub fn mount(&self) -> Mount {
         Mount::start(self, &[])
     }
+}
+
+/// A native manifest of these `[[model]]` entries.
+pub fn manifest_text(entries: &[String]) -> String {
+    format!("version = 1\n\n{}", entries.join("\n"))
 }
 
 /// Whether anything (a stale mount included) is mounted at `path`.
