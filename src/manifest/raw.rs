@@ -162,29 +162,34 @@ impl Sizes {
                 continue;
             };
             let size = *f.size.get_ref();
-            match self.0.insert(digest, size) {
-                Some(before) if before != size => {
-                    return err(
-                        f.sha256.span(),
-                        at.file(j).field("sha256"),
-                        format!(
-                            "this sha256 was given before with size = {before}, here {size}: one of them is wrong"
-                        ),
-                    );
-                }
-                _ => {}
+            let before = *self.0.entry(digest).or_insert(size);
+            if before != size {
+                return err(
+                    f.sha256.span(),
+                    at.file(j).field("sha256"),
+                    format!(
+                        "this sha256 was given before with size = {before}, here {size}: one of them is wrong"
+                    ),
+                );
             }
         }
         Ok(())
     }
+}
 
-    /// Whether every file of `models` agrees with the sizes seen.
-    fn agree(&mut self, models: &[Arc<Model>]) -> bool {
-        let files = models.iter().flat_map(|m| &m.files);
-        files
-            .into_iter()
-            .all(|f| *self.0.entry(f.sha256).or_insert(f.size) == f.size)
-    }
+/// Whether no sha256 of `models` is given two sizes (what [`Sizes`]
+/// checks, without spans): sorted references rather than a map, as a
+/// catalog has 300,000 files (the map cost 36 MB more at its peak).
+fn sizes_agree(models: &[Arc<Model>]) -> bool {
+    let mut files: Vec<(&Digest, u64)> = models
+        .iter()
+        .flat_map(|m| &m.files)
+        .map(|f| (&f.sha256, f.size))
+        .collect();
+    files.sort_unstable();
+    files
+        .windows(2)
+        .all(|w| w[0].0 != w[1].0 || w[0].1 == w[1].1)
 }
 
 /// What identifies one model's part of a manifest's text: its SHA-256,
@@ -280,7 +285,7 @@ fn parse_in_parts(text: &str, before: &Parts) -> Option<(Vec<Arc<Model>>, Vec<Pa
     }
     let mut ids = HashSet::new();
     // Anything wrong is located by the whole parse.
-    (models.iter().all(|m| ids.insert(m.id.as_str())) && Sizes::default().agree(&models))
+    (models.iter().all(|m| ids.insert(m.id.as_str())) && sizes_agree(&models))
         .then_some((models, digests))
 }
 
