@@ -15,7 +15,7 @@ use fuser::Notifier;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, info, warn};
 
-use super::remote;
+use super::{SourceArgs, remote};
 use crate::fs::ModelFs;
 use crate::fs::fuse::forget_changes;
 use crate::manifest::Manifest;
@@ -66,11 +66,12 @@ impl Stamp {
 pub struct Follower {
     /// The manifest's path or URL, as given.
     name: PathBuf,
-    url: Option<Location>,
+    /// For a manifest named by URL: where, and the clients that fetch it
+    /// (made only then).
+    url: Option<(Location, Sources)>,
     local_root: Option<PathBuf>,
     /// Where the last good copy of a manifest named by URL is kept.
     kept: Option<PathBuf>,
-    sources: Sources,
     core: Arc<ModelFs>,
     notifier: Notifier,
     metrics: Arc<Metrics>,
@@ -113,28 +114,29 @@ impl Follower {
         name: PathBuf,
         local_root: Option<PathBuf>,
         kept_in: Option<&Path>,
-        sources: Sources,
+        sources: &SourceArgs,
         core: Arc<ModelFs>,
         notifier: Notifier,
         metrics: Arc<Metrics>,
         seen: Seen,
-    ) -> Follower {
-        let url = remote::location(&name);
+    ) -> anyhow::Result<Follower> {
+        let url = remote::location(&name)
+            .map(|location| Ok::<_, anyhow::Error>((location, sources.build()?)))
+            .transpose()?;
         let kept = url
             .as_ref()
             .zip(kept_in)
             .map(|(_, root)| remote::kept_path(root, &name.to_string_lossy()));
-        Follower {
+        Ok(Follower {
             name,
             url,
             local_root,
             kept,
-            sources,
             core,
             notifier,
             metrics,
             seen: tokio::sync::Mutex::new(seen),
-        }
+        })
     }
 
     pub fn is_remote(&self) -> bool {
@@ -200,10 +202,10 @@ impl Follower {
                 read.await?
                     .with_context(|| format!("cannot read {}", self.name.display()))?
             }
-            Some(location) => {
+            Some((location, sources)) => {
                 let url = self.name.to_string_lossy();
                 let unless = seen.etag.as_deref().filter(|_| why == Why::Changed);
-                match remote::fetch_unless(&self.sources, &url, location, unless).await? {
+                match remote::fetch_unless(sources, &url, location, unless).await? {
                     None => {
                         debug!(manifest = %url, "not modified since it was fetched");
                         return Ok(Outcome::Unchanged);

@@ -249,16 +249,16 @@ fn serve(
         args.manifest.path()?,
         args.manifest.local_root(),
         (!args.ephemeral).then(|| cache.root()),
-        args.sources.build()?,
+        &args.sources,
         Arc::clone(&core),
         session.notifier(),
         Arc::clone(&metrics),
         seen,
-    ));
-    if let Some(every) = Some(args.manifest_refresh).filter(|d| !d.is_zero()) {
+    )?);
+    if !args.manifest_refresh.is_zero() {
         let follower = Arc::clone(&follower);
         match follower.is_remote() {
-            true => runtime.spawn(follower.poll_url(every)),
+            true => runtime.spawn(follower.poll_url(args.manifest_refresh)),
             false => runtime.spawn(follower.watch_file()),
         };
     }

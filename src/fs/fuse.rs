@@ -442,10 +442,6 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         self.core.metrics().fuse_op("read");
-        if let Some(text) = self.core.read_text(fh.0, offset, size) {
-            reply.data(&text);
-            return;
-        }
         let span = debug_span!("read", ino = ino.0, fh = fh.0, offset, size);
         let now = span.in_scope(|| self.core.read_now(fh.0, offset, size));
         match now {
@@ -464,6 +460,11 @@ impl Filesystem for FuseAdapter {
                     }
                     .instrument(span),
                 );
+            }
+            // Not a file's handle: a text's (refs/main), looked for only
+            // then, off the path of every other read.
+            Err(FsError::BadHandle) if let Some(text) = self.core.read_text(fh.0, offset, size) => {
+                reply.data(&text)
             }
             Err(e) => reply.error(errno(&e)),
         }

@@ -412,33 +412,29 @@ impl ModelFs {
     /// Ends open `fh`; true if its file may now be read by passthrough
     /// (complete, or every chunk verified).
     pub fn release(&self, fh: u64) -> bool {
-        let text = self
-            .texts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh);
-        if text.is_some() {
-            return false;
-        }
         let handle = self
             .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh);
-        let servable = handle.as_ref().is_some_and(|h| h.blob.is_servable());
-        if let Some(h) = &handle {
-            h.blob.mark_used();
-            h.stop_readahead
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .store(true, Ordering::Release);
-            self.finish_if_verified(&h.target, &h.blob);
-            self.streams.closed(&h.target);
-        }
+        let Some(h) = handle else {
+            // A text's, if anything.
+            let mut texts = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+            texts.remove(&fh);
+            return false;
+        };
+        let servable = h.blob.is_servable();
+        h.blob.mark_used();
+        h.stop_readahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .store(true, Ordering::Release);
+        self.finish_if_verified(&h.target, &h.blob);
+        self.streams.closed(&h.target);
         // Dropping the last handle on a partial file syncs it: let that
         // happen on the runtime's blocking pool, not on the caller's thread.
         let _runtime = self.runtime.enter();
-        drop(handle);
+        drop(h);
         servable
     }
 

@@ -280,16 +280,17 @@ impl Metrics {
     /// than what `source` holds now, if it is.
     pub fn catalog_loaded(&self, source: &str, models: usize, error: Option<String>) {
         let mut catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
-        let (generation, reloads, reloads_pending) = match &*catalog {
+        let (generation, reloads, reloads_pending, started) = match &*catalog {
             Some(c) => {
                 self.counted_reload("loaded");
                 (
                     c.generation + 1,
                     c.reloads + 1,
                     c.reloads_pending.saturating_sub(1),
+                    c.started,
                 )
             }
-            None => (1, 0, 0),
+            None => (1, 0, 0, None),
         };
         let pid = std::process::id();
         *catalog = Some(Catalog {
@@ -300,7 +301,7 @@ impl Metrics {
             reloads,
             reloads_pending,
             pid,
-            started: crate::fileio::process_started(pid),
+            started: started.or_else(|| crate::fileio::process_started(pid)),
             error,
         });
     }
