@@ -11,6 +11,9 @@ scripts/setup.sh
 # The S3 tests run against s3s-fs, a real S3-compatible server.
 S3S_FS=$(scripts/ensure-s3s-fs.sh)
 export S3S_FS
+# The signature tests check bundles made by the real OpenSSF signer.
+MODEL_SIGNING=$(scripts/ensure-model-signing.sh)
+export MODEL_SIGNING
 
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io;
+use std::path::Path;
 
 /// Appends up to `len` bytes of `file` at `offset` to `out`, read straight
 /// into its spare capacity; returns how many (fewer once the file ends).
@@ -71,6 +72,26 @@ pub fn process_started(pid: u32) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold anything.
     let after_name = &stat[stat.rfind(')')? + 1..];
     after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Writes `bytes` to `path` whole and durably: a new file beside it,
+/// synced, renamed over the old; its directory made if need be.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().expect("a file lives in a directory");
+    crate::cache::files::ensure_dir(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = (|| {
+        let mut file = File::create(&tmp)?;
+        io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

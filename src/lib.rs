@@ -17,5 +17,6 @@ pub mod fs;
 pub mod hash;
 pub mod manifest;
 pub mod metrics;
+pub mod signature;
 pub mod source;
 pub mod units;

@@ -23,6 +23,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::cache::{Cache, Catalog, Quota};
 use crate::manifest::{BuildOptions, Manifest, ManifestError, build_entry, build_hub_entry};
+use crate::signature::{Signatures, Trust, TrustedKey};
 use crate::source::{Sources, Timeouts};
 use crate::units::parse_size;
 
@@ -225,6 +226,55 @@ impl SourceArgs {
 
     fn build(&self) -> anyhow::Result<Sources> {
         Sources::new(self.timeouts()).context("cannot set up the clients for sources")
+    }
+}
+
+/// Whose signatures to trust (mount, prefetch, verify).
+#[derive(Args, Clone)]
+struct SignatureArgs {
+    /// A publisher's public key: PEM, ECDSA P-256 or P-384, as
+    /// `model_signing sign key` pairs them; repeatable. A model that names
+    /// a signature bundle (`signature = "model.sig"`) is then served only if
+    /// the bundle verifies against one of these keys and signs each of its
+    /// files with the sha256 the manifest gives; checked at the model's
+    /// first open, never by a listing. Files signed whole are served once
+    /// all of each verified (see the README). Without a key, bundles are not
+    /// checked.
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    trusted_keys: Vec<PathBuf>,
+    /// Also refuse every model that names no signature bundle.
+    #[arg(long, requires = "trusted_keys")]
+    require_signatures: bool,
+}
+
+impl SignatureArgs {
+    /// The keys, read now: a bad key file is a usage error, before anything
+    /// is mounted or fetched.
+    fn trust(&self) -> anyhow::Result<Trust> {
+        let keys = self
+            .trusted_keys
+            .iter()
+            .map(|path| TrustedKey::load(path).map_err(|e| UsageError(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        Ok(Trust {
+            keys,
+            require: self.require_signatures,
+        })
+    }
+
+    /// The checker for these keys, if any are given.
+    fn signatures(
+        &self,
+        timeouts: Timeouts,
+        cache: &Cache,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Option<Signatures>> {
+        let trust = self.trust()?;
+        if !trust.is_active() {
+            return Ok(None);
+        }
+        let sources = Sources::new(timeouts).context("cannot set up the clients for sources")?;
+        Ok(Some(Signatures::new(trust, sources, cache.root(), metrics)))
     }
 }
 

@@ -16,7 +16,8 @@ use tracing::{debug, info, warn};
 
 use super::follow::{Follower, Seen, Stamp, Why};
 use super::{
-    CacheArg, ManifestArg, QuotaArg, SourceArgs, UsageError, daemon, init_logging, open_cache,
+    CacheArg, ManifestArg, QuotaArg, SignatureArgs, SourceArgs, UsageError, daemon, init_logging,
+    open_cache,
 };
 use crate::cache::Cache;
 use crate::fetch::Fetcher;
@@ -33,6 +34,8 @@ pub struct MountArgs {
     manifest: ManifestArg,
     #[command(flatten)]
     cache: CacheArg,
+    #[command(flatten)]
+    signatures: SignatureArgs,
     /// Use a new cache that is deleted at unmount: in $TMPDIR, or at
     /// --cache-dir DIR, which must not exist yet.
     #[arg(long)]
@@ -109,6 +112,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     };
     let (manifest, stale) = (Arc::new(loaded.manifest), loaded.stale);
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
+    // Bad key files are said now, not in the daemon's log.
+    args.signatures.trust()?;
     let ephemeral = args
         .ephemeral
         .then(|| EphemeralCache::create(&args.cache))
@@ -195,7 +200,10 @@ fn serve(
     let mtime = std::fs::metadata(args.manifest.path()?)
         .and_then(|m| m.modified())
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let core = Arc::new(ModelFs::new(
+    let signatures =
+        args.signatures
+            .signatures(args.sources.timeouts(), &cache, Arc::clone(&metrics))?;
+    let core = ModelFs::new(
         manifest,
         Arc::clone(&cache),
         Arc::clone(&fetcher),
@@ -208,7 +216,8 @@ fn serve(
             enabled: !args.no_stream,
             grace: args.stream_grace,
         },
-    ));
+    );
+    let core = Arc::new(core.with_signatures(signatures));
     crate::fs::give_back_freed_memory();
     let adapter = FuseAdapter::new(Arc::clone(&core), runtime.handle().clone(), mtime);
 

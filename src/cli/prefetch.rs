@@ -8,10 +8,14 @@ use clap::Args;
 use futures::future::join_all;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::{CacheArg, ManifestArg, QuotaArg, SourceArgs, init_logging, model_indices, open_cache};
+use super::{
+    CacheArg, ManifestArg, QuotaArg, SignatureArgs, SourceArgs, init_logging, model_indices,
+    open_cache,
+};
 use crate::cache::Cache;
 use crate::fetch::{Fetcher, Target};
-use crate::manifest::Manifest;
+use crate::manifest::Model;
+use crate::signature::Signatures;
 
 #[derive(Args)]
 pub struct PrefetchArgs {
@@ -32,6 +36,8 @@ pub struct PrefetchArgs {
     quota: QuotaArg,
     #[command(flatten)]
     sources: SourceArgs,
+    #[command(flatten)]
+    signatures: SignatureArgs,
 }
 
 pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
@@ -45,12 +51,21 @@ pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
     let models = model_indices(&manifest, &args.models)?;
     let cache = open_cache(&args.cache, &args.quota, &manifest)?;
     let (fetcher, runtime) = args.sources.fetcher(&cache)?;
+    let signatures = args.signatures.signatures(
+        args.sources.timeouts(),
+        &cache,
+        Arc::clone(fetcher.metrics()),
+    )?;
     let bars = MultiProgress::new();
-    let results = runtime.block_on(join_all(
-        models
-            .iter()
-            .map(|&m| prefetch_model(&fetcher, &cache, &manifest, m, &bars)),
-    ));
+    let results = runtime.block_on(join_all(models.iter().map(|&m| {
+        prefetch_model(
+            &fetcher,
+            &cache,
+            signatures.as_ref(),
+            &manifest.models[m],
+            &bars,
+        )
+    })));
     let mut failed = 0;
     // A closed stdout is an error here, not a panic: this command keeps
     // SIGPIPE ignored (see `Command::may_fetch`).
@@ -79,16 +94,27 @@ pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
-/// Every file of one model, complete and verified, then its link tree:
-/// its path, and the optional files absent at every source.
+/// Every file of one model, complete and verified (as its signature
+/// vouches for it, with trusted keys), then its link tree: its path, and
+/// the files skipped (optional ones absent at every source, unsigned ones).
 async fn prefetch_model(
     fetcher: &Fetcher,
     cache: &Cache,
-    manifest: &Arc<Manifest>,
-    model: usize,
+    signatures: Option<&Signatures>,
+    spec: &Arc<Model>,
     bars: &MultiProgress,
 ) -> anyhow::Result<(std::path::PathBuf, Vec<String>)> {
-    let spec = &manifest.models[model];
+    let verdict = match signatures {
+        Some(s) => Some(s.verdict(spec).await?),
+        None => None,
+    };
+    let (spec, unsigned) = match &verdict {
+        Some(v) => v
+            .serves(spec)
+            .map_err(|why| anyhow::anyhow!("signature refused: {why}"))?,
+        None => (spec, &[][..]),
+    };
+    let is_unsigned = |f: usize| unsigned.get(f) == Some(&true);
     let total: u64 = spec.files.iter().map(|f| f.size).sum();
     let bar = bars.add(ProgressBar::new(total));
     bar.set_style(
@@ -101,14 +127,37 @@ async fn prefetch_model(
     bar.set_prefix(spec.id.clone());
     // One stream for the whole model, in the manifest's order.
     let targets: Vec<Target> = (0..spec.files.len())
-        .map(|f| Target::of(manifest, model, f))
+        .filter(|&f| !is_unsigned(f))
+        .map(|f| Target::new(Arc::clone(spec), f))
         .collect();
     let results = fetcher.fetch_files(&targets, &|n| bar.inc(n)).await;
     bar.finish();
     let (mut present, mut skipped) = (Vec::new(), Vec::new());
-    for (file, result) in spec.files.iter().zip(results) {
+    for f in (0..spec.files.len()).filter(|&f| is_unsigned(f)) {
+        let path = &spec.files[f].path;
+        eprintln!(
+            "modelfs: prefetch {}: {path} is left out of its signature; skipped",
+            spec.id
+        );
+        skipped.push(path.to_string());
+    }
+    for (target, result) in targets.iter().zip(results) {
+        let file = target.entry();
         match result {
-            Ok(_) => present.push(file),
+            Ok(_) => {
+                if let Some(v) = &verdict {
+                    let blob = cache.open_blob(file)?;
+                    let complete = blob
+                        .complete_file()
+                        .ok_or_else(|| anyhow::anyhow!("{target}: not complete after its fetch"))?;
+                    if !Signatures::check_complete(v, target.file_index(), file, &complete)? {
+                        anyhow::bail!(
+                            "{target}: the cached file with its sha256 is not the signed one"
+                        );
+                    }
+                }
+                present.push(file)
+            }
             // A model is whole without its optional files.
             Err(e) if file.optional && e.is_absent() => {
                 eprintln!(

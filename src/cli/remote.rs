@@ -116,7 +116,7 @@ pub(super) fn keep_or_warn(url: &str, kept: &Path, text: &str) {
     }
 }
 
-fn default_timeouts() -> Timeouts {
+pub(super) fn default_timeouts() -> Timeouts {
     Timeouts {
         connect: std::time::Duration::from_secs(10),
         read: std::time::Duration::from_secs(30),
@@ -159,20 +159,6 @@ pub(super) async fn fetch_unless(
     Ok(Some((text, document.etag)))
 }
 
-/// Writes `text` to `kept` whole and durably: a new file, synced, renamed
-/// over the old.
 fn keep(kept: &Path, text: &str) -> std::io::Result<()> {
-    let dir = kept.parent().expect("kept copies live in a directory");
-    crate::cache::files::ensure_dir(dir)?;
-    let tmp = kept.with_extension(format!("toml.{}", std::process::id()));
-    let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, kept)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    crate::fileio::write_durably(kept, text.as_bytes())
 }

@@ -106,7 +106,8 @@ pub fn ls(
             for m in &manifest.models {
                 let (_, size, cached) = model_state(m, &model_presence(cache.as_ref(), m));
                 let line = json!({"id": m.id, "files": m.files.len(), "size": size,
-                                  "cached_bytes": cached, "pinned": pinned(cache.as_ref(), m)});
+                                  "cached_bytes": cached, "pinned": pinned(cache.as_ref(), m),
+                                  "signature": signature(cache.as_ref(), m)});
                 writeln!(out, "{line}")?;
             }
         }
@@ -119,14 +120,14 @@ pub fn ls(
         None => {
             writeln!(
                 out,
-                "{:<40} {:>6} {:>11} {:>7}  PINNED",
-                "MODEL", "FILES", "SIZE", "CACHED"
+                "{:<40} {:>6} {:>11} {:>7}  {:<6}  SIGNATURE",
+                "MODEL", "FILES", "SIZE", "CACHED", "PINNED"
             )?;
             for m in &manifest.models {
                 let (_, size, cached) = model_state(m, &model_presence(cache.as_ref(), m));
                 writeln!(
                     out,
-                    "{:<40} {:>6} {:>11} {:>7}  {}",
+                    "{:<40} {:>6} {:>11} {:>7}  {:<6}  {}",
                     m.id,
                     m.files.len(),
                     format_size(size),
@@ -135,7 +136,8 @@ pub fn ls(
                         "yes"
                     } else {
                         "no"
-                    }
+                    },
+                    signature(cache.as_ref(), m)
                 )?;
             }
         }
@@ -223,7 +225,7 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
         let s = Summary::of(cache, m, &model_presence(cache, m));
         writeln!(
             out,
-            "  {:<40} {:<9} {} of {} ({}), {} of {} files complete{}",
+            "  {:<40} {:<9} {} of {} ({}), {} of {} files complete{}{}",
             m.id,
             s.state,
             format_size(s.cached),
@@ -232,6 +234,10 @@ pub fn status(manifest: &Manifest, cache_root: &Path, as_json: bool) -> anyhow::
             s.complete,
             m.files.len(),
             if s.pinned { ", pinned" } else { "" },
+            match &m.signature {
+                Some(_) => format!(", signature {}", s.signature),
+                None => String::new(),
+            },
         )?;
     }
     if mounts.is_empty() {
@@ -340,7 +346,7 @@ impl serde::Serialize for ModelsJson<'_> {
                 .collect();
             json!({"id": m.id, "state": s.state, "size": s.size, "cached_bytes": s.cached,
                    "needed_bytes": s.size - s.cached,
-                   "files_complete": s.complete, "pinned": s.pinned,
+                   "files_complete": s.complete, "pinned": s.pinned, "signature": s.signature,
                    "details": details, "files": files})
         }))
     }
@@ -354,6 +360,8 @@ struct Summary {
     /// Files complete in the cache.
     complete: usize,
     pinned: bool,
+    /// See [`signature`].
+    signature: String,
 }
 
 impl Summary {
@@ -368,8 +376,14 @@ impl Summary {
                 .filter(|p| **p == Presence::Complete)
                 .count(),
             pinned: pinned(cache, m),
+            signature: signature(cache, m),
         }
     }
+}
+
+/// A model's signature standing, as the last check recorded it in the cache.
+fn signature(cache: Option<&Cache>, m: &Model) -> String {
+    crate::signature::standing(cache.map(Cache::root), m)
 }
 
 /// The quota a cache keeps to: the smallest of its live mounts'.

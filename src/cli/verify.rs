@@ -5,7 +5,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{CacheArg, ManifestArg, QuotaArg, init_logging, model_indices, open_cache};
+use super::{
+    CacheArg, ManifestArg, QuotaArg, SignatureArgs, init_logging, model_indices, open_cache,
+};
+use crate::signature::{Signatures, Verdict};
 use crate::units::format_size;
 
 #[derive(Args)]
@@ -19,6 +22,11 @@ pub struct VerifyArgs {
     manifest: ManifestArg,
     #[command(flatten)]
     cache: CacheArg,
+    /// With --trusted-key, each signed model's bundle is checked too (the
+    /// copy kept in the cache, else fetched from the model's sources), and
+    /// a refused one is a problem.
+    #[command(flatten)]
+    signatures: SignatureArgs,
 }
 
 /// Exit code 1 if anything was bad (and has been dropped).
@@ -27,10 +35,28 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
     let manifest = std::sync::Arc::new(args.manifest.load()?);
     let models = model_indices(&manifest, &args.models)?;
     let cache: Arc<_> = open_cache(&args.cache, &QuotaArg::none(), &manifest)?;
+    let signatures = args.signatures.signatures(
+        super::remote::default_timeouts(),
+        &cache,
+        Arc::new(crate::metrics::Metrics::new()),
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let mut bad_models = 0;
     for m in models {
         let model = &manifest.models[m];
         let (mut checked, mut problems) = (0, Vec::new());
+        if let Some(s) = &signatures {
+            match &*runtime.block_on(s.verdict(model))? {
+                Verdict::Refused(why) => problems.push(format!("signature refused: {why}")),
+                verdict @ Verdict::Verified { model: bound, .. } => {
+                    problems.extend(signed_complete_files(&cache, verdict, bound)?);
+                }
+                Verdict::Unsigned => {}
+            }
+        }
         for entry in &model.files {
             if cache.presence(entry)?.bytes(entry.size) == 0 {
                 continue;
@@ -67,4 +93,29 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if bad_models == 0 { 0 } else { 1 })
+}
+
+/// The complete files of a model bound to signed shards that are not the
+/// signed bytes (see [`Signatures::check_complete`]).
+fn signed_complete_files(
+    cache: &crate::cache::Cache,
+    verdict: &Verdict,
+    bound: &crate::manifest::Model,
+) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for (j, entry) in bound.files.iter().enumerate() {
+        if cache.presence(entry)? != crate::cache::Presence::Complete {
+            continue;
+        }
+        let Some(complete) = cache.open_blob(entry)?.complete_file() else {
+            continue;
+        };
+        if !Signatures::check_complete(verdict, j, entry, &complete)? {
+            problems.push(format!(
+                "{}: the cached file is not the signed one",
+                entry.path
+            ));
+        }
+    }
+    Ok(problems)
 }

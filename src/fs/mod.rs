@@ -24,8 +24,9 @@ use crate::cache::{Blob, Cache, Presence};
 use crate::fetch::readahead::Readahead;
 use crate::fetch::{FetchError, Fetcher, Target, Urgency};
 use crate::hash::Digest;
-use crate::manifest::Manifest;
 use crate::manifest::weights::LARGE_FILE;
+use crate::manifest::{Manifest, Model};
+use crate::signature::{Signatures, Unavailable, Verdict};
 use generation::{Catalog, Generation};
 pub use generation::{Next as NextCatalog, give_back_freed_memory};
 use streams::{STREAM_AFTER, Streams};
@@ -39,6 +40,9 @@ pub const XATTR_COMPONENT: &str = "user.modelfs.component";
 /// (`/healthz`'s `catalog`): how `modelfs reload` finds the mount's
 /// process and sees its reload end.
 pub const XATTR_CATALOG: &str = "user.modelfs.catalog";
+/// On files: their model's signature standing (`unsigned`, `verified by
+/// KEY`, `refused: WHY`, or not checked yet).
+pub const XATTR_SIGNATURE: &str = "user.modelfs.signature";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -58,6 +62,11 @@ pub enum FsError {
     NotSymlink,
     #[error("the bytes asked for are not verified")]
     NotVerified,
+    /// Its model's signature does not vouch for it.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error("cache: {0}")]
@@ -75,7 +84,11 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::NoAttr => libc::ENODATA,
             FsError::NotSymlink => libc::EINVAL,
-            FsError::NotVerified => libc::EIO,
+            FsError::NotVerified | FsError::Unavailable(_) => libc::EIO,
+            // The same for every open until the manifest or the bundle
+            // changes: loaders say "permission denied", not an I/O error
+            // that looks like a failing disk worth retrying.
+            FsError::Refused(_) => libc::EACCES,
             FsError::Fetch(FetchError::Local { source, .. }) => local_errno(source),
             FsError::Fetch(FetchError::CacheFull { .. }) => libc::ENOSPC,
             FsError::Fetch(
@@ -156,6 +169,8 @@ pub struct ModelFs {
     texts: Mutex<HashMap<u64, Arc<[u8]>>>,
     streams: Arc<Streams>,
     next_fh: AtomicU64,
+    /// With `--trusted-key`: the models' signatures, checked at first open.
+    signatures: Option<Signatures>,
 }
 
 /// How many requests a readahead window is split into, at most.
@@ -185,7 +200,14 @@ impl ModelFs {
             handles: Mutex::new(HashMap::new()),
             texts: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            signatures: None,
         }
+    }
+
+    /// Serves each model only as its signature vouches for it.
+    pub fn with_signatures(mut self, signatures: Option<Signatures>) -> Self {
+        self.signatures = signatures;
+        self
     }
 
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
@@ -367,8 +389,15 @@ impl ModelFs {
         if write {
             return Err(FsError::ReadOnly);
         }
-        let target = Target::of(&g.manifest, model, file);
+        let (target, verdict) = self.signed(Target::of(&g.manifest, model, file))?;
         let blob = self.cache.open_blob(target.entry())?;
+        if let (Some(verdict), Some(complete)) = (&verdict, blob.complete_file())
+            && !Signatures::check_complete(verdict, file, target.entry(), &complete)?
+        {
+            let why = format!("{target}: the cached file with its sha256 is not the signed one");
+            tracing::warn!("not served: {why}");
+            return Err(FsError::Refused(why));
+        }
         // A previous run may have verified every chunk but stopped before the final check.
         self.finish_if_verified(&target, &blob);
         let handle = Arc::new(OpenFile {
@@ -386,9 +415,34 @@ impl ModelFs {
             .insert(fh, Arc::clone(&handle));
         self.streams.opened(&handle.target);
         if g.first_open(model) {
-            self.fetch_small_files(&g.manifest, model);
+            self.fetch_small_files(handle.target.model());
         }
         Ok((fh, handle))
+    }
+
+    /// `target` as its model's signature vouches for it (see
+    /// [`crate::signature`]), with the verdict; its model's first open
+    /// waits for the check. Refused models and unsigned files are errors.
+    fn signed(&self, target: Target) -> Result<(Target, Option<Arc<Verdict>>), FsError> {
+        let Some(signatures) = &self.signatures else {
+            return Ok((target, None));
+        };
+        let verdict = match signatures.known(target.model()) {
+            Some(verdict) => verdict,
+            // Opens run on the blocking pool: waiting here holds no request.
+            None => self.runtime.block_on(signatures.verdict(target.model()))?,
+        };
+        let file = target.file_index();
+        let (model, unsigned) = verdict
+            .serves(target.model())
+            .map_err(|why| FsError::Refused(format!("{}: {why}", target.model_id())))?;
+        if unsigned.get(file) == Some(&true) {
+            return Err(FsError::Refused(format!(
+                "{target}: left out of the signature by its signer (ignore_paths)"
+            )));
+        }
+        let target = Target::new(Arc::clone(model), file);
+        Ok((target, Some(verdict)))
     }
 
     /// At a model's first open, its small files (configs, tokenizers, index
@@ -396,11 +450,11 @@ impl ModelFs {
     /// dozens of them one after another, and each would otherwise cost a
     /// round trip. A reader's own reads go first; its next opens find
     /// them cached, or in flight.
-    fn fetch_small_files(&self, manifest: &Arc<Manifest>, model: usize) {
-        let files = &manifest.models[model].files;
+    fn fetch_small_files(&self, model: &Arc<Model>) {
+        let files = &model.files;
         for file in (0..files.len()).filter(|&f| files[f].size <= LARGE_FILE) {
             let fetcher = Arc::clone(&self.fetcher);
-            let target = Target::of(manifest, model, file);
+            let target = Target::new(Arc::clone(model), file);
             self.runtime.spawn(async move {
                 if let Err(e) = fetcher.fetch_file(&target, &|_| {}).await {
                     debug!(file = %target, error = %e, "a small file was not fetched ahead; a read of it will try");
@@ -605,6 +659,9 @@ impl ModelFs {
         match name {
             XATTR_SHA256 => Ok(entry.sha256.to_hex().into_bytes()),
             XATTR_CACHED => Ok(self.file_attr(ino, entry).cached.to_string().into_bytes()),
+            XATTR_SIGNATURE => Ok(self
+                .signature_standing(&g.manifest.models[model])
+                .into_bytes()),
             XATTR_COMPONENT => entry
                 .component
                 .as_ref()
@@ -619,7 +676,7 @@ impl ModelFs {
         let node = g.tree.get(ino).ok_or(FsError::NotFound)?;
         Ok(match node.kind {
             Kind::File { model, file } => {
-                let mut names = format!("{XATTR_SHA256}\0{XATTR_CACHED}\0");
+                let mut names = format!("{XATTR_SHA256}\0{XATTR_CACHED}\0{XATTR_SIGNATURE}\0");
                 if g.manifest.models[model].files[file].component.is_some() {
                     names.push_str(XATTR_COMPONENT);
                     names.push('\0');
@@ -629,6 +686,15 @@ impl ModelFs {
             Kind::Dir(_) if ino == ROOT => format!("{XATTR_CATALOG}\0").into_bytes(),
             Kind::Dir(_) | Kind::Symlink(_) | Kind::Text(_) => Vec::new(),
         })
+    }
+
+    /// What a model's files say of its signature, without checking it.
+    fn signature_standing(&self, model: &Arc<Model>) -> String {
+        match (&self.signatures, &model.signature) {
+            (Some(signatures), _) => signatures.standing(model),
+            (None, None) => "unsigned".into(),
+            (None, Some(_)) => "signed, not checked: no --trusted-key".into(),
+        }
     }
 
     /// Total bytes and files the tree shows, and its inodes.

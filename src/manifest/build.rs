@@ -70,9 +70,18 @@ pub fn build_entry(dir: &Path, opts: &BuildOptions) -> Result<String, BuildError
             dir.display()
         )));
     }
+    // A signature bundle beside the files is the model's, not one of them;
+    // it is fetched from the sources, so named only when there are some.
+    let bundle = files
+        .iter()
+        .position(|f| !f.rel.contains('/') && is_bundle(&f.abs));
+    let mut keys = Vec::new();
+    if let Some(i) = bundle.filter(|_| !opts.sources.is_empty()) {
+        keys.push(("signature", quoted(&files.remove(i).rel)));
+    }
     let digests = hash_all(&files, chunk_size)?;
 
-    let mut out = entry_head(opts, &[]);
+    let mut out = entry_head(opts, &keys);
     for (file, (whole, chunks)) in files.iter().zip(digests) {
         write_file(
             &mut out,
@@ -83,6 +92,23 @@ pub fn build_entry(dir: &Path, opts: &BuildOptions) -> Result<String, BuildError
         );
     }
     Ok(out)
+}
+
+/// Whether `path` is a Sigstore bundle (`model_signing`'s `model.sig`).
+fn is_bundle(path: &Path) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "mediaType")]
+        media_type: String,
+    }
+    path.extension().is_some_and(|e| e == "sig")
+        && std::fs::read(path)
+            .ok()
+            .and_then(|json| serde_json::from_slice::<Head>(&json).ok())
+            .is_some_and(|h| {
+                h.media_type
+                    .starts_with("application/vnd.dev.sigstore.bundle")
+            })
 }
 
 /// A TOML string.

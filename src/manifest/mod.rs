@@ -41,7 +41,7 @@ pub struct Manifest {
     parts: Vec<raw::PartDigest>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Model {
     pub id: String,
     pub description: Option<String>,
@@ -59,6 +59,9 @@ pub struct Model {
     /// Base URLs: a file is also fetched from `<base>/<path>`, after its
     /// own sources (see [`Model::locations`]).
     pub sources: Box<[Location]>,
+    /// The publisher's signature bundle (OpenSSF Model Signing): a URL, or
+    /// a path under each of `sources`; see [`Model::signature_locations`].
+    pub signature: Option<Box<str>>,
     pub files: Vec<FileEntry>,
 }
 
@@ -70,9 +73,19 @@ impl Model {
         let bases = self.sources.iter().map(|b| b.join(&file.path));
         file.sources.iter().cloned().chain(bases).collect()
     }
+
+    /// Where the signature bundle is fetched from, in order; empty if the
+    /// model names none.
+    pub fn signature_locations(&self) -> Vec<Location> {
+        match self.signature.as_deref() {
+            None => Vec::new(),
+            Some(url) if url.contains("://") => Location::parse(url).into_iter().collect(),
+            Some(path) => self.sources.iter().map(|b| b.join(path)).collect(),
+        }
+    }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct FileEntry {
     /// Relative, '/'-separated, validated.
     pub path: Box<str>,
@@ -125,6 +138,20 @@ impl FileEntry {
     pub fn chunk_hashes(&self) -> Option<impl Iterator<Item = Digest> + '_> {
         self.chunks.as_ref()?;
         Some((0..self.chunk_count()).filter_map(|i| self.chunk_hash(i)))
+    }
+
+    /// This file verified another way: whole (`None`), or in chunks of
+    /// `chunk_size` with these hashes (a signature's, say).
+    pub fn verified_by(&self, chunking: Option<(u64, Box<[Digest]>)>) -> FileEntry {
+        let mut file = self.clone();
+        file.chunks = chunking.map(|(size, hashes)| {
+            file.chunk_size = size;
+            match *hashes {
+                [one] if one == file.sha256 => Box::default(),
+                _ => hashes,
+            }
+        });
+        file
     }
 }
 

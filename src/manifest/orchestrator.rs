@@ -167,6 +167,7 @@ pub(super) fn parse(
                 repo: None,
                 revision: None,
                 sources,
+                signature: None,
                 file: m
                     .files
                     .into_iter()

@@ -42,6 +42,8 @@ pub(super) struct RawModel {
     pub revision: Option<Spanned<String>>,
     #[serde(default)]
     pub sources: Vec<Spanned<String>>,
+    /// The publisher's signature bundle: a path under the sources, or a URL.
+    pub signature: Option<Spanned<String>>,
     #[serde(default)]
     pub file: Vec<RawFile>,
 }
@@ -430,6 +432,13 @@ pub(super) fn validate_model(m: RawModel, at: At) -> Result<Model, Unlocated> {
             "a revision is 40 hex digits (a git commit)",
         );
     }
+    let signature = m
+        .signature
+        .map(|s| {
+            check_signature(s.get_ref(), &bases)
+                .or_else(|why| err(s.span(), at.field("signature"), why))
+        })
+        .transpose()?;
     Ok(Model {
         id: id.clone(),
         description: m.description,
@@ -439,8 +448,24 @@ pub(super) fn validate_model(m: RawModel, at: At) -> Result<Model, Unlocated> {
         revision: m.revision.map(|r| r.into_inner().to_ascii_lowercase()),
         details: Vec::new(),
         sources: bases,
+        signature,
         files,
     })
+}
+
+/// A signature bundle is a URL, or a path fetched from the model's sources.
+fn check_signature(text: &str, bases: &[Location]) -> Result<Box<str>, String> {
+    if text.contains("://") {
+        Location::parse(text)?;
+    } else {
+        check_path(text)?;
+        if bases.is_empty() {
+            return Err(format!(
+                "{text:?} is fetched from the model's `sources`, and it has none: add them, or give the bundle's URL"
+            ));
+        }
+    }
+    Ok(text.into())
 }
 
 fn validate_file(f: RawFile, at: At, bases: &[Location]) -> Result<FileEntry, Unlocated> {

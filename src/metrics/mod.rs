@@ -32,6 +32,7 @@ const FUSE_OPS: &str = "modelfs_fuse_ops";
 const OPENS: &str = "modelfs_opens";
 const UNCACHED_BYTES: &str = "modelfs_uncached_bytes";
 const CATALOG_RELOADS: &str = "modelfs_catalog_reloads";
+const SIGNATURE_CHECKS: &str = "modelfs_signature_checks";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
@@ -78,6 +79,7 @@ pub struct Metrics {
     sources: sources::SourceFigures,
     catalog: std::sync::Mutex<Option<Catalog>>,
     catalog_reloads: Family<ResultLabel, Counter>,
+    signature_checks: Family<ResultLabel, Counter>,
 }
 
 /// Now, in Unix seconds.
@@ -133,6 +135,13 @@ impl Metrics {
         let opens = Family::<ModeLabel, Counter>::default();
         let uncached_bytes = Counter::default();
         let catalog_reloads = Family::<ResultLabel, Counter>::default();
+        let signature_checks = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            SIGNATURE_CHECKS,
+            "Checks of models' signature bundles, by result: verified, refused (the model is not \
+             served), unavailable (the bundle could not be fetched; tried again at the next open)",
+            signature_checks.clone(),
+        );
         registry.register(
             CATALOG_RELOADS,
             "Reloads of the manifest, by result: loaded (a new catalog is served), unchanged, \
@@ -209,7 +218,14 @@ impl Metrics {
             sources,
             catalog: std::sync::Mutex::new(None),
             catalog_reloads,
+            signature_checks,
         }
+    }
+
+    pub fn signature_checked(&self, result: &'static str) {
+        self.signature_checks
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// `source` is a label safe to export: an origin, never a full URL.

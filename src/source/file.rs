@@ -2,7 +2,7 @@
 //! workers so a slow NFS server cannot stall them.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read as _};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -51,4 +51,26 @@ pub(super) async fn fetch(
         offset += piece.len() as u64;
     }
     Ok(())
+}
+
+/// The whole file at `path`, if it has at most `limit` bytes.
+pub(super) async fn read_whole(path: &Path, limit: usize) -> Result<super::Document, SourceError> {
+    let path = path.to_owned();
+    let body = blocking(move || {
+        let mut body = Vec::new();
+        io::Read::take(File::open(&path)?, limit as u64 + 1).read_to_end(&mut body)?;
+        Ok(body)
+    })
+    .await
+    .map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => SourceError::NotFound("no such file".into()),
+        _ => SourceError::Io(e),
+    })?;
+    if body.len() > limit {
+        return Err(SourceError::LongBody { want: limit as u64 });
+    }
+    Ok(super::Document {
+        body: Some(body),
+        etag: None,
+    })
 }

@@ -163,10 +163,7 @@ impl Sources {
     ) -> Result<(), StreamError> {
         match location {
             Location::File(path) => file::fetch(path, range, sink).await,
-            Location::LocalUnrooted(_) => Err(SourceError::NotFound(
-                "local:// needs --local-root (or $MODELFS_LOCAL_ROOT, or $MODELS_ROOT)".into(),
-            )
-            .into()),
+            Location::LocalUnrooted(_) => Err(unrooted().into()),
             Location::Http(url) => self.http.fetch(url, range, sink, None).await,
             Location::S3 { bucket, key } => {
                 let url = self.s3.object_url(bucket, key)?;
@@ -187,31 +184,46 @@ impl Sources {
 }
 
 impl Sources {
-    /// The whole object at `location` (a manifest), at most `limit` bytes,
-    /// unless it still has the ETag `unless`: `http(s)://` and `s3://` only.
+    /// The whole object at `location` (a manifest, a signature bundle), at
+    /// most `limit` bytes, unless it still has the ETag `unless`.
     pub async fn document(
         &self,
         location: &Location,
         limit: usize,
         unless: Option<&str>,
     ) -> Result<Document, SourceError> {
-        match location {
-            Location::Http(url) => self.http.get_if_changed(url, None, limit, unless).await,
-            Location::S3 { bucket, key } => {
-                let url = self.s3.object_url(bucket, key)?;
-                match self.http.get_if_changed(&url, None, limit, unless).await {
-                    Err(SourceError::Denied { reply, .. }) => Err(SourceError::Denied {
-                        reply,
-                        advice: Some(self.s3.denied_advice()),
-                    }),
-                    other => other,
-                }
+        let (url, bearer, advice) = match location {
+            Location::File(path) => return file::read_whole(path, limit).await,
+            Location::LocalUnrooted(_) => return Err(unrooted()),
+            Location::Http(url) => (url.clone(), None, None),
+            Location::S3 { bucket, key } => (
+                self.s3.object_url(bucket, key)?,
+                None,
+                Some(self.s3.denied_advice()),
+            ),
+            Location::Hf {
+                repo,
+                revision,
+                path,
+            } => (
+                self.hub.resolve_url(repo, revision, path),
+                self.hub.token(),
+                Some(self.hub.denied_advice()),
+            ),
+        };
+        match self.http.get_if_changed(&url, bearer, limit, unless).await {
+            Err(SourceError::Denied { reply, .. }) if advice.is_some() => {
+                Err(SourceError::Denied { reply, advice })
             }
-            _ => Err(SourceError::Rejected(
-                "only http(s):// and s3:// locations are read whole".into(),
-            )),
+            other => other,
         }
     }
+}
+
+fn unrooted() -> SourceError {
+    SourceError::NotFound(
+        "local:// needs --local-root (or $MODELFS_LOCAL_ROOT, or $MODELS_ROOT)".into(),
+    )
 }
 
 /// A document read whole.

@@ -1,0 +1,410 @@
+//! Signed models (OpenSSF Model Signing): with `--trusted-key`, a model that
+//! names a bundle is served only if the bundle, made here by the real
+//! `model_signing` signer, verifies against a trusted key and signs every
+//! file with the manifest's sha256; nothing else of it is served, and a
+//! listing stays offline.
+
+mod support;
+
+use std::fs;
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use support::*;
+
+const MIB: usize = 1 << 20;
+const SIGNATURE: &str = "user.modelfs.signature";
+
+/// The `model_signing` CLI (`scripts/ensure-model-signing.sh` installs it
+/// and `scripts/test.sh` names it in `$MODEL_SIGNING`) and the Python of
+/// its environment, which has its library and `cryptography`.
+struct Signer {
+    cli: PathBuf,
+    python: PathBuf,
+}
+
+impl Signer {
+    fn new() -> Signer {
+        let cli = PathBuf::from(std::env::var("MODEL_SIGNING").expect(
+            "MODEL_SIGNING names the model_signing CLI (scripts/test.sh sets it, from scripts/ensure-model-signing.sh)",
+        ));
+        let python = cli.with_file_name("python");
+        Signer { cli, python }
+    }
+
+    fn run(&self, command: &mut Command) -> String {
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{command:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A new P-256 key pair as `openssl ecparam -genkey` makes: (private, public) PEM files.
+    fn keypair(&self, ws: &Workspace, name: &str) -> (PathBuf, PathBuf) {
+        let (private, public) = (
+            ws.path(&format!("{name}.pem")),
+            ws.path(&format!("{name}.pub.pem")),
+        );
+        let script = "import sys
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization as s
+k = ec.generate_private_key(ec.SECP256R1())
+open(sys.argv[1], 'wb').write(k.private_bytes(s.Encoding.PEM, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption()))
+open(sys.argv[2], 'wb').write(k.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))";
+        self.run(
+            Command::new(&self.python)
+                .args(["-c", script])
+                .arg(&private)
+                .arg(&public),
+        );
+        (private, public)
+    }
+
+    /// `model_signing sign key DIR`, the bundle at `DIR/model.sig`: each file signed whole.
+    fn sign(&self, dir: &Path, private: &Path) {
+        self.run(
+            Command::new(&self.cli)
+                .args(["sign", "key"])
+                .arg(dir)
+                .arg("--private_key")
+                .arg(private)
+                .arg("--signature")
+                .arg(dir.join("model.sig")),
+        );
+    }
+
+    /// The same through `model_signing`'s library, in shards of `shard` bytes.
+    fn sign_shards(&self, dir: &Path, private: &Path, shard: usize) {
+        let script = "import sys, pathlib, model_signing
+d, key, shard = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+c = model_signing.signing.Config().use_elliptic_key_signer(private_key=key)
+c.set_hashing_config(model_signing.hashing.Config().use_shard_serialization(shard_size=shard).set_ignored_paths(paths=[d / 'model.sig']))
+c.sign(d, d / 'model.sig')";
+        self.run(
+            Command::new(&self.python)
+                .args(["-c", script])
+                .arg(dir)
+                .arg(private)
+                .arg(shard.to_string()),
+        );
+    }
+}
+
+/// A workspace with a range server over `models/` and a trusted key.
+struct Signed {
+    ws: Workspace,
+    server: RangeServer,
+    signer: Signer,
+    private: PathBuf,
+    public: PathBuf,
+}
+
+impl Signed {
+    fn new() -> Signed {
+        let ws = Workspace::new();
+        let server = RangeServer::start(&ws.models());
+        let signer = Signer::new();
+        let (private, public) = signer.keypair(&ws, "publisher");
+        Signed {
+            ws,
+            server,
+            signer,
+            private,
+            public,
+        }
+    }
+
+    /// `models/<dir>` with a config and `weights` bytes of weights; returns the weights.
+    fn model(&self, dir: &str, weights: usize, seed: u64) -> Vec<u8> {
+        let data = sample_bytes(weights, seed);
+        self.ws.add_file(
+            dir,
+            "config.json",
+            format!("{{\"seed\": {seed}}}\n").as_bytes(),
+        );
+        self.ws.add_file(dir, "w.bin", &data);
+        data
+    }
+
+    fn dir(&self, dir: &str) -> PathBuf {
+        self.ws.models().join(dir)
+    }
+
+    /// The manifest entry `manifest build` makes for `models/<dir>`, served over HTTP.
+    fn entry(&self, dir: &str, id: &str) -> String {
+        self.ws.entry(
+            dir,
+            id,
+            &[format!("{}/{dir}", self.server.url())],
+            MIB as u64,
+        )
+    }
+
+    fn mount(&self, extra: &[&str]) -> Mount {
+        let key = self.public.to_str().unwrap();
+        let mut args = vec!["--trusted-key", key];
+        args.extend_from_slice(extra);
+        Mount::start(&self.ws, &args)
+    }
+
+    /// Requests the server had for paths under `/<dir>/`, bundle included.
+    fn requests_for(&self, dir: &str) -> Vec<String> {
+        let prefix = format!("/{dir}/");
+        self.server
+            .request_log()
+            .into_iter()
+            .filter(|r| r.starts_with(&prefix))
+            .collect()
+    }
+
+    /// Bytes of `/<dir>/w.bin` the server was asked for.
+    fn weight_bytes_asked(&self, dir: &str) -> u64 {
+        let prefix = format!("/{dir}/w.bin ");
+        self.server
+            .request_log()
+            .iter()
+            .filter_map(|r| r.strip_prefix(&prefix)?.split_once('-'))
+            .map(|(a, b)| b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1)
+            .sum()
+    }
+
+    fn model_status(&self, id: &str) -> serde_json::Value {
+        let status = self.ws.status();
+        let models = status["models"].as_array().unwrap();
+        models.iter().find(|m| m["id"] == id).unwrap().clone()
+    }
+}
+
+fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
+    fs::read(path)
+}
+
+fn assert_refused(path: &Path) {
+    match fs::File::open(path) {
+        Err(e) => assert_eq!(
+            e.kind(),
+            ErrorKind::PermissionDenied,
+            "{}: {e}",
+            path.display()
+        ),
+        Ok(_) => panic!(
+            "{} opened, but its model's signature does not vouch for it",
+            path.display()
+        ),
+    }
+}
+
+#[test]
+fn a_signed_model_is_listed_offline_read_right_and_shown_verified() {
+    let s = Signed::new();
+    let weights = s.model("m", 3 * MIB + 123, 1);
+    // Git's files, which the signer leaves out by default.
+    s.ws.add_file("m", ".gitattributes", b"*.bin filter=lfs\n");
+    s.signer.sign(&s.dir("m"), &s.private);
+    let entry = s.entry("m", "signed");
+    assert!(
+        entry.contains("signature = \"model.sig\""),
+        "manifest build names the bundle:\n{entry}"
+    );
+    assert!(
+        !entry.contains("path = \"model.sig\""),
+        "the bundle is not one of the files"
+    );
+    s.ws.write_manifest(&[entry]);
+    let metrics = free_addr();
+    let mnt = s.mount(&["--metrics-addr", &metrics]);
+
+    // Listing, stat and the attribute touch no network.
+    let names: Vec<_> = fs::read_dir(mnt.path("signed"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(
+        fs::metadata(mnt.path("signed/w.bin")).unwrap().len(),
+        weights.len() as u64
+    );
+    assert_eq!(
+        xattr(&mnt.path("signed/w.bin"), SIGNATURE),
+        "not checked yet"
+    );
+    assert_eq!(
+        s.server.requests(),
+        0,
+        "a listing made requests: {:?}",
+        s.server.request_log()
+    );
+
+    assert_eq!(read_all(&mnt.path("signed/w.bin")).unwrap(), weights);
+    assert_eq!(
+        read_all(&mnt.path("signed/config.json")).unwrap(),
+        b"{\"seed\": 1}\n"
+    );
+    let verdict = format!("verified by {}", s.public.display());
+    assert_eq!(xattr(&mnt.path("signed/w.bin"), SIGNATURE), verdict);
+    assert_refused(&mnt.path("signed/.gitattributes"));
+    let bundles = s
+        .requests_for("m")
+        .iter()
+        .filter(|r| r.starts_with("/m/model.sig"))
+        .count();
+    assert_eq!(
+        bundles,
+        1,
+        "the bundle is fetched once: {:?}",
+        s.server.request_log()
+    );
+    let text = http_get(&metrics, "/metrics").1;
+    assert_eq!(
+        metric(&text, "modelfs_signature_checks_total{result=\"verified\"}"),
+        1.0
+    );
+    assert_eq!(s.model_status("signed")["signature"], verdict);
+    let ls = s.ws.run_ok(&["ls".as_ref()]);
+    assert!(ls.contains(&verdict), "ls shows the signature:\n{ls}");
+    drop(mnt);
+
+    // A restart with no network: the kept bundle vouches for the cached model.
+    drop(s.server);
+    let s = Signed {
+        server: RangeServer::start(&s.ws.path("nowhere")),
+        ..s
+    };
+    let mnt = s.mount(&[]);
+    assert_eq!(read_all(&mnt.path("signed/w.bin")).unwrap(), weights);
+    assert_eq!(xattr(&mnt.path("signed/config.json"), SIGNATURE), verdict);
+    assert_eq!(s.server.requests(), 0, "{:?}", s.server.request_log());
+}
+
+#[test]
+fn a_manifest_that_changed_a_signed_digest_serves_nothing_of_the_model() {
+    let s = Signed::new();
+    s.model("m", 2 * MIB, 2);
+    s.signer.sign(&s.dir("m"), &s.private);
+    // The source and the manifest now agree on other bytes; the publisher
+    // signed the old ones.
+    s.ws.add_file("m", "config.json", b"{\"evil\": true}\n");
+    s.ws.write_manifest(&[s.entry("m", "tampered")]);
+    let mnt = s.mount(&[]);
+    for _ in 0..3 {
+        assert_refused(&mnt.path("tampered/config.json"));
+        assert_refused(&mnt.path("tampered/w.bin"));
+    }
+    let asked = s.requests_for("m");
+    assert_eq!(
+        asked,
+        ["/m/model.sig"],
+        "only the bundle, once: no byte of the model"
+    );
+    let log = mnt.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("not served"))
+        .unwrap_or_else(|| panic!("no refusal in the log:\n{log}"));
+    assert!(
+        line.contains("tampered") && line.contains("config.json: the manifest says sha256"),
+        "the refusal names the model, the file and what differs: {line}"
+    );
+    assert_eq!(log.matches("not served").count(), 1, "said once:\n{log}");
+    assert!(
+        s.model_status("tampered")["signature"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused: config.json")
+    );
+    assert!(xattr(&mnt.path("tampered/w.bin"), SIGNATURE).starts_with("refused: "));
+}
+
+#[test]
+fn a_bundle_by_another_key_or_edited_after_signing_is_refused() {
+    let s = Signed::new();
+    s.model("stranger", MIB, 3);
+    let (other, _) = s.signer.keypair(&s.ws, "other");
+    s.signer.sign(&s.dir("stranger"), &other);
+
+    s.model("edited", MIB, 4);
+    s.signer.sign(&s.dir("edited"), &s.private);
+    let path = s.dir("edited").join("model.sig");
+    let mut bundle: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let payload = STANDARD
+        .decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap())
+        .unwrap();
+    let payload = String::from_utf8(payload).unwrap();
+    // One signed digest swapped for the other file's, as a forger would.
+    let w = sha256_hex(&fs::read(s.dir("edited").join("w.bin")).unwrap());
+    let config = sha256_hex(&fs::read(s.dir("edited").join("config.json")).unwrap());
+    let forged = payload.replace(&config, &w);
+    assert_ne!(forged, payload);
+    bundle["dsseEnvelope"]["payload"] = STANDARD.encode(forged).into();
+    fs::write(&path, bundle.to_string()).unwrap();
+
+    s.ws.write_manifest(&[s.entry("stranger", "stranger"), s.entry("edited", "edited")]);
+    let mnt = s.mount(&[]);
+    assert_refused(&mnt.path("stranger/w.bin"));
+    assert_refused(&mnt.path("edited/w.bin"));
+    for id in ["stranger", "edited"] {
+        let why = xattr(&mnt.path(&format!("{id}/w.bin")), SIGNATURE);
+        assert!(
+            why.starts_with("refused: not signed by a trusted key"),
+            "{id}: {why}"
+        );
+        assert_eq!(s.weight_bytes_asked(id), 0, "{id}: no byte fetched");
+    }
+}
+
+#[test]
+fn unsigned_models_are_served_unless_signatures_are_required() {
+    let s = Signed::new();
+    let weights = s.model("plain", MIB, 5);
+    s.ws.write_manifest(&[s.entry("plain", "plain")]);
+    {
+        let mnt = s.mount(&["--require-signatures"]);
+        assert_refused(&mnt.path("plain/w.bin"));
+        assert!(xattr(&mnt.path("plain/w.bin"), SIGNATURE).contains("--require-signatures"));
+        assert_eq!(s.server.requests(), 0);
+    }
+    let mnt = s.mount(&[]);
+    assert_eq!(read_all(&mnt.path("plain/w.bin")).unwrap(), weights);
+    assert_eq!(xattr(&mnt.path("plain/w.bin"), SIGNATURE), "unsigned");
+    assert_eq!(s.model_status("plain")["signature"], "unsigned");
+}
+
+/// Signed whole, a file is served once all of it verified; signed in
+/// shards of its chunk size, a read fetches what it needs, as unsigned.
+#[test]
+fn shard_signatures_stay_lazy_and_whole_signatures_wait_for_the_file() {
+    let s = Signed::new();
+    let size = 8 * MIB;
+    let whole = s.model("whole", size, 6);
+    s.signer.sign(&s.dir("whole"), &s.private);
+    let sharded = s.model("sharded", size, 7);
+    s.signer.sign_shards(&s.dir("sharded"), &s.private, MIB);
+    s.ws.write_manifest(&[s.entry("whole", "whole"), s.entry("sharded", "sharded")]);
+    let mnt = s.mount(&[]);
+    let at = 3 * size / 4;
+    for (id, data) in [("whole", &whole), ("sharded", &sharded)] {
+        let mut f = fs::File::open(mnt.path(&format!("{id}/w.bin"))).unwrap();
+        f.seek(SeekFrom::Start(at as u64)).unwrap();
+        let mut buf = vec![0; 4096];
+        f.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, data[at..at + 4096], "{id}");
+    }
+    assert!(
+        s.weight_bytes_asked("whole") >= size as u64,
+        "signed whole: fetched whole first"
+    );
+    let lazy = s.weight_bytes_asked("sharded");
+    assert!(
+        lazy <= 4 * MIB as u64,
+        "signed in shards: {lazy} bytes fetched for one 4 KiB read"
+    );
+    assert_eq!(read_all(&mnt.path("sharded/w.bin")).unwrap(), sharded);
+    assert!(xattr(&mnt.path("sharded/w.bin"), SIGNATURE).starts_with("verified by"));
+}
