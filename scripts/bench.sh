@@ -5,6 +5,7 @@
 # Everything listens on 127.0.0.1 and nowhere else. Needs root (FUSE).
 # Parts: scripts/bench/common.sh (helpers), servers.sh (nginx, delay proxy, s3s-fs),
 # rows-read.sh (rows 1-7, S3), row-loader.sh (row 8), rows-catalog.sh (C1-C9),
+# row-signed.sh (S1-S2),
 # bench.py (the helpers in Python).
 # Ratios matter more than absolute numbers: these machines are shared and noisy.
 #
@@ -55,6 +56,10 @@
 #              Loads are timed inside the loader, from the first open to the last tensor
 #              (pt: each tensor copied out of the mapping, so every page is read).
 #              SKIP_S3=1 leaves out the s3 cells (and s3s-fs)
+#   signed  S1-S2: the big file unsigned, signed whole (model_signing sign key) and signed in
+#              1 MiB shards (its library), fresh mount and cache with --trusted-key each: the
+#              open and one cold 4 KiB pread at 3/4 of the file, and the bytes sent [50m];
+#              a cold sequential read [unlimited] (needs scripts/ensure-model-signing.sh's venv)
 #   s3      cold sequential read from s3s-fs (a real S3 server, signed requests)
 #              vs rclone cat, rclone mount                                [unlimited]
 #   catalog C1-C4: a generated catalog of CATALOG_MODELS models (three files of
@@ -73,7 +78,7 @@
 # Knobs (environment):
 #   RUNS=3  SIZE_MB=1024  SLOW_MB=512  KILL_MB=128  KILLS=20  LOADER_MB=2048  RTT_MS=20
 #   CATALOG_MODELS=10000  BIG_CATALOG_MODELS=100000
-#   ROWS="seq seq50 ttfb50 ttfb20 small ls kill loader s3 catalog"  (a subset runs only those)
+#   ROWS="seq seq50 ttfb50 ttfb20 small ls kill loader signed s3 catalog"  (a subset runs only those)
 #   PROFILES="unlimited 50m rtt"                          (rows of other profiles are skipped)
 #   SKIP_S3=1          no S3 row, no s3 cells in the loader table (and no s3s-fs build)
 #   SLOW_START=1       the delay proxy also models TCP slow start (delay_proxy --slow-start)
@@ -100,7 +105,7 @@ loader_mb=${LOADER_MB:-2048}
 rtt_ms=${RTT_MS:-20}
 catalog_models=${CATALOG_MODELS:-10000}
 big_catalog_models=${BIG_CATALOG_MODELS:-100000}
-rows=" ${ROWS:-seq seq50 ttfb50 ttfb20 small ls kill loader s3 catalog} "
+rows=" ${ROWS:-seq seq50 ttfb50 ttfb20 small ls kill loader signed s3 catalog} "
 profiles=" ${PROFILES:-unlimited 50m rtt} "
 skip_s3=$([ "${SKIP_S3:-0}" = 1 ] && echo 1 || echo 0)
 [ "$skip_s3" = 0 ] || rows=${rows/ s3 / }
@@ -234,6 +239,8 @@ mfs_pid='' rc_pid='' n=0 mfs_ready_at=0
 . "$parts/row-loader.sh"
 # shellcheck source=scripts/bench/rows-catalog.sh
 . "$parts/rows-catalog.sh"
+# shellcheck source=scripts/bench/row-signed.sh
+. "$parts/row-signed.sh"
 
 if want seq unlimited; then row_seq seq unlimited m/big.bin "$size"; fi
 if want seq50 50m; then row_seq seq50 50m s/slow.bin "$slow_size"; fi
@@ -243,6 +250,7 @@ if want small rtt; then row_small; fi
 if want ls unlimited; then row_ls; fi
 if want kill 50m; then row_kill; fi
 if want loader unlimited; then row_loader; fi
+if want signed 50m; then row_signed; fi
 if want s3 unlimited; then row_s3; fi
 if want catalog unlimited; then row_catalog; fi
 
@@ -346,5 +354,6 @@ if [ -n "$main_lines" ]; then
     echo "$main_lines"
 fi
 loader_table
+signed_table
 echo
 echo "Run time: $((elapsed / 60)) min $((elapsed % 60)) s."

@@ -144,6 +144,8 @@ def prefetch(
     manifest: Optional[PathLike] = None,
     cache_dir: Optional[PathLike] = None,
     progress: bool = False,
+    trusted_key: Union[PathLike, Sequence[PathLike], None] = None,
+    require_signatures: bool = False,
 ) -> Path:
     """Fetches and verifies every file of ``model_id`` into the cache (nothing
     if it is complete), and returns the model's ready path
@@ -153,10 +155,14 @@ def prefetch(
     Raises :class:`FetchError` naming the model, file and sources if a file
     cannot be had right, :class:`ManifestError` for a manifest that cannot
     be used. With ``progress``, the command's bars and any other error it
-    prints go to the terminal."""
+    prints go to the terminal. With ``trusted_key`` (one PEM public key or
+    several), a model that names a signature bundle is fetched only if the
+    bundle verifies and signs its files; a refusal raises
+    :class:`FetchError` saying why (``require_signatures``: also for a
+    model that names none)."""
     done = _run(
         "prefetch",
-        ["--json"],
+        ["--json", *_flags({"trusted_key": trusted_key, "require_signatures": require_signatures})],
         manifest=manifest,
         cache_dir=cache_dir,
         names=[model_id],
@@ -185,12 +191,16 @@ def verify(
     *models: str,
     manifest: Optional[PathLike] = None,
     cache_dir: Optional[PathLike] = None,
+    trusted_key: Union[PathLike, Sequence[PathLike], None] = None,
+    require_signatures: bool = False,
 ) -> List[Dict[str, Any]]:
     """Re-hashes what the cache holds of ``models`` (all by default),
     dropping what is bad; returns one record per model (``modelfs verify
-    --json``). Raises :class:`ModelfsError` if anything was bad, with the
-    records as ``records``."""
-    done = _run("verify", ["--json"], manifest=manifest, cache_dir=cache_dir, names=models)
+    --json``). With ``trusted_key``, signed models' bundles are checked too.
+    Raises :class:`ModelfsError` if anything was bad, with the records as
+    ``records``."""
+    signatures = _flags({"trusted_key": trusted_key, "require_signatures": require_signatures})
+    done = _run("verify", ["--json", *signatures], manifest=manifest, cache_dir=cache_dir, names=models)
     records = _json_lines(done.stdout) if done.returncode in (0, 1) else []
     bad = [str(r.get("model")) for r in records if not r.get("ok", True)]
     if done.returncode != 0 and not bad:
@@ -203,13 +213,16 @@ def verify(
 
 
 def _flags(options: Dict[str, Any]) -> List[str]:
+    """``key=value`` as ``--key value``; True as the bare flag; a list or
+    tuple as the flag repeated (``trusted_key=["a.pem", "b.pem"]``)."""
     flags: List[str] = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
-        if value is True:
-            flags.append(flag)
-        elif value is not None and value is not False:
-            flags += [flag, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
+        for one in value if isinstance(value, (list, tuple)) else [value]:
+            if one is True:
+                flags.append(flag)
+            elif one is not None and one is not False:
+                flags += [flag, os.fspath(one) if isinstance(one, os.PathLike) else str(one)]
     return flags
 
 
@@ -226,7 +239,7 @@ def mount(
     mount is gone after the block, also when it raises (detached, if files
     are still open under it). ``options`` are ``modelfs mount`` flags:
     ``layout="hf"``, ``max_cache_size="20G"``, ``allow_other=True``,
-    ``metrics_addr="127.0.0.1:9100"``...
+    ``metrics_addr="127.0.0.1:9100"``, ``trusted_key=["a.pem", "b.pem"]``...
 
     Raises :class:`MountError` if it cannot mount, :class:`ManifestError`
     for a manifest that cannot be used."""

@@ -138,3 +138,18 @@ def test_a_symlinked_mountpoint_is_unmounted(served):
     with modelfs.mount(link, manifest=served["manifest"], cache_dir=served["cache"]) as root:
         assert root == real and mounted(real)
     assert not mounted(real)
+
+
+def test_signatures_are_required_when_asked(served):
+    # The publisher key of the Rust tests' signed fixture; `tiny@1` names no bundle.
+    key = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "signed" / "pub.pem"
+    with pytest.raises(modelfs.FetchError) as refused:
+        modelfs.prefetch(
+            "tiny@1", manifest=served["manifest"], cache_dir=served["cache"], trusted_key=[key], require_signatures=True
+        )
+    assert refused.value.model == "tiny@1"
+    assert "--require-signatures" in str(refused.value)
+    path = modelfs.prefetch("tiny@1", manifest=served["manifest"], cache_dir=served["cache"], trusted_key=key)
+    assert sha256(path / "config.json") == sha256(served["dir"] / "config.json")
+    tiny = next(m for m in modelfs.status(manifest=served["manifest"], cache_dir=served["cache"])["models"])
+    assert tiny["signature"] == "unsigned"

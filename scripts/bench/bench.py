@@ -16,6 +16,35 @@ def pread(path, off, n):
         sys.exit(f"short read: {len(b)} of {n}")
     print(f"{dt * 1e3:.2f}")
 
+def open_pread(path, off, n):
+    """ms of the open and of one pread after it, printed as: OPEN PREAD"""
+    t = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    t1 = time.perf_counter()
+    b = os.pread(fd, int(n), int(off))
+    t2 = time.perf_counter()
+    os.close(fd)
+    if len(b) != int(n):
+        sys.exit(f"short read: {len(b)} of {n}")
+    print(f"{(t1 - t) * 1e3:.2f} {(t2 - t1) * 1e3:.2f}")
+
+def ec_keypair(private, public):
+    """a P-256 key pair as PEM files, as `openssl ecparam -genkey` makes (needs cryptography)"""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives import serialization as s
+    k = ec.generate_private_key(ec.SECP256R1())
+    open(private, "wb").write(k.private_bytes(s.Encoding.PEM, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption()))
+    open(public, "wb").write(k.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+
+def sign_shards(model, private, shard):
+    """signs MODEL in shards of SHARD bytes with model_signing's library, bundle at MODEL/model.sig"""
+    import pathlib, model_signing
+    d = pathlib.Path(model)
+    hashing = model_signing.hashing.Config().use_shard_serialization(shard_size=int(shard))
+    c = model_signing.signing.Config().use_elliptic_key_signer(private_key=pathlib.Path(private))
+    c.set_hashing_config(hashing.set_ignored_paths(paths=[d / "model.sig"]))
+    c.sign(d, d / "model.sig")
+
 def readall(expected, *paths):
     """ms to open and read each file whole, one after another"""
     t = time.perf_counter()

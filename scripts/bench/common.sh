@@ -82,13 +82,15 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 put() { echo "$2" >> "$work/res/$1"; log "  $1 = $2"; }
 fail() { echo x >> "$work/res/$1.x"; log "  $1: failed"; }
 
-# A --daemon mount (ready when it returns) on a cache of its own; sets mfs_pid.
+# A --daemon mount (ready when it returns) on a cache of its own, with any
+# further options after the cache; sets mfs_pid.
 mount_mfs() {
     local bin=$1 mnt=$2 manifest=$3 cache=$4
+    shift 4
     n=$((n + 1))
     local logf="$work/logs/mount-$n.log"
     # shellcheck disable=SC2094 # the mount logs to the file; what it writes to stderr goes after
-    if ! timeout -k 5 60 "$bin" mount "$mnt" -m "$manifest" --cache-dir "$cache" --daemon --log-file "$logf" 2>> "$logf"; then
+    if ! timeout -k 5 60 "$bin" mount "$mnt" -m "$manifest" --cache-dir "$cache" --daemon --log-file "$logf" "$@" 2>> "$logf"; then
         log "mount of $mnt failed: $(tail -n 3 "$logf")"
         return 1
     fi
