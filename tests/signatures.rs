@@ -320,6 +320,45 @@ fn a_manifest_that_changed_a_signed_digest_serves_nothing_of_the_model() {
             .starts_with("refused: config.json")
     );
     assert!(xattr(&mnt.path("tampered/w.bin"), SIGNATURE).starts_with("refused: "));
+
+    // The manifest mended and reloaded: the model's new version is checked anew.
+    s.ws.add_file("m", "config.json", b"{\"seed\": 2}\n");
+    s.ws.write_manifest(&[s.entry("m", "tampered")]);
+    s.ws.run_ok(&["reload".as_ref(), mnt.mountpoint.as_os_str()]);
+    assert_eq!(
+        read_all(&mnt.path("tampered/config.json")).unwrap(),
+        b"{\"seed\": 2}\n"
+    );
+    assert!(xattr(&mnt.path("tampered/w.bin"), SIGNATURE).starts_with("verified by"));
+}
+
+/// Shards do not sign a file's whole sha256, by which the cache knows a
+/// complete file: a manifest giving a signed file another cached file's
+/// sha256 must not get that file served.
+#[test]
+fn a_complete_cached_file_is_checked_against_the_signed_shards() {
+    let s = Signed::new();
+    let other = s.model("other", 3 * MIB, 8);
+    s.ws.write_manifest(&[s.entry("other", "other")]);
+    {
+        let mnt = s.mount(&[]);
+        assert_eq!(read_all(&mnt.path("other/w.bin")).unwrap(), other);
+    }
+    s.model("sharded", 3 * MIB, 9);
+    s.signer.sign_shards(&s.dir("sharded"), &s.private, MIB);
+    let forged = s.entry("sharded", "sharded").replace(
+        &sha256_hex(&fs::read(s.dir("sharded").join("w.bin")).unwrap()),
+        &sha256_hex(&other),
+    );
+    s.ws.write_manifest(&[forged]);
+    let mnt = s.mount(&[]);
+    assert_refused(&mnt.path("sharded/w.bin"));
+    assert!(
+        mnt.log_text()
+            .contains("sharded/w.bin: the cached file with its sha256 is not the signed one"),
+        "{}",
+        mnt.log_text()
+    );
 }
 
 #[test]

@@ -171,18 +171,20 @@ pub fn verify<'k>(
         .map_err(|e| malformed(format!("signature: {e}")))?;
     let message = pae(&envelope.payload_type, &payload);
     let Some(key) = keys.iter().find(|k| k.verifies(&message, &signature)) else {
-        let hint = material.public_key.as_ref().map_or("", |k| k.hint.as_str());
+        // The bundle's own words: shortened and quoted, whatever they hold.
+        let hint: String = material
+            .public_key
+            .as_ref()
+            .map_or("", |k| k.hint.as_str())
+            .chars()
+            .take(12)
+            .collect();
         let trusted: Vec<String> = keys
             .iter()
             .map(|k| format!("{k} ({})", &k.hint[..12]))
             .collect();
         return Err(BundleError::Untrusted(format!(
-            "the bundle names key {}, trusted: {}",
-            if hint.is_empty() {
-                "(none)"
-            } else {
-                &hint[..hint.len().min(12)]
-            },
+            "the bundle names key {hint:?}, trusted: {}",
             trusted.join(", ")
         )));
     };
