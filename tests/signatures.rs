@@ -46,7 +46,8 @@ impl Signer {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// A new P-256 key pair as `openssl ecparam -genkey` makes: (private, public) PEM files.
+    /// A new key pair as `openssl ecparam -genkey` makes: (private, public)
+    /// PEM files; P-384 if `name` starts with `p384`, else P-256.
     fn keypair(&self, ws: &Workspace, name: &str) -> (PathBuf, PathBuf) {
         let (private, public) = (
             ws.path(&format!("{name}.pem")),
@@ -55,14 +56,19 @@ impl Signer {
         let script = "import sys
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives import serialization as s
-k = ec.generate_private_key(ec.SECP256R1())
+k = ec.generate_private_key(ec.SECP384R1() if sys.argv[3] == 'p384' else ec.SECP256R1())
 open(sys.argv[1], 'wb').write(k.private_bytes(s.Encoding.PEM, s.PrivateFormat.TraditionalOpenSSL, s.NoEncryption()))
 open(sys.argv[2], 'wb').write(k.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))";
         self.run(
             Command::new(&self.python)
                 .args(["-c", script])
                 .arg(&private)
-                .arg(&public),
+                .arg(&public)
+                .arg(if name.starts_with("p384") {
+                    "p384"
+                } else {
+                    "p256"
+                }),
         );
         (private, public)
     }
@@ -446,4 +452,152 @@ fn shard_signatures_stay_lazy_and_whole_signatures_wait_for_the_file() {
     );
     assert_eq!(read_all(&mnt.path("sharded/w.bin")).unwrap(), sharded);
     assert!(xattr(&mnt.path("sharded/w.bin"), SIGNATURE).starts_with("verified by"));
+}
+
+/// The chunk hashes of `data` in `chunk`-byte chunks, as a manifest lists them.
+fn chunk_hashes(data: &[u8], chunk: usize) -> Vec<String> {
+    data.chunks(chunk).map(sha256_hex).collect()
+}
+
+fn assert_never_served(path: &Path, wrong: &[u8]) {
+    match fs::read(path) {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{}: {e}", path.display()),
+        Ok(data) => panic!(
+            "{} read {} bytes{}",
+            path.display(),
+            data.len(),
+            if data == wrong {
+                ", the forged ones"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+/// The manifest keeps the signed sha256 but lists chunk hashes of other
+/// bytes, which the source serves: chunk hashes nobody signed vouch for
+/// nothing, so not a byte of them is served (signed whole: the file is
+/// checked whole; signed in 1 MiB shards: each chunk against its shard,
+/// whatever chunk size the manifest gives).
+#[test]
+fn chunk_hashes_the_signature_does_not_cover_vouch_for_nothing() {
+    let s = Signed::new();
+    let honest = s.model("whole", 3 * MIB, 10);
+    s.signer.sign(&s.dir("whole"), &s.private);
+    let shards = s.model("shards", 3 * MIB, 11);
+    s.signer.sign_shards(&s.dir("shards"), &s.private, MIB);
+    let forge = |entry: String, honest: &[u8], evil: &[u8], chunk: usize| {
+        let mut entry = entry;
+        for (h, e) in chunk_hashes(honest, chunk)
+            .iter()
+            .zip(chunk_hashes(evil, chunk))
+        {
+            entry = entry.replace(h, &e);
+        }
+        entry
+    };
+    let evil_whole = sample_bytes(honest.len(), 12);
+    let evil_shards = sample_bytes(shards.len(), 13);
+    let whole_entry = forge(s.entry("whole", "whole"), &honest, &evil_whole, MIB);
+    let shards_entry = forge(
+        s.ws.entry(
+            "shards",
+            "shards",
+            &[format!("{}/shards", s.server.url())],
+            64 << 10,
+        ),
+        &shards,
+        &evil_shards,
+        64 << 10,
+    );
+    assert!(
+        whole_entry.contains(&sha256_hex(&honest)),
+        "the signed sha256 stays"
+    );
+    s.ws.write_manifest(&[whole_entry, shards_entry]);
+    s.ws.add_file("whole", "w.bin", &evil_whole);
+    s.ws.add_file("shards", "w.bin", &evil_shards);
+    let mnt = s.mount(&[]);
+    assert_never_served(&mnt.path("whole/w.bin"), &evil_whole);
+    assert_never_served(&mnt.path("shards/w.bin"), &evil_shards);
+    assert!(xattr(&mnt.path("whole/w.bin"), SIGNATURE).starts_with("verified by"));
+}
+
+/// A P-384 key, among others trusted; and `prefetch` under the same flags:
+/// a verified model's link tree, and none left for a refused one.
+#[test]
+fn prefetch_checks_signatures_and_p384_keys_verify() {
+    let s = Signed::new();
+    let weights = s.model("m", MIB, 14);
+    let (p384, p384_public) = s.signer.keypair(&s.ws, "p384-publisher");
+    s.signer.sign(&s.dir("m"), &p384);
+    s.ws.write_manifest(&[s.entry("m", "m")]);
+    let prefetch = |keys: &[&Path]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["prefetch".as_ref(), "m".as_ref()];
+        for key in keys {
+            args.extend(["--trusted-key".as_ref(), key.as_os_str()]);
+        }
+        s.ws.modelfs().args(args).output().unwrap()
+    };
+    let out = prefetch(&[&s.public, &p384_public]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = s.ws.cache().join("models/m");
+    assert_eq!(fs::read(tree.join("w.bin")).unwrap(), weights);
+    let verdict = format!("verified by {}", p384_public.display());
+    assert_eq!(s.model_status("m")["signature"], verdict);
+
+    let out = prefetch(&[&s.public]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("prefetch m: signature refused: not signed by a trusted key"),
+        "{stderr}"
+    );
+    assert!(!tree.exists(), "the link tree of a refused model is gone");
+}
+
+/// In the hub layout, models of one repo share a blob: a signed model's
+/// blob is read as its signature binds it, whichever model the blob's
+/// node was made for.
+#[test]
+fn a_blob_shared_in_the_hub_layout_is_bound_by_the_signed_model() {
+    let s = Signed::new();
+    let honest = s.model("signed", 3 * MIB, 15);
+    s.signer.sign(&s.dir("signed"), &s.private);
+    // An unsigned model of the same repo claims the same sha256, with chunk
+    // hashes of other bytes that its own source serves; it comes first, so
+    // the blob's node is its.
+    let evil = sample_bytes(honest.len(), 16);
+    s.ws.add_file("other", "w.bin", &evil);
+    let mut other = s
+        .entry("other", "other")
+        .replace(&sha256_hex(&evil), &sha256_hex(&honest));
+    other = other.replacen(
+        "sources =",
+        &format!(
+            "repo = \"org/x\"\nrevision = \"{}\"\nsources =",
+            "a".repeat(40)
+        ),
+        1,
+    );
+    let signed = s.entry("signed", "signed").replacen(
+        "sources =",
+        &format!(
+            "repo = \"org/x\"\nrevision = \"{}\"\nsources =",
+            "b".repeat(40)
+        ),
+        1,
+    );
+    s.ws.write_manifest(&[other, signed]);
+    let mnt = s.mount(&["--layout", "hf"]);
+    let path = mnt.path(&format!(
+        "models--org--x/snapshots/{}/w.bin",
+        "b".repeat(40)
+    ));
+    assert_eq!(read_all(&path).unwrap(), honest);
 }

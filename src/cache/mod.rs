@@ -391,6 +391,11 @@ impl Cache {
         Ok(dest)
     }
 
+    /// Removes `CACHE/models/<id>/`, if there is one.
+    pub fn unlink_model(&self, id: &str) -> io::Result<()> {
+        files::remove(&self.root.join("models").join(id))
+    }
+
     /// Bytes the cache takes on disk: stored files (partial files count what
     /// they hold) and downloads in progress.
     pub fn disk_usage(&self) -> u64 {

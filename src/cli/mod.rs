@@ -242,7 +242,9 @@ struct SignatureArgs {
     /// checked.
     #[arg(long = "trusted-key", value_name = "FILE")]
     trusted_keys: Vec<PathBuf>,
-    /// Also refuse every model that names no signature bundle.
+    /// Also refuse every model that names no signature bundle. Without it,
+    /// whoever can edit the manifest can drop a model's `signature` line and
+    /// have it served unsigned: give it when the manifest is not trusted.
     #[arg(long, requires = "trusted_keys")]
     require_signatures: bool,
 }

@@ -109,9 +109,14 @@ async fn prefetch_model(
         None => None,
     };
     let (spec, unsigned) = match &verdict {
-        Some(v) => v
-            .serves(spec)
-            .map_err(|why| anyhow::anyhow!("signature refused: {why}"))?,
+        Some(v) => match v.serves(spec) {
+            Ok(served) => served,
+            // A tree linked by an earlier prefetch must not outlive the refusal.
+            Err(why) => {
+                cache.unlink_model(&spec.id)?;
+                anyhow::bail!("signature refused: {why}");
+            }
+        },
         None => (spec, &[][..]),
     };
     let is_unsigned = |f: usize| unsigned.get(f) == Some(&true);
@@ -150,10 +155,9 @@ async fn prefetch_model(
                     let complete = blob
                         .complete_file()
                         .ok_or_else(|| anyhow::anyhow!("{target}: not complete after its fetch"))?;
-                    if !Signatures::check_complete(v, target.file_index(), file, &complete)? {
-                        anyhow::bail!(
-                            "{target}: the cached file with its sha256 is not the signed one"
-                        );
+                    if let Err(why) = v.check_complete(target.file_index(), &complete)? {
+                        cache.unlink_model(&spec.id)?;
+                        anyhow::bail!("signature refused: {why}");
                     }
                 }
                 present.push(file)

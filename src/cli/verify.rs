@@ -8,7 +8,7 @@ use clap::Args;
 use super::{
     CacheArg, ManifestArg, QuotaArg, SignatureArgs, init_logging, model_indices, open_cache,
 };
-use crate::signature::{Signatures, Verdict};
+use crate::signature::Verdict;
 use crate::units::format_size;
 
 #[derive(Args)]
@@ -49,12 +49,13 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
         let model = &manifest.models[m];
         let (mut checked, mut problems) = (0, Vec::new());
         if let Some(s) = &signatures {
-            match &*runtime.block_on(s.verdict(model))? {
-                Verdict::Refused(why) => problems.push(format!("signature refused: {why}")),
-                verdict @ Verdict::Verified { model: bound, .. } => {
+            match runtime.block_on(s.verdict(model)).as_deref() {
+                Err(unavailable) => problems.push(unavailable.to_string()),
+                Ok(Verdict::Refused(why)) => problems.push(format!("signature refused: {why}")),
+                Ok(verdict @ Verdict::Verified { model: bound, .. }) => {
                     problems.extend(signed_complete_files(&cache, verdict, bound)?);
                 }
-                Verdict::Unsigned => {}
+                Ok(Verdict::Unsigned) => {}
             }
         }
         for entry in &model.files {
@@ -96,7 +97,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
 }
 
 /// The complete files of a model bound to signed shards that are not the
-/// signed bytes (see [`Signatures::check_complete`]).
+/// signed bytes (see [`Verdict::check_complete`]).
 fn signed_complete_files(
     cache: &crate::cache::Cache,
     verdict: &Verdict,
@@ -110,11 +111,8 @@ fn signed_complete_files(
         let Some(complete) = cache.open_blob(entry)?.complete_file() else {
             continue;
         };
-        if !Signatures::check_complete(verdict, j, entry, &complete)? {
-            problems.push(format!(
-                "{}: the cached file is not the signed one",
-                entry.path
-            ));
+        if let Err(why) = verdict.check_complete(j, &complete)? {
+            problems.push(why);
         }
     }
     Ok(problems)

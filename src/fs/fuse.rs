@@ -422,6 +422,11 @@ impl Filesystem for FuseAdapter {
                         }
                     }
                 }
+                // A refusal was said once, when its model's signature was judged.
+                Err(e @ FsError::Refused(_)) => {
+                    debug!(error = %e, "open refused");
+                    reply.error(errno(&e));
+                }
                 Err(e) => {
                     warn!(error = %e, "open failed");
                     reply.error(errno(&e));

@@ -7,6 +7,7 @@
 pub mod fuse;
 mod generation;
 mod io_modes;
+mod signed;
 mod streams;
 mod tree;
 
@@ -26,7 +27,7 @@ use crate::fetch::{FetchError, Fetcher, Target, Urgency};
 use crate::hash::Digest;
 use crate::manifest::weights::LARGE_FILE;
 use crate::manifest::{Manifest, Model};
-use crate::signature::{Signatures, Unavailable, Verdict};
+use crate::signature::{Signatures, Unavailable};
 use generation::{Catalog, Generation};
 pub use generation::{Next as NextCatalog, give_back_freed_memory};
 use streams::{STREAM_AFTER, Streams};
@@ -389,14 +390,12 @@ impl ModelFs {
         if write {
             return Err(FsError::ReadOnly);
         }
-        let (target, verdict) = self.signed(Target::of(&g.manifest, model, file))?;
+        let (target, verdict) = self.signed_file(&g, model, file)?;
         let blob = self.cache.open_blob(target.entry())?;
-        if let (Some(verdict), Some(complete)) = (&verdict, blob.complete_file())
-            && !Signatures::check_complete(verdict, file, target.entry(), &complete)?
-        {
-            let why = format!("{target}: the cached file with its sha256 is not the signed one");
-            tracing::warn!("not served: {why}");
-            return Err(FsError::Refused(why));
+        if let (Some(verdict), Some(complete)) = (&verdict, blob.complete_file()) {
+            verdict
+                .check_complete(target.file_index(), &complete)?
+                .map_err(FsError::Refused)?;
         }
         // A previous run may have verified every chunk but stopped before the final check.
         self.finish_if_verified(&target, &blob);
@@ -418,31 +417,6 @@ impl ModelFs {
             self.fetch_small_files(handle.target.model());
         }
         Ok((fh, handle))
-    }
-
-    /// `target` as its model's signature vouches for it (see
-    /// [`crate::signature`]), with the verdict; its model's first open
-    /// waits for the check. Refused models and unsigned files are errors.
-    fn signed(&self, target: Target) -> Result<(Target, Option<Arc<Verdict>>), FsError> {
-        let Some(signatures) = &self.signatures else {
-            return Ok((target, None));
-        };
-        let verdict = match signatures.known(target.model()) {
-            Some(verdict) => verdict,
-            // Opens run on the blocking pool: waiting here holds no request.
-            None => self.runtime.block_on(signatures.verdict(target.model()))?,
-        };
-        let file = target.file_index();
-        let (model, unsigned) = verdict
-            .serves(target.model())
-            .map_err(|why| FsError::Refused(format!("{}: {why}", target.model_id())))?;
-        if unsigned.get(file) == Some(&true) {
-            return Err(FsError::Refused(format!(
-                "{target}: left out of the signature by its signer (ignore_paths)"
-            )));
-        }
-        let target = Target::new(Arc::clone(model), file);
-        Ok((target, Some(verdict)))
     }
 
     /// At a model's first open, its small files (configs, tokenizers, index
@@ -686,15 +660,6 @@ impl ModelFs {
             Kind::Dir(_) if ino == ROOT => format!("{XATTR_CATALOG}\0").into_bytes(),
             Kind::Dir(_) | Kind::Symlink(_) | Kind::Text(_) => Vec::new(),
         })
-    }
-
-    /// What a model's files say of its signature, without checking it.
-    fn signature_standing(&self, model: &Arc<Model>) -> String {
-        match (&self.signatures, &model.signature) {
-            (Some(signatures), _) => signatures.standing(model),
-            (None, None) => "unsigned".into(),
-            (None, Some(_)) => "signed, not checked: no --trusted-key".into(),
-        }
     }
 
     /// Total bytes and files the tree shows, and its inodes.

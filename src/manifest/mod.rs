@@ -140,6 +140,15 @@ impl FileEntry {
         Some((0..self.chunk_count()).filter_map(|i| self.chunk_hash(i)))
     }
 
+    /// Whether `other` is the same bytes verified the same way (a kernel
+    /// may keep serving pages of one for the other).
+    pub fn same_as(&self, other: &FileEntry) -> bool {
+        self.sha256 == other.sha256
+            && self.size == other.size
+            && self.chunk_size == other.chunk_size
+            && self.chunks == other.chunks
+    }
+
     /// This file verified another way: whole (`None`), or in chunks of
     /// `chunk_size` with these hashes (a signature's, say).
     pub fn verified_by(&self, chunking: Option<(u64, Box<[Digest]>)>) -> FileEntry {

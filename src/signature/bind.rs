@@ -34,8 +34,10 @@ pub fn bind(model: &Model, signed: &Signed) -> Result<Bound, Mismatch> {
             why,
         };
         let pieces = signed.files.get(&*file.path).map_or(&[][..], Vec::as_slice);
-        if pieces.is_empty() && !(file.size == 0 && signed.method != Method::Files) {
-            if ignored(&file.path, &signed.ignore_paths) {
+        if pieces.is_empty() {
+            // Shards record nothing of an empty file, so nothing vouches for one.
+            let empty_in_shards = file.size == 0 && signed.method != Method::Files;
+            if empty_in_shards || ignored(&file.path, &signed.ignore_paths) {
                 unsigned[j] = true;
                 continue;
             }
@@ -85,7 +87,6 @@ fn shards(file: &FileEntry, size: u64, pieces: &[Piece]) -> Result<FileEntry, St
         ));
     }
     match pieces {
-        [] => Ok(file.clone()),
         [(_, _, digest)] => whole(file, *digest),
         _ => {
             check_chunk_size(size).map_err(|why| {

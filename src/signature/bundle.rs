@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use super::keys::TrustedKey;
 use crate::hash::Digest;
@@ -41,8 +42,9 @@ struct Bundle {
 #[serde(rename_all = "camelCase")]
 struct Material {
     public_key: Option<KeyHint>,
-    certificate: Option<serde_json::Value>,
-    x509_certificate_chain: Option<serde_json::Value>,
+    /// Only whether they are there: not a byte of them is kept.
+    certificate: Option<IgnoredAny>,
+    x509_certificate_chain: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -137,7 +139,10 @@ pub fn verify<'k>(
         .media_type
         .starts_with("application/vnd.dev.sigstore.bundle")
     {
-        return Err(malformed(format!("media type {:?}", bundle.media_type)));
+        return Err(malformed(format!(
+            "media type {}",
+            quoted(&bundle.media_type)
+        )));
     }
     let material = &bundle.verification_material;
     if material.certificate.is_some() || material.x509_certificate_chain.is_some() {
@@ -153,8 +158,8 @@ pub fn verify<'k>(
         .ok_or_else(|| malformed("no DSSE envelope".into()))?;
     if envelope.payload_type != PAYLOAD_TYPE {
         return Err(malformed(format!(
-            "payload type {:?}",
-            envelope.payload_type
+            "payload type {}",
+            quoted(&envelope.payload_type)
         )));
     }
     let payload = STANDARD
@@ -171,24 +176,33 @@ pub fn verify<'k>(
         .map_err(|e| malformed(format!("signature: {e}")))?;
     let message = pae(&envelope.payload_type, &payload);
     let Some(key) = keys.iter().find(|k| k.verifies(&message, &signature)) else {
-        // The bundle's own words: shortened and quoted, whatever they hold.
-        let hint: String = material
-            .public_key
-            .as_ref()
-            .map_or("", |k| k.hint.as_str())
-            .chars()
-            .take(12)
-            .collect();
+        let hint = material.public_key.as_ref().map_or("", |k| k.hint.as_str());
+        let hint = match hint.get(..12) {
+            _ if hint.is_empty() => "(none)".to_owned(),
+            Some(short) => quoted(short),
+            None => quoted(hint),
+        };
         let trusted: Vec<String> = keys
             .iter()
             .map(|k| format!("{k} ({})", &k.hint[..12]))
             .collect();
         return Err(BundleError::Untrusted(format!(
-            "the bundle names key {hint:?}, trusted: {}",
+            "the bundle names key {hint}, trusted: {}",
             trusted.join(", ")
         )));
     };
     statement(&payload).map(|signed| (signed, key))
+}
+
+/// Text the bundle wrote, for a message: quoted (escaping what would hide
+/// or reorder what a terminal shows) and cut to 64 characters.
+fn quoted(text: &str) -> String {
+    let cut: String = text.chars().take(64).collect();
+    if cut.len() < text.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
 }
 
 /// DSSE's pre-authentication encoding: what is actually signed.
@@ -208,7 +222,7 @@ fn statement(payload: &[u8]) -> Result<Signed, BundleError> {
     let statement: Statement =
         serde_json::from_slice(payload).map_err(|e| malformed(e.to_string()))?;
     if statement.kind != STATEMENT_TYPE {
-        return Err(malformed(format!("type {:?}", statement.kind)));
+        return Err(malformed(format!("type {}", quoted(&statement.kind))));
     }
     if statement.predicate_type == PREDICATE_TYPE_0_2 {
         return Err(BundleError::Unsupported(
@@ -217,8 +231,8 @@ fn statement(payload: &[u8]) -> Result<Signed, BundleError> {
     }
     if statement.predicate_type != PREDICATE_TYPE {
         return Err(malformed(format!(
-            "predicate type {:?}",
-            statement.predicate_type
+            "predicate type {}",
+            quoted(&statement.predicate_type)
         )));
     }
     let predicate = statement
@@ -228,7 +242,7 @@ fn statement(payload: &[u8]) -> Result<Signed, BundleError> {
     if s.hash_type != "sha256" {
         return Err(BundleError::Unsupported(format!(
             "hashed with {}: modelfs checks sha256 (sign with the default hash)",
-            s.hash_type
+            quoted(&s.hash_type)
         )));
     }
     let method = match (s.method.as_str(), s.shard_size) {
@@ -236,7 +250,8 @@ fn statement(payload: &[u8]) -> Result<Signed, BundleError> {
         ("shards", Some(size)) if size >= 1.0 && size.fract() == 0.0 => Method::Shards(size as u64),
         (method, _) => {
             return Err(BundleError::Unsupported(format!(
-                "serialization {method:?}"
+                "serialization {}",
+                quoted(method)
             )));
         }
     };
@@ -245,8 +260,8 @@ fn statement(payload: &[u8]) -> Result<Signed, BundleError> {
     let mut all = Vec::with_capacity(predicate.resources.len() * 32);
     let mut files: HashMap<String, Vec<Piece>> = HashMap::new();
     for r in &predicate.resources {
-        let digest =
-            Digest::from_hex(&r.digest).map_err(|e| malformed(format!("{}: {e}", r.name)))?;
+        let digest = Digest::from_hex(&r.digest)
+            .map_err(|e| malformed(format!("{}: {e}", quoted(&r.name))))?;
         all.extend_from_slice(&digest.0);
         let (path, range) = match method {
             Method::Files => (r.name.as_str(), None),
@@ -258,7 +273,7 @@ fn statement(payload: &[u8]) -> Result<Signed, BundleError> {
                     .and_then(|(s, e)| Some((s.parse().ok()?, e.parse().ok()?)));
                 match (path, range) {
                     (Some(path), Some(range)) => (path, Some(range)),
-                    _ => return Err(malformed(format!("shard name {:?}", r.name))),
+                    _ => return Err(malformed(format!("shard name {}", quoted(&r.name)))),
                 }
             }
         };

@@ -70,7 +70,7 @@ impl TrustedKey {
             (Curve::P384(key), key.to_public_key_pem(LineEnding::LF))
         } else {
             return Err(
-                "not a PEM public key of ECDSA P-256 or P-384 (the keys `model_signing sign key` uses)"
+                "not a PEM public key of ECDSA P-256 or P-384 (P-521 and other kinds are not supported)"
                     .into(),
             );
         };

@@ -20,7 +20,9 @@ mod bind;
 mod bundle;
 mod keys;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use sha2::Digest as _;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -67,8 +69,9 @@ pub enum Verdict {
         model: Arc<Model>,
         unsigned: Box<[bool]>,
         /// Files signed in shards whose complete cached file was checked
-        /// against them (see [`Signatures::check_complete`]).
-        complete_checked: Mutex<HashSet<usize>>,
+        /// against them, and whether it matched (see
+        /// [`Verdict::check_complete`]).
+        complete_checked: Mutex<HashMap<usize, bool>>,
     },
     /// Not served; why, naming the file when one is to blame.
     Refused(String),
@@ -88,6 +91,51 @@ impl Verdict {
             } => Ok((model, unsigned)),
             Verdict::Refused(why) => Err(why),
         }
+    }
+
+    /// For file `file` of the model served, bound to signed shards, whose
+    /// cached file is `complete`: whether that file's chunks are the signed
+    /// ones (`Err` says why not, and is logged the first time). A complete
+    /// file is known only by its sha256, which a shard signature does not
+    /// sign: it is checked once per verdict, before it is served.
+    pub fn check_complete(
+        &self,
+        file: usize,
+        complete: &std::fs::File,
+    ) -> io::Result<Result<(), String>> {
+        let Verdict::Verified {
+            model,
+            complete_checked,
+            ..
+        } = self
+        else {
+            return Ok(Ok(()));
+        };
+        let entry = &model.files[file];
+        if entry.chunk_count() <= 1 || !entry.is_chunked() {
+            return Ok(Ok(()));
+        }
+        let checked = || complete_checked.lock().unwrap_or_else(|p| p.into_inner());
+        let known = checked().get(&file).copied();
+        let matched = match known {
+            Some(matched) => matched,
+            None => {
+                let matched = chunks_match(complete, entry)?;
+                checked().insert(file, matched);
+                matched
+            }
+        };
+        if matched {
+            return Ok(Ok(()));
+        }
+        let why = format!(
+            "{}/{}: the cached file with its sha256 is not the signed one",
+            model.id, entry.path
+        );
+        if known.is_none() {
+            warn!("not served: {why}");
+        }
+        Ok(Err(why))
     }
 
     /// What `status`, `ls` and the xattr show.
@@ -115,8 +163,16 @@ pub struct Signatures {
     sources: Sources,
     dir: PathBuf,
     metrics: Arc<Metrics>,
-    /// Per model id: the version of the model checked, and its verdict once known.
-    models: Mutex<HashMap<String, (Weak<Model>, Pending)>>,
+    /// Per model id: the version of the model checked (the one served,
+    /// and what its verdict depends on), and its verdict once known.
+    models: Mutex<HashMap<String, Checked>>,
+}
+
+struct Checked {
+    /// Which `Arc` it was last asked for: a quick match for the next ask.
+    model: Weak<Model>,
+    judged: Digest,
+    pending: Pending,
 }
 
 impl Signatures {
@@ -146,14 +202,26 @@ impl Signatures {
 
     fn pending(&self, model: &Arc<Model>) -> Pending {
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = models
-            .entry(model.id.clone())
-            .or_insert_with(|| (Weak::new(), Pending::default()));
-        // A reload that changed the model: its new version is checked anew.
-        if !std::ptr::eq(slot.0.as_ptr(), Arc::as_ptr(model)) {
-            *slot = (Arc::downgrade(model), Pending::default());
+        // The `Weak` keeps the allocation: an address seen is never another model's.
+        if let Some(c) = models.get(&model.id)
+            && std::ptr::eq(c.model.as_ptr(), Arc::as_ptr(model))
+        {
+            return Arc::clone(&c.pending);
         }
-        Arc::clone(&slot.1)
+        // Another `Arc` (a reload re-parses models): the same verdict if the
+        // model is the same, else its new version is checked anew.
+        let judged = judged_digest(model);
+        let slot = models.entry(model.id.clone()).or_insert_with(|| Checked {
+            model: Weak::new(),
+            judged,
+            pending: Pending::default(),
+        });
+        if slot.judged != judged {
+            slot.judged = judged;
+            slot.pending = Pending::default();
+        }
+        slot.model = Arc::downgrade(model);
+        Arc::clone(&slot.pending)
     }
 
     /// The verdict on `model`: checked once (concurrent opens share the
@@ -179,9 +247,12 @@ impl Signatures {
             });
         }
         let kept = self.kept_path(model);
+        // The kept copy may be of a release the manifest moved on from:
+        // judged quietly, and only a verdict it vouches for is said.
         if let Ok(bundle) = std::fs::read(&kept)
-            && let verdict @ Verdict::Verified { .. } = self.judge(model, &bundle)
+            && let verdict @ Verdict::Verified { .. } = judge(&self.trust, model, &bundle)
         {
+            self.say(model, &verdict);
             return Ok(verdict);
         }
         let bundle = match self.fetch(model).await {
@@ -191,7 +262,8 @@ impl Signatures {
                 return Err(e);
             }
         };
-        let verdict = self.judge(model, &bundle);
+        let verdict = judge(&self.trust, model, &bundle);
+        self.say(model, &verdict);
         if matches!(verdict, Verdict::Verified { .. })
             && let Err(e) = crate::fileio::write_durably(&kept, &bundle)
         {
@@ -215,21 +287,9 @@ impl Signatures {
         })
     }
 
-    /// Checks `bundle` against the trusted keys and `model`; says why once.
-    fn judge(&self, model: &Model, bundle: &[u8]) -> Verdict {
-        let verdict = match bundle::verify(bundle, &self.trust.keys) {
-            Err(e) => Verdict::Refused(e.to_string()),
-            Ok((signed, key)) => match bind::bind(model, &signed) {
-                Ok(bound) => Verdict::Verified {
-                    key: key.to_string(),
-                    model: Arc::new(bound.model),
-                    unsigned: bound.unsigned,
-                    complete_checked: Mutex::default(),
-                },
-                Err(m) => Verdict::Refused(format!("{}: {}", m.file, m.why)),
-            },
-        };
-        match &verdict {
+    /// Logs and counts a verdict reached.
+    fn say(&self, model: &Model, verdict: &Verdict) {
+        match verdict {
             Verdict::Verified { key, .. } => {
                 self.metrics.signature_checked("verified");
                 info!(model = %model.id, key, "signature verified");
@@ -240,7 +300,6 @@ impl Signatures {
             }
             Verdict::Unsigned => {}
         }
-        verdict
     }
 
     fn kept_path(&self, model: &Model) -> PathBuf {
@@ -251,7 +310,7 @@ impl Signatures {
     fn record(&self, model: &Model, verdict: &Verdict) {
         let record = Record {
             model: model.id.clone(),
-            files: files_digest(model).to_hex(),
+            files: judged_digest(model).to_hex(),
             verdict: verdict.describe(),
             at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -263,42 +322,21 @@ impl Signatures {
             warn!(model = %model.id, error = %e, "cannot record the signature's verdict for `status`");
         }
     }
+}
 
-    /// For a file bound to signed shards whose cached file is complete:
-    /// whether that file's chunks are the signed ones. A complete file is
-    /// known only by its sha256, which a shard signature does not sign, so
-    /// it is checked once per process before it is served.
-    pub fn check_complete(
-        verdict: &Verdict,
-        file: usize,
-        entry: &FileEntry,
-        complete: &std::fs::File,
-    ) -> io::Result<bool> {
-        let Verdict::Verified {
-            complete_checked, ..
-        } = verdict
-        else {
-            return Ok(true);
-        };
-        if entry.chunk_count() <= 1 || !entry.is_chunked() {
-            return Ok(true);
-        }
-        let checked = || complete_checked.lock().unwrap_or_else(|p| p.into_inner());
-        if checked().contains(&file) {
-            return Ok(true);
-        }
-        let mut buf = Vec::new();
-        for i in 0..entry.chunk_count() {
-            let start = i * entry.chunk_size;
-            let len = entry.chunk_size.min(entry.size - start) as usize;
-            buf.clear();
-            crate::fileio::append_at(complete, &mut buf, len, start)?;
-            if Some(Digest::of(&buf)) != entry.chunk_hash(i) {
-                return Ok(false);
-            }
-        }
-        checked().insert(file);
-        Ok(true)
+/// Checks `bundle` against the trusted keys and `model`.
+fn judge(trust: &Trust, model: &Model, bundle: &[u8]) -> Verdict {
+    match bundle::verify(bundle, &trust.keys) {
+        Err(e) => Verdict::Refused(e.to_string()),
+        Ok((signed, key)) => match bind::bind(model, &signed) {
+            Ok(bound) => Verdict::Verified {
+                key: key.to_string(),
+                model: Arc::new(bound.model),
+                unsigned: bound.unsigned,
+                complete_checked: Mutex::default(),
+            },
+            Err(m) => Verdict::Refused(format!("{}: {}", m.file, m.why)),
+        },
     }
 }
 
@@ -307,7 +345,7 @@ impl Signatures {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct Record {
     pub model: String,
-    /// [`files_digest`] of the model judged.
+    /// [`judged_digest`] of the model judged.
     pub files: String,
     pub verdict: String,
     /// Seconds since the Unix epoch.
@@ -321,7 +359,7 @@ pub fn recorded(cache_dir: &Path, model: &Model) -> Option<Record> {
         .join(DIR)
         .join(format!("{}.json", file_stem(&model.id)));
     let record: Record = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    (record.files == files_digest(model).to_hex()).then_some(record)
+    (record.files == judged_digest(model).to_hex()).then_some(record)
 }
 
 /// A model's standing as a listing shows it, with no network.
@@ -336,16 +374,45 @@ pub fn standing(cache_dir: Option<&Path>, model: &Model) -> String {
     }
 }
 
+/// Whether every chunk of `file` hashes as `entry` says.
+fn chunks_match(file: &std::fs::File, entry: &FileEntry) -> io::Result<bool> {
+    let mut buf = Vec::new();
+    for i in 0..entry.chunk_count() {
+        let start = i * entry.chunk_size;
+        buf.clear();
+        crate::fileio::append_at(
+            file,
+            &mut buf,
+            entry.chunk_size.min(entry.size - start) as usize,
+            start,
+        )?;
+        if Some(Digest::of(&buf)) != entry.chunk_hash(i) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// What a verdict on `model` depends on: the bundle it names and each
+/// file's path, size, sha256 and chunking.
+fn judged_digest(model: &Model) -> Digest {
+    let mut h = sha2::Sha256::new();
+    h.update(model.signature.as_deref().unwrap_or("").as_bytes());
+    for f in &model.files {
+        h.update([0]);
+        h.update(f.path.as_bytes());
+        h.update(f.size.to_le_bytes());
+        h.update(f.sha256.0);
+        h.update(f.chunk_size.to_le_bytes());
+        f.chunk_hashes()
+            .into_iter()
+            .flatten()
+            .for_each(|c| h.update(c.0));
+    }
+    Digest(h.finalize().into())
+}
+
 /// Model ids may hold any character; file names get a digest of them.
 fn file_stem(id: &str) -> String {
     Digest::of(id.as_bytes()).to_hex()[..32].to_owned()
-}
-
-/// What a verdict is about: the files' paths and digests, and the bundle named.
-fn files_digest(model: &Model) -> Digest {
-    let mut text = format!("{}\n", model.signature.as_deref().unwrap_or(""));
-    for f in &model.files {
-        text.push_str(&format!("{} {} {}\n", f.path, f.size, f.sha256));
-    }
-    Digest::of(text.as_bytes())
 }

@@ -33,7 +33,8 @@ struct Pair<'a> {
 impl Pair<'_> {
     /// Whether node `new` shows what node `old` showed: a directory at the
     /// same path (its entries are compared on their own), a file with the
-    /// same size and sha256, the same symlink or text.
+    /// same size, sha256 and chunking of a model naming the same signature,
+    /// the same symlink or text.
     fn same(&self, new: usize, old: usize) -> bool {
         let ((tree, manifest), (old_tree, old_manifest)) = (self.new, self.old);
         match (&tree.nodes[new].kind, &old_tree.nodes[old].kind) {
@@ -45,9 +46,14 @@ impl Pair<'_> {
                     file: old_file,
                 },
             ) => {
-                let a = &manifest.models[model as usize].files[file as usize];
-                let b = &old_manifest.models[old_model as usize].files[old_file as usize];
-                a.sha256 == b.sha256 && a.size == b.size
+                let (ma, mb) = (
+                    &manifest.models[model as usize],
+                    &old_manifest.models[old_model as usize],
+                );
+                // Pages the kernel keeps of the file were verified as it
+                // was: not for a file checked another way, or signed anew.
+                ma.files[file as usize].same_as(&mb.files[old_file as usize])
+                    && ma.signature == mb.signature
             }
             (StoredKind::Symlink(a), StoredKind::Symlink(b))
             | (StoredKind::Text(a), StoredKind::Text(b)) => {

@@ -416,6 +416,25 @@ impl<'m> Builder<'m> {
 
 /// The repo a model is shown as: its `repo` key, else its first `hf://`
 /// source's, else `modelfs/<id>`.
+/// The files shown as one blob with file `file` of model `model` in the
+/// hub layout: every file of the models of its repo with its sha256.
+pub fn hf_sharers(manifest: &Manifest, model: usize, file: usize) -> Vec<(usize, usize)> {
+    let repo = hf_repo(&manifest.models[model]);
+    let sha256 = manifest.models[model].files[file].sha256;
+    let mut sharers = Vec::new();
+    for (m, other) in manifest.models.iter().enumerate() {
+        if hf_repo(other) == repo {
+            let same = other
+                .files
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.sha256 == sha256);
+            sharers.extend(same.map(|(f, _)| (m, f)));
+        }
+    }
+    sharers
+}
+
 pub fn hf_repo(model: &Model) -> String {
     model.repo.clone().unwrap_or_else(|| {
         model
