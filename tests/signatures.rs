@@ -256,6 +256,11 @@ fn a_signed_model_is_listed_offline_read_right_and_shown_verified() {
     let verdict = format!("verified by {}", s.public.display());
     assert_eq!(xattr(&mnt.path("signed/w.bin"), SIGNATURE), verdict);
     assert_refused(&mnt.path("signed/.gitattributes"));
+    let log = s.server.request_log();
+    assert!(
+        !log.iter().any(|r| r.contains(".gitattributes")),
+        "an unsigned file was fetched: {log:?}"
+    );
     let bundles = s
         .requests_for("m")
         .iter()
@@ -550,6 +555,27 @@ fn prefetch_checks_signatures_and_p384_keys_verify() {
     assert_eq!(fs::read(tree.join("w.bin")).unwrap(), weights);
     let verdict = format!("verified by {}", p384_public.display());
     assert_eq!(s.model_status("m")["signature"], verdict);
+    let verify = |key: &Path| {
+        let args: [&std::ffi::OsStr; 4] = [
+            "verify".as_ref(),
+            "m".as_ref(),
+            "--trusted-key".as_ref(),
+            key.as_os_str(),
+        ];
+        s.ws.modelfs().args(args).output().unwrap()
+    };
+    let out = verify(&p384_public);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = verify(&s.public);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("m: BAD: signature refused: not signed by a trusted key")
+    );
 
     let out = prefetch(&[&s.public]);
     assert_eq!(out.status.code(), Some(1));

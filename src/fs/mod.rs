@@ -414,7 +414,11 @@ impl ModelFs {
             .insert(fh, Arc::clone(&handle));
         self.streams.opened(&handle.target);
         if g.first_open(model) {
-            self.fetch_small_files(handle.target.model());
+            // Not the files a signature left out: they are never served.
+            let unsigned = verdict
+                .as_ref()
+                .and_then(|v| v.serves(handle.target.model()).ok());
+            self.fetch_small_files(handle.target.model(), unsigned.map_or(&[][..], |(_, u)| u));
         }
         Ok((fh, handle))
     }
@@ -424,9 +428,10 @@ impl ModelFs {
     /// dozens of them one after another, and each would otherwise cost a
     /// round trip. A reader's own reads go first; its next opens find
     /// them cached, or in flight.
-    fn fetch_small_files(&self, model: &Arc<Model>) {
+    fn fetch_small_files(&self, model: &Arc<Model>, unsigned: &[bool]) {
         let files = &model.files;
-        for file in (0..files.len()).filter(|&f| files[f].size <= LARGE_FILE) {
+        let small = |&f: &usize| files[f].size <= LARGE_FILE && unsigned.get(f) != Some(&true);
+        for file in (0..files.len()).filter(small) {
             let fetcher = Arc::clone(&self.fetcher);
             let target = Target::new(Arc::clone(model), file);
             self.runtime.spawn(async move {
