@@ -5,6 +5,7 @@
 //! [`fs`] (FUSE adapter and inode tree) → [`cache`] (verified chunks on disk) →
 //! [`fetch`] (single flight, readahead, retry, failover, verification) →
 //! [`source`] (one module per URL scheme). [`manifest`] describes what exists;
+//! [`signature`] binds what an open may read to a publisher's signature;
 //! [`cli`] is the thin command-line edge.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
