@@ -317,13 +317,17 @@ fn a_manifest_that_changed_a_signed_digest_serves_nothing_of_the_model() {
     let log = mnt.log_text();
     let line = log
         .lines()
-        .find(|l| l.contains("not served"))
+        .find(|l| l.contains("signature refused"))
         .unwrap_or_else(|| panic!("no refusal in the log:\n{log}"));
     assert!(
         line.contains("tampered") && line.contains("config.json: the manifest says sha256"),
         "the refusal names the model, the file and what differs: {line}"
     );
-    assert_eq!(log.matches("not served").count(), 1, "said once:\n{log}");
+    assert_eq!(
+        log.matches("signature refused").count(),
+        1,
+        "said once:\n{log}"
+    );
     assert!(
         s.model_status("tampered")["signature"]
             .as_str()

@@ -133,7 +133,7 @@ impl Verdict {
             model.id, entry.path
         );
         if known.is_none() {
-            warn!("not served: {why}");
+            warn!("signature refused: {why}");
         }
         Ok(Err(why))
     }
@@ -296,7 +296,7 @@ impl Signatures {
             }
             Verdict::Refused(why) => {
                 self.metrics.signature_checked("refused");
-                warn!(model = %model.id, "not served: its signature does not vouch for it: {why}");
+                warn!(model = %model.id, "signature refused: {why}");
             }
             Verdict::Unsigned => {}
         }
