@@ -174,7 +174,8 @@ pub fn verify<'k>(
     let signature = STANDARD
         .decode(&signature.sig)
         .map_err(|e| malformed(format!("signature: {e}")))?;
-    let message = pae(&envelope.payload_type, &payload);
+    let prefix = pae_prefix(&envelope.payload_type, payload.len());
+    let message: [&[u8]; 2] = [&prefix, &payload];
     let Some(key) = keys.iter().find(|k| k.verifies(&message, &signature)) else {
         let hint = material.public_key.as_ref().map_or("", |k| k.hint.as_str());
         let hint = match hint.get(..12) {
@@ -205,16 +206,14 @@ fn quoted(text: &str) -> String {
     }
 }
 
-/// DSSE's pre-authentication encoding: what is actually signed.
-fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "DSSEv1 {} {payload_type} {} ",
-        payload_type.len(),
-        payload.len()
+/// DSSE's pre-authentication encoding, what is actually signed, is this
+/// followed by the payload.
+fn pae_prefix(payload_type: &str, payload_len: usize) -> Vec<u8> {
+    format!(
+        "DSSEv1 {} {payload_type} {payload_len} ",
+        payload_type.len()
     )
-    .into_bytes();
-    out.extend_from_slice(payload);
-    out
+    .into_bytes()
 }
 
 fn statement(payload: &[u8]) -> Result<Signed, BundleError> {

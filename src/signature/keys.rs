@@ -82,15 +82,16 @@ impl TrustedKey {
         })
     }
 
-    /// Whether `signature` (ASN.1 DER, as DSSE carries it) signs `message`
-    /// with this key, hashed as `model_signing` does for the curve.
-    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
-        use p256::ecdsa::signature::Verifier as _;
+    /// Whether `signature` (ASN.1 DER, as DSSE carries it) signs the
+    /// message made of `parts` with this key, hashed as `model_signing`
+    /// does for the curve; the parts are hashed in place, not joined.
+    pub fn verifies(&self, parts: &[&[u8]], signature: &[u8]) -> bool {
+        use p256::ecdsa::signature::MultipartVerifier as _;
         match &self.curve {
             Curve::P256(key) => p256::ecdsa::Signature::from_der(signature)
-                .is_ok_and(|sig| key.verify(message, &sig).is_ok()),
+                .is_ok_and(|sig| key.multipart_verify(parts, &sig).is_ok()),
             Curve::P384(key) => p384::ecdsa::Signature::from_der(signature)
-                .is_ok_and(|sig| key.verify(message, &sig).is_ok()),
+                .is_ok_and(|sig| key.multipart_verify(parts, &sig).is_ok()),
         }
     }
 }

@@ -166,6 +166,9 @@ pub struct Signatures {
     /// Per model id: the version of the model checked (the one served,
     /// and what its verdict depends on), and its verdict once known.
     models: Mutex<HashMap<String, Checked>>,
+    /// Checks at once: a bundle may be large (a shard statement of a big
+    /// model), and each check holds it and its decoded payload.
+    checks: tokio::sync::Semaphore,
 }
 
 struct Checked {
@@ -183,6 +186,7 @@ impl Signatures {
             dir: cache_dir.join(DIR),
             metrics,
             models: Mutex::default(),
+            checks: tokio::sync::Semaphore::new(2),
         }
     }
 
@@ -246,6 +250,7 @@ impl Signatures {
                 Verdict::Unsigned
             });
         }
+        let _turn = self.checks.acquire().await.expect("never closed");
         let kept = self.kept_path(model);
         // The kept copy may be of a release the manifest moved on from:
         // judged quietly, and only a verdict it vouches for is said.
