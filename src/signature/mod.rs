@@ -68,10 +68,10 @@ pub enum Verdict {
         key: String,
         model: Arc<Model>,
         unsigned: Box<[bool]>,
-        /// Files signed in shards whose complete cached file was checked
-        /// against them, and whether it matched (see
-        /// [`Verdict::check_complete`]).
-        complete_checked: Mutex<HashMap<usize, bool>>,
+        /// Per file: whether its complete cached file matched its signed
+        /// shards, once checked (see [`Verdict::check_complete`]); opens
+        /// of one file wait for one check.
+        complete_checked: Box<[Mutex<Option<bool>>]>,
     },
     /// Not served; why, naming the file when one is to blame.
     Refused(String),
@@ -115,16 +115,15 @@ impl Verdict {
         if entry.chunk_count() <= 1 || !entry.is_chunked() {
             return Ok(Ok(()));
         }
-        let checked = || complete_checked.lock().unwrap_or_else(|p| p.into_inner());
-        let known = checked().get(&file).copied();
+        let mut checked = complete_checked[file]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let known = *checked;
         let matched = match known {
             Some(matched) => matched,
-            None => {
-                let matched = chunks_match(complete, entry)?;
-                checked().insert(file, matched);
-                matched
-            }
+            None => *checked.insert(chunks_match(complete, entry)?),
         };
+        drop(checked);
         if matched {
             return Ok(Ok(()));
         }
@@ -337,8 +336,8 @@ fn judge(trust: &Trust, model: &Model, bundle: &[u8]) -> Verdict {
             Ok(bound) => Verdict::Verified {
                 key: key.to_string(),
                 model: Arc::new(bound.model),
+                complete_checked: bound.unsigned.iter().map(|_| Mutex::default()).collect(),
                 unsigned: bound.unsigned,
-                complete_checked: Mutex::default(),
             },
             Err(m) => Verdict::Refused(format!("{}: {}", m.file, m.why)),
         },
