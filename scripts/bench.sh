@@ -56,8 +56,9 @@
 #              Loads are timed inside the loader, from the first open to the last tensor
 #              (pt: each tensor copied out of the mapping, so every page is read).
 #              SKIP_S3=1 leaves out the s3 cells (and s3s-fs)
-#   signed  S1-S2: the big file unsigned, signed whole (model_signing sign key) and signed in
-#              1 MiB shards (its library), fresh mount and cache with --trusted-key each: the
+#   signed  S1-S2: the big file unsigned, signed whole (model_signing sign key), signed whole with
+#              manifest build --chunk-list's list, and signed in 1 MiB shards (its library),
+#              fresh mount and cache with --trusted-key each: the
 #              open and one cold 4 KiB pread at 3/4 of the file, and the bytes sent [50m];
 #              a cold sequential read [unlimited] (needs scripts/ensure-model-signing.sh's venv)
 #   s3      cold sequential read from s3s-fs (a real S3 server, signed requests)

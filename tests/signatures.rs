@@ -631,3 +631,81 @@ fn a_blob_shared_in_the_hub_layout_is_bound_by_the_signed_model() {
     ));
     assert_eq!(read_all(&path).unwrap(), honest);
 }
+
+/// The publisher's way to lazy reads with the `model_signing` CLI: `manifest
+/// build --chunk-list` writes the chunk hashes beside the files, the CLI
+/// signs them with the model, and a mount reads it chunk by chunk, bound to
+/// them; also with no network once what it needs is kept.
+#[test]
+fn a_signed_chunk_list_makes_a_model_signed_whole_lazy() {
+    let s = Signed::new();
+    let size = 8 * MIB;
+    let data = s.model("m", size, 17);
+    let (source, dir) = (format!("{}/m", s.server.url()), s.dir("m"));
+    let args: [&std::ffi::OsStr; 8] = [
+        "manifest".as_ref(),
+        "build".as_ref(),
+        dir.as_os_str(),
+        "--id".as_ref(),
+        "listed".as_ref(),
+        "--source".as_ref(),
+        source.as_ref(),
+        "--chunk-list".as_ref(),
+    ];
+    let entry = s.ws.run_ok(&args);
+    assert!(entry.contains("signature = \"model.sig\""), "{entry}");
+    assert!(s.dir("m").join("modelfs-chunks.json").exists());
+    s.signer.sign(&s.dir("m"), &s.private);
+    // The manifest's own chunk hashes are forged and the source serves
+    // those bytes, past the part read first: only the signed list counts.
+    let evil = sample_bytes(size, 18);
+    let mut forged = entry.clone();
+    for (h, e) in chunk_hashes(&data, MIB)
+        .iter()
+        .zip(chunk_hashes(&evil, MIB))
+        .skip(4)
+    {
+        forged = forged.replace(h, &e);
+    }
+    s.ws.write_manifest(&[forged]);
+    let at = 3 * size / 4;
+    {
+        let mnt = s.mount(&[]);
+        let mut f = fs::File::open(mnt.path("listed/w.bin")).unwrap();
+        f.seek(SeekFrom::Start(at as u64)).unwrap();
+        let mut buf = vec![0; 4096];
+        f.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, data[at..at + 4096]);
+        let lazy = s.weight_bytes_asked("m");
+        assert!(
+            lazy <= 4 * MIB as u64,
+            "{lazy} bytes fetched for one 4 KiB read"
+        );
+        assert!(xattr(&mnt.path("listed/w.bin"), SIGNATURE).starts_with("verified by"));
+
+        let mut evil_data = data.clone();
+        evil_data[..size / 2].copy_from_slice(&evil[..size / 2]);
+        s.ws.add_file("m", "w.bin", &evil_data);
+        let mut head = vec![0; 4096];
+        let read = f
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| f.read_exact(&mut head));
+        assert_eq!(
+            read.unwrap_err().raw_os_error(),
+            Some(libc::EIO),
+            "bytes the list does not vouch for"
+        );
+    }
+    drop(s.server);
+    let s = Signed {
+        server: RangeServer::start(&s.ws.path("nowhere")),
+        ..s
+    };
+    let mnt = s.mount(&[]);
+    let mut f = fs::File::open(mnt.path("listed/w.bin")).unwrap();
+    let mut buf = vec![0; 4096];
+    f.seek(SeekFrom::Start(at as u64)).unwrap();
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, data[at..at + 4096]);
+    assert_eq!(s.server.requests(), 0, "{:?}", s.server.request_log());
+}

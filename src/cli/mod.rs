@@ -22,7 +22,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cache::{Cache, Catalog, Quota};
-use crate::manifest::{BuildOptions, Manifest, ManifestError, build_entry, build_hub_entry};
+use crate::manifest::{
+    BuildOptions, Manifest, ManifestError, build_entry, build_hub_entry, build_signable_entry,
+};
 use crate::signature::{Signatures, Trust, TrustedKey};
 use crate::source::{Sources, Timeouts};
 use crate::units::parse_size;
@@ -408,6 +410,13 @@ enum ManifestCommand {
         /// Optional description.
         #[arg(long)]
         description: Option<String>,
+        /// For a publisher about to sign the model (`model_signing sign key
+        /// DIR --signature DIR/model.sig`): also write DIR/modelfs-chunks.json,
+        /// the chunk hashes of the files, which the signature then covers, so
+        /// that mounts with --trusted-key read the model lazily; the entry
+        /// names the bundle to come (`signature = "model.sig"`). Sign after this.
+        #[arg(long, conflicts_with = "hf", requires = "sources")]
+        chunk_list: bool,
         #[command(flatten)]
         timeouts: SourceArgs,
     },
@@ -561,6 +570,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             sources,
             chunk_size,
             description,
+            chunk_list,
             timeouts,
         }) => {
             init_logging("warn");
@@ -579,6 +589,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                         .context("cannot start the async runtime")?
                         .block_on(build_hub_entry(&clients, &spec, opts))
                 }
+                (None, Some(dir)) if chunk_list => build_signable_entry(&dir, &opts),
                 (None, Some(dir)) => build_entry(&dir, &opts),
                 (None, None) => Err(crate::manifest::BuildError::Invalid(
                     "give a directory, or --hf ORG/NAME".into(),

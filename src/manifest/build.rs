@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::BUILD_CHUNK_SIZE;
+use super::chunk_list::{CHUNK_LIST, ChunkList};
 use crate::hash::Digest;
 use crate::source::Location;
 
@@ -60,9 +61,28 @@ struct Found {
 
 /// Returns the TOML text of one `[[model]]` entry for the files under `dir`.
 pub fn build_entry(dir: &Path, opts: &BuildOptions) -> Result<String, BuildError> {
+    build(dir, opts, false)
+}
+
+/// As [`build_entry`], for a publisher about to sign the model: also writes
+/// `dir/modelfs-chunks.json` (see [`super::chunk_list`]), which a signature
+/// of the directory then covers, and names the bundle `model.sig` the
+/// signer is to write beside it.
+pub fn build_signable_entry(dir: &Path, opts: &BuildOptions) -> Result<String, BuildError> {
+    build(dir, opts, true)
+}
+
+fn build(dir: &Path, opts: &BuildOptions, chunk_list: bool) -> Result<String, BuildError> {
     let chunk_size = opts.check()?;
+    if chunk_list && opts.sources.is_empty() {
+        return Err(BuildError::Invalid(
+            "--chunk-list needs --source: the bundle and the chunk list are fetched from the sources".into(),
+        ));
+    }
     let mut files = Vec::new();
     walk(dir, "", &mut files)?;
+    // A list being made anew is not one of the files it lists.
+    files.retain(|f| !(chunk_list && f.rel == CHUNK_LIST));
     files.sort_by(|a, b| a.rel.cmp(&b.rel));
     if files.is_empty() {
         return Err(BuildError::Invalid(format!(
@@ -78,8 +98,23 @@ pub fn build_entry(dir: &Path, opts: &BuildOptions) -> Result<String, BuildError
     let mut keys = Vec::new();
     if let Some(i) = bundle.filter(|_| !opts.sources.is_empty()) {
         keys.push(("signature", quoted(&files.remove(i).rel)));
+    } else if chunk_list {
+        keys.push(("signature", quoted("model.sig")));
     }
     let digests = hash_all(&files, chunk_size)?;
+    if chunk_list {
+        let list = ChunkList::of(files.iter().zip(&digests).map(|(f, (whole, chunks))| {
+            (
+                f.rel.as_str(),
+                f.size,
+                *whole,
+                chunk_size,
+                chunks.as_slice(),
+            )
+        }));
+        let path = dir.join(CHUNK_LIST);
+        crate::fileio::write_durably(&path, list.to_json().as_bytes()).map_err(io_err(&path))?;
+    }
 
     let mut out = entry_head(opts, &keys);
     for (file, (whole, chunks)) in files.iter().zip(digests) {

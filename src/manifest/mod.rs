@@ -3,6 +3,7 @@
 //! names the file, line, column and field.
 
 mod build;
+pub mod chunk_list;
 mod hub;
 mod orchestrator;
 mod raw;
@@ -12,7 +13,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use build::{BuildError, BuildOptions, build_entry};
+pub use build::{BuildError, BuildOptions, build_entry, build_signable_entry};
 pub use hub::{build_hub_entry, expand};
 
 use crate::hash::Digest;

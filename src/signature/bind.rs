@@ -4,6 +4,7 @@
 
 use super::bundle::{Method, Piece, Signed};
 use crate::hash::Digest;
+use crate::manifest::chunk_list::{CHUNK_LIST, ChunkList};
 use crate::manifest::{FileEntry, Model, check_chunk_size};
 
 /// The model as its signature vouches for it.
@@ -25,7 +26,8 @@ pub struct Mismatch {
     pub why: String,
 }
 
-pub fn bind(model: &Model, signed: &Signed) -> Result<Bound, Mismatch> {
+/// `list`: the chunk list the signature signs, if it signs one.
+pub fn bind(model: &Model, signed: &Signed, list: Option<&ChunkList>) -> Result<Bound, Mismatch> {
     let mut bound = model.clone();
     let mut unsigned = vec![false; model.files.len()];
     for (j, file) in model.files.iter().enumerate() {
@@ -44,7 +46,10 @@ pub fn bind(model: &Model, signed: &Signed) -> Result<Bound, Mismatch> {
             return Err(mismatch("not in the signature".into()));
         }
         bound.files[j] = match signed.method {
-            Method::Files => whole(file, pieces[0].2).map_err(mismatch)?,
+            Method::Files => {
+                let listed = list.and_then(|l| l.files.get(&*file.path));
+                listed_or_whole(file, pieces[0].2, listed).map_err(mismatch)?
+            }
             Method::Shards(size) => shards(file, size, pieces).map_err(mismatch)?,
         };
     }
@@ -52,6 +57,22 @@ pub fn bind(model: &Model, signed: &Signed) -> Result<Bound, Mismatch> {
         model: bound,
         unsigned: unsigned.into(),
     })
+}
+
+/// A file signed whole, in chunks if the signed chunk list lists it.
+fn listed_or_whole(
+    file: &FileEntry,
+    signed: Digest,
+    listed: Option<&crate::manifest::chunk_list::Chunked>,
+) -> Result<FileEntry, String> {
+    let whole = whole(file, signed)?;
+    match listed {
+        None => Ok(whole),
+        Some(listed) => listed
+            .chunking(file.size, signed)
+            .map(|chunking| file.verified_by(Some(chunking)))
+            .map_err(|why| format!("in the signed {CHUNK_LIST}: {why}")),
+    }
 }
 
 /// A file signed whole: served once all of it verified, unless it is one
@@ -163,7 +184,7 @@ mod tests {
                 ("w.bin", &[(0, u64::MAX, weights.sha256)]),
             ],
         );
-        let bound = bind(&m, &s).unwrap();
+        let bound = bind(&m, &s, None).unwrap();
         assert!(
             bound.model.files[0].is_chunked(),
             "one chunk: its hash is the signed sha256"
@@ -181,7 +202,7 @@ mod tests {
                 ("w.bin", &[(0, u64::MAX, weights.sha256)]),
             ],
         );
-        let err = bind(&m, &wrong).unwrap_err();
+        let err = bind(&m, &wrong, None).unwrap_err();
         assert_eq!(err.file, "config.json");
         assert!(err.why.contains("the manifest says sha256"), "{}", err.why);
 
@@ -189,7 +210,36 @@ mod tests {
             Method::Files,
             &[("w.bin", &[(0, u64::MAX, weights.sha256)])],
         );
-        assert_eq!(bind(&m, &missing).unwrap_err().why, "not in the signature");
+        assert_eq!(
+            bind(&m, &missing, None).unwrap_err().why,
+            "not in the signature"
+        );
+    }
+
+    #[test]
+    fn a_signed_chunk_list_binds_the_chunks_of_files_signed_whole() {
+        let m = model(true);
+        let w = &m.files[1];
+        let chunks: Vec<Digest> = w.chunk_hashes().unwrap().collect();
+        let s = signed(
+            Method::Files,
+            &[
+                ("config.json", &[(0, u64::MAX, m.files[0].sha256)]),
+                ("w.bin", &[(0, u64::MAX, w.sha256)]),
+            ],
+        );
+        let list = ChunkList::of([("w.bin", w.size, w.sha256, 65536, &chunks[..])]);
+        let bound = bind(&m, &s, Some(&list)).unwrap();
+        let listed: Vec<Digest> = bound.model.files[1].chunk_hashes().unwrap().collect();
+        assert_eq!(listed, chunks);
+
+        let other = ChunkList::of([("w.bin", w.size, m.files[0].sha256, 65536, &chunks[..])]);
+        let err = bind(&m, &s, Some(&other)).unwrap_err();
+        assert!(
+            err.why.contains("in the signed modelfs-chunks.json"),
+            "{}",
+            err.why
+        );
     }
 
     #[test]
@@ -207,7 +257,7 @@ mod tests {
             Method::Shards(65536),
             &[("config.json", &[config]), ("w.bin", &pieces)],
         );
-        let bound = bind(&m, &s).unwrap();
+        let bound = bind(&m, &s, None).unwrap();
         assert_eq!(
             bound.model.files[1]
                 .chunk_hashes()
@@ -222,14 +272,14 @@ mod tests {
             Method::Shards(65536),
             &[("config.json", &[config]), ("w.bin", &forged)],
         );
-        assert!(bind(&m, &s).unwrap_err().why.starts_with("chunk 1"));
+        assert!(bind(&m, &s, None).unwrap_err().why.starts_with("chunk 1"));
 
         let short = signed(
             Method::Shards(65536),
             &[("config.json", &[config]), ("w.bin", &pieces[..2])],
         );
         assert!(
-            bind(&m, &short)
+            bind(&m, &short, None)
                 .unwrap_err()
                 .why
                 .contains("cover 131072 bytes")
@@ -248,6 +298,6 @@ mod tests {
         );
         let mut ignoring = s;
         ignoring.ignore_paths.push("config.json".into());
-        assert_eq!(*bind(&m, &ignoring).unwrap().unsigned, [true, false]);
+        assert_eq!(*bind(&m, &ignoring, None).unwrap().unsigned, [true, false]);
     }
 }

@@ -127,6 +127,22 @@ pub struct Signed {
     pub files: HashMap<String, Vec<Piece>>,
 }
 
+impl Signed {
+    /// The signed digest of the model's chunk list, if the bundle signs
+    /// one as a file (see [`crate::manifest::chunk_list`]).
+    pub fn chunk_list(&self) -> Option<Digest> {
+        match (
+            self.method,
+            self.files
+                .get(crate::manifest::chunk_list::CHUNK_LIST)?
+                .as_slice(),
+        ) {
+            (Method::Files, [(_, _, digest)]) => Some(*digest),
+            _ => None,
+        }
+    }
+}
+
 /// Checks `bundle` against `keys` and returns what it signs and which key
 /// signed it. Nothing in the payload is trusted before the signature is.
 pub fn verify<'k>(

@@ -34,6 +34,7 @@ pub use bundle::BundleError;
 pub use keys::{KeyError, TrustedKey};
 
 use crate::hash::Digest;
+use crate::manifest::chunk_list::{CHUNK_LIST, ChunkList};
 use crate::manifest::{FileEntry, Model};
 use crate::metrics::Metrics;
 use crate::source::Sources;
@@ -250,45 +251,107 @@ impl Signatures {
             });
         }
         let _turn = self.checks.acquire().await.expect("never closed");
-        let kept = self.kept_path(model);
+        let kept = self.kept_path(model, "sig");
         // The kept copy may be of a release the manifest moved on from:
         // judged quietly, and only a verdict it vouches for is said.
         if let Ok(bundle) = std::fs::read(&kept)
-            && let verdict @ Verdict::Verified { .. } = judge(&self.trust, model, &bundle)
+            && let verdict @ Verdict::Verified { .. } = self.judge(model, &bundle).await?
         {
             self.say(model, &verdict);
             return Ok(verdict);
         }
-        let bundle = match self.fetch(model).await {
-            Ok(bundle) => bundle,
-            Err(e) => {
-                self.metrics.signature_checked("unavailable");
-                return Err(e);
-            }
-        };
-        let verdict = judge(&self.trust, model, &bundle);
+        let bundle = self
+            .fetch(model, model.signature_locations(), None)
+            .await
+            .inspect_err(|_| self.metrics.signature_checked("unavailable"))?;
+        let verdict = self.judge(model, &bundle).await?;
         self.say(model, &verdict);
-        if matches!(verdict, Verdict::Verified { .. })
-            && let Err(e) = crate::fileio::write_durably(&kept, &bundle)
-        {
-            warn!(model = %model.id, error = %e, "cannot keep the signature bundle: the next mount fetches it again");
+        if matches!(verdict, Verdict::Verified { .. }) {
+            self.keep(model, &kept, &bundle);
         }
         Ok(verdict)
     }
 
-    /// The bundle, from the first of the model's sources that has it.
-    async fn fetch(&self, model: &Model) -> Result<Vec<u8>, Unavailable> {
+    /// Checks `bundle` against the trusted keys and `model`; waits only to
+    /// fetch the chunk list the bundle signs, if it signs one.
+    async fn judge(&self, model: &Model, bundle: &[u8]) -> Result<Verdict, Unavailable> {
+        let (signed, key) = match bundle::verify(bundle, &self.trust.keys) {
+            Ok(verified) => verified,
+            Err(e) => return Ok(Verdict::Refused(e.to_string())),
+        };
+        let list = match signed.chunk_list() {
+            None => None,
+            Some(digest) => match self.chunk_list(model, digest).await? {
+                Ok(list) => Some(list),
+                Err(why) => return Ok(Verdict::Refused(format!("{CHUNK_LIST}: {why}"))),
+            },
+        };
+        Ok(match bind::bind(model, &signed, list.as_ref()) {
+            Ok(bound) => Verdict::Verified {
+                key: key.to_string(),
+                model: Arc::new(bound.model),
+                complete_checked: bound.unsigned.iter().map(|_| Mutex::default()).collect(),
+                unsigned: bound.unsigned,
+            },
+            Err(m) => Verdict::Refused(format!("{}: {}", m.file, m.why)),
+        })
+    }
+
+    /// The chunk list the bundle signs as `digest`: the kept copy, else
+    /// the first source's whose bytes are the signed ones.
+    async fn chunk_list(
+        &self,
+        model: &Model,
+        digest: Digest,
+    ) -> Result<Result<ChunkList, String>, Unavailable> {
+        let kept = self.kept_path(model, "chunks.json");
+        let bytes = match std::fs::read(&kept) {
+            Ok(bytes) if Digest::of(&bytes) == digest => bytes,
+            _ => {
+                let at = model.sources.iter().map(|b| b.join(CHUNK_LIST)).collect();
+                let bytes = self.fetch(model, at, Some(digest)).await?;
+                self.keep(model, &kept, &bytes);
+                bytes
+            }
+        };
+        Ok(ChunkList::parse(&bytes))
+    }
+
+    /// The document at the first of `locations` that has it (with the
+    /// digest `signed`, if given: a source with other bytes is passed over).
+    async fn fetch(
+        &self,
+        model: &Model,
+        locations: Vec<crate::source::Location>,
+        signed: Option<Digest>,
+    ) -> Result<Vec<u8>, Unavailable> {
         let mut failures = Vec::new();
-        for location in model.signature_locations() {
+        for location in locations {
             match self.sources.document(&location, MAX_BUNDLE, None).await {
-                Ok(doc) => return Ok(doc.body.unwrap_or_default()),
+                Ok(doc) => {
+                    let body = doc.body.unwrap_or_default();
+                    if signed.is_none_or(|d| Digest::of(&body) == d) {
+                        return Ok(body);
+                    }
+                    failures.push(format!("{}: not the signed bytes", location.origin()));
+                }
                 Err(e) => failures.push(format!("{}: {e}", location.origin())),
             }
+        }
+        if failures.is_empty() {
+            failures.push("the model has no sources to fetch it from".into());
         }
         Err(Unavailable {
             model: model.id.clone(),
             why: failures.join("; "),
         })
+    }
+
+    /// Keeps what verified in the cache, so that the model opens offline.
+    fn keep(&self, model: &Model, path: &Path, bytes: &[u8]) {
+        if let Err(e) = crate::fileio::write_durably(path, bytes) {
+            warn!(model = %model.id, error = %e, "cannot keep a copy of what the signature covers: the next mount fetches it again");
+        }
     }
 
     /// Logs and counts a verdict reached.
@@ -306,8 +369,8 @@ impl Signatures {
         }
     }
 
-    fn kept_path(&self, model: &Model) -> PathBuf {
-        self.dir.join(format!("{}.sig", file_stem(&model.id)))
+    fn kept_path(&self, model: &Model, suffix: &str) -> PathBuf {
+        self.dir.join(format!("{}.{suffix}", file_stem(&model.id)))
     }
 
     /// Writes the verdict where `status` and `ls` look.
@@ -325,22 +388,6 @@ impl Signatures {
         if let Err(e) = crate::fileio::write_durably(&path, &json) {
             warn!(model = %model.id, error = %e, "cannot record the signature's verdict for `status`");
         }
-    }
-}
-
-/// Checks `bundle` against the trusted keys and `model`.
-fn judge(trust: &Trust, model: &Model, bundle: &[u8]) -> Verdict {
-    match bundle::verify(bundle, &trust.keys) {
-        Err(e) => Verdict::Refused(e.to_string()),
-        Ok((signed, key)) => match bind::bind(model, &signed) {
-            Ok(bound) => Verdict::Verified {
-                key: key.to_string(),
-                model: Arc::new(bound.model),
-                complete_checked: bound.unsigned.iter().map(|_| Mutex::default()).collect(),
-                unsigned: bound.unsigned,
-            },
-            Err(m) => Verdict::Refused(format!("{}: {}", m.file, m.why)),
-        },
     }
 }
 
