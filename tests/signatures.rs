@@ -683,13 +683,15 @@ fn a_signed_chunk_list_makes_a_model_signed_whole_lazy() {
         );
         assert!(xattr(&mnt.path("listed/w.bin"), SIGNATURE).starts_with("verified by"));
 
+        // Chunk 4, not read yet: the source now serves the bytes the
+        // forged manifest vouches for, which the signed list does not.
         let mut evil_data = data.clone();
-        evil_data[..size / 2].copy_from_slice(&evil[..size / 2]);
+        evil_data[4 * MIB..5 * MIB].copy_from_slice(&evil[4 * MIB..5 * MIB]);
         s.ws.add_file("m", "w.bin", &evil_data);
-        let mut head = vec![0; 4096];
+        let mut piece = vec![0; 4096];
         let read = f
-            .seek(SeekFrom::Start(0))
-            .and_then(|_| f.read_exact(&mut head));
+            .seek(SeekFrom::Start(4 * MIB as u64))
+            .and_then(|_| f.read_exact(&mut piece));
         assert_eq!(
             read.unwrap_err().raw_os_error(),
             Some(libc::EIO),
@@ -708,4 +710,56 @@ fn a_signed_chunk_list_makes_a_model_signed_whole_lazy() {
     f.read_exact(&mut buf).unwrap();
     assert_eq!(buf, data[at..at + 4096]);
     assert_eq!(s.server.requests(), 0, "{:?}", s.server.request_log());
+}
+
+/// A chunk list at the source that is not the signed one (rebuilt after
+/// signing, or forged) is passed over: the files, signed whole too, are
+/// then verified whole, and the log says why.
+#[test]
+fn a_chunk_list_other_than_the_signed_one_leaves_files_verified_whole() {
+    let s = Signed::new();
+    let size = 4 * MIB;
+    let data = s.model("m", size, 19);
+    let (source, dir) = (format!("{}/m", s.server.url()), s.dir("m"));
+    let build = |chunk: &str| {
+        let args: [&std::ffi::OsStr; 10] = [
+            "manifest".as_ref(),
+            "build".as_ref(),
+            dir.as_os_str(),
+            "--id".as_ref(),
+            "listed".as_ref(),
+            "--source".as_ref(),
+            source.as_ref(),
+            "--chunk-size".as_ref(),
+            chunk.as_ref(),
+            "--chunk-list".as_ref(),
+        ];
+        s.ws.modelfs().args(args).output().unwrap()
+    };
+    let built = build("1M");
+    assert!(built.status.success());
+    let advice = String::from_utf8_lossy(&built.stderr);
+    assert!(
+        advice.contains("model_signing sign key"),
+        "the next step is said: {advice}"
+    );
+    s.signer.sign(&dir, &s.private);
+    let rebuilt = build("256K");
+    let warned = String::from_utf8_lossy(&rebuilt.stderr);
+    assert!(warned.contains("was made before this list"), "{warned}");
+    s.ws.write_manifest(&[String::from_utf8(rebuilt.stdout).unwrap()]);
+    let mnt = s.mount(&[]);
+    let at = 3 * size / 4;
+    let mut f = fs::File::open(mnt.path("listed/w.bin")).unwrap();
+    f.seek(SeekFrom::Start(at as u64)).unwrap();
+    let mut buf = vec![0; 4096];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, data[at..at + 4096]);
+    assert!(s.weight_bytes_asked("m") >= size as u64, "verified whole");
+    assert!(
+        mnt.log_text()
+            .contains("cannot be had, so its files are verified whole"),
+        "{}",
+        mnt.log_text()
+    );
 }

@@ -231,6 +231,29 @@ impl SourceArgs {
     }
 }
 
+/// What a publisher who just wrote a chunk list does next, on stderr.
+fn signing_advice(dir: &Path) {
+    let (list, bundle) = (
+        dir.join(crate::manifest::chunk_list::CHUNK_LIST),
+        dir.join("model.sig"),
+    );
+    eprintln!(
+        "modelfs: wrote {}; sign the model with it now:",
+        list.display()
+    );
+    eprintln!(
+        "  model_signing sign key {} --private_key KEY.pem --signature {}",
+        dir.display(),
+        bundle.display()
+    );
+    if bundle.exists() {
+        eprintln!(
+            "modelfs: {} was made before this list, which it does not sign: sign again",
+            bundle.display()
+        );
+    }
+}
+
 /// Whose signatures to trust (mount, prefetch, verify).
 #[derive(Args, Clone)]
 struct SignatureArgs {
@@ -410,11 +433,12 @@ enum ManifestCommand {
         /// Optional description.
         #[arg(long)]
         description: Option<String>,
-        /// For a publisher about to sign the model (`model_signing sign key
-        /// DIR --signature DIR/model.sig`): also write DIR/modelfs-chunks.json,
-        /// the chunk hashes of the files, which the signature then covers, so
-        /// that mounts with --trusted-key read the model lazily; the entry
-        /// names the bundle to come (`signature = "model.sig"`). Sign after this.
+        /// For a publisher about to sign the model: also write
+        /// DIR/modelfs-chunks.json, the chunk hashes of the files, which the
+        /// signature then covers, so that mounts with --trusted-key read the
+        /// model lazily; the entry names the bundle to come
+        /// (`signature = "model.sig"`). Then sign, e.g. `model_signing sign
+        /// key DIR --private_key KEY --signature DIR/model.sig`.
         #[arg(long, conflicts_with = "hf", requires = "sources")]
         chunk_list: bool,
         #[command(flatten)]
@@ -589,7 +613,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                         .context("cannot start the async runtime")?
                         .block_on(build_hub_entry(&clients, &spec, opts))
                 }
-                (None, Some(dir)) if chunk_list => build_signable_entry(&dir, &opts),
+                (None, Some(dir)) if chunk_list => {
+                    let entry = build_signable_entry(&dir, &opts);
+                    if entry.is_ok() {
+                        signing_advice(&dir);
+                    }
+                    entry
+                }
                 (None, Some(dir)) => build_entry(&dir, &opts),
                 (None, None) => Err(crate::manifest::BuildError::Invalid(
                     "give a directory, or --hf ORG/NAME".into(),

@@ -37,14 +37,19 @@ impl ModelFs {
         let Some(&first) = signed.first() else {
             return self.signed(own);
         };
-        let whole = |t: &Target| {
-            let e = t.entry();
-            !e.is_chunked() || e.chunk_count() <= 1 && e.chunk_hash(0) == Some(e.sha256)
+        // Every one signs the sha256 the blob is named by: any one's way
+        // of verifying it (the lazy one, if there is one) binds it for all.
+        let signs_sha256 = |(t, v): &&(Target, Option<Arc<Verdict>>)| {
+            v.as_deref().is_some_and(|v| v.signs_sha256(t.file_index()))
         };
-        let alike = signed
+        if signed.iter().all(signs_sha256) {
+            let lazy = signed.iter().find(|(t, _)| t.entry().is_chunked());
+            return Ok((*lazy.unwrap_or(&first)).clone());
+        }
+        if !signed
             .iter()
-            .all(|(t, _)| t.entry().same_as(first.0.entry()) || whole(t) && whole(&first.0));
-        if !alike {
+            .all(|(t, _)| t.entry().same_as(first.0.entry()))
+        {
             return Err(FsError::Refused(format!(
                 "{own}: the models sharing its blob are signed in different pieces"
             )));

@@ -81,8 +81,9 @@ fn build(dir: &Path, opts: &BuildOptions, chunk_list: bool) -> Result<String, Bu
     }
     let mut files = Vec::new();
     walk(dir, "", &mut files)?;
-    // A list being made anew is not one of the files it lists.
-    files.retain(|f| !(chunk_list && f.rel == CHUNK_LIST));
+    // The chunk list is the model's, not one of its files (it is fetched
+    // from the sources when a signature signs it).
+    files.retain(|f| f.rel != CHUNK_LIST);
     files.sort_by(|a, b| a.rel.cmp(&b.rel));
     if files.is_empty() {
         return Err(BuildError::Invalid(format!(
@@ -96,10 +97,14 @@ fn build(dir: &Path, opts: &BuildOptions, chunk_list: bool) -> Result<String, Bu
         .iter()
         .position(|f| !f.rel.contains('/') && is_bundle(&f.abs));
     let mut keys = Vec::new();
-    if let Some(i) = bundle.filter(|_| !opts.sources.is_empty()) {
-        keys.push(("signature", quoted(&files.remove(i).rel)));
-    } else if chunk_list {
+    if chunk_list {
+        // The bundle to come; one there already is from before this list.
+        if let Some(i) = bundle {
+            files.remove(i);
+        }
         keys.push(("signature", quoted("model.sig")));
+    } else if let Some(i) = bundle.filter(|_| !opts.sources.is_empty()) {
+        keys.push(("signature", quoted(&files.remove(i).rel)));
     }
     let digests = hash_all(&files, chunk_size)?;
     if chunk_list {

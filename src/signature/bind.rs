@@ -17,6 +17,9 @@ pub struct Bound {
     /// Per file: whether the signer left it out (`ignore_paths`). Such a
     /// file is never served, but does not condemn the model.
     pub unsigned: Box<[bool]>,
+    /// Per file: whether its whole sha256 is signed (not so for a file
+    /// signed in several shards).
+    pub sha256_signed: Box<[bool]>,
 }
 
 /// Where the manifest and the signature part.
@@ -30,6 +33,7 @@ pub struct Mismatch {
 pub fn bind(model: &Model, signed: &Signed, list: Option<&ChunkList>) -> Result<Bound, Mismatch> {
     let mut bound = model.clone();
     let mut unsigned = vec![false; model.files.len()];
+    let mut sha256_signed = vec![false; model.files.len()];
     for (j, file) in model.files.iter().enumerate() {
         let mismatch = |why: String| Mismatch {
             file: file.path.to_string(),
@@ -45,6 +49,7 @@ pub fn bind(model: &Model, signed: &Signed, list: Option<&ChunkList>) -> Result<
             }
             return Err(mismatch("not in the signature".into()));
         }
+        sha256_signed[j] = signed.method == Method::Files || pieces.len() == 1;
         bound.files[j] = match signed.method {
             Method::Files => {
                 let listed = list.and_then(|l| l.files.get(&*file.path));
@@ -56,6 +61,7 @@ pub fn bind(model: &Model, signed: &Signed, list: Option<&ChunkList>) -> Result<
     Ok(Bound {
         model: bound,
         unsigned: unsigned.into(),
+        sha256_signed: sha256_signed.into(),
     })
 }
 

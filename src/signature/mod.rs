@@ -35,7 +35,7 @@ pub use keys::{KeyError, TrustedKey};
 
 use crate::hash::Digest;
 use crate::manifest::chunk_list::{CHUNK_LIST, ChunkList};
-use crate::manifest::{FileEntry, Model};
+use crate::manifest::{FileEntry, MIN_CHUNK_SIZE, Model};
 use crate::metrics::Metrics;
 use crate::source::Sources;
 
@@ -69,6 +69,9 @@ pub enum Verdict {
         key: String,
         model: Arc<Model>,
         unsigned: Box<[bool]>,
+        /// Per file: whether the signature signs its whole sha256 (by
+        /// which the cache knows a complete file).
+        sha256_signed: Box<[bool]>,
         /// Per file: whether its complete cached file matched its signed
         /// shards, once checked (see [`Verdict::check_complete`]); opens
         /// of one file wait for one check.
@@ -112,10 +115,11 @@ impl Verdict {
         else {
             return Ok(Ok(()));
         };
-        let entry = &model.files[file];
-        if entry.chunk_count() <= 1 || !entry.is_chunked() {
+        // A complete file was checked whole against its sha256.
+        if self.signs_sha256(file) {
             return Ok(Ok(()));
         }
+        let entry = &model.files[file];
         let mut checked = complete_checked[file]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -136,6 +140,15 @@ impl Verdict {
             warn!("signature refused: {why}");
         }
         Ok(Err(why))
+    }
+
+    /// Whether the signature vouches for file `file`'s whole sha256 (an
+    /// unsigned model's manifest does, for what it is worth).
+    pub fn signs_sha256(&self, file: usize) -> bool {
+        match self {
+            Verdict::Verified { sha256_signed, .. } => sha256_signed[file],
+            _ => true,
+        }
     }
 
     /// What `status`, `ls` and the xattr show.
@@ -255,16 +268,16 @@ impl Signatures {
         // The kept copy may be of a release the manifest moved on from:
         // judged quietly, and only a verdict it vouches for is said.
         if let Ok(bundle) = std::fs::read(&kept)
-            && let verdict @ Verdict::Verified { .. } = self.judge(model, &bundle).await?
+            && let verdict @ Verdict::Verified { .. } = self.judge(model, &bundle).await
         {
             self.say(model, &verdict);
             return Ok(verdict);
         }
         let bundle = self
-            .fetch(model, model.signature_locations(), None)
+            .fetch(model, model.signature_locations(), MAX_BUNDLE, None)
             .await
             .inspect_err(|_| self.metrics.signature_checked("unavailable"))?;
-        let verdict = self.judge(model, &bundle).await?;
+        let verdict = self.judge(model, &bundle).await;
         self.say(model, &verdict);
         if matches!(verdict, Verdict::Verified { .. }) {
             self.keep(model, &kept, &bundle);
@@ -274,27 +287,34 @@ impl Signatures {
 
     /// Checks `bundle` against the trusted keys and `model`; waits only to
     /// fetch the chunk list the bundle signs, if it signs one.
-    async fn judge(&self, model: &Model, bundle: &[u8]) -> Result<Verdict, Unavailable> {
+    async fn judge(&self, model: &Model, bundle: &[u8]) -> Verdict {
         let (signed, key) = match bundle::verify(bundle, &self.trust.keys) {
             Ok(verified) => verified,
-            Err(e) => return Ok(Verdict::Refused(e.to_string())),
+            Err(e) => return Verdict::Refused(e.to_string()),
         };
         let list = match signed.chunk_list() {
             None => None,
-            Some(digest) => match self.chunk_list(model, digest).await? {
-                Ok(list) => Some(list),
-                Err(why) => return Ok(Verdict::Refused(format!("{CHUNK_LIST}: {why}"))),
+            Some(digest) => match self.chunk_list(model, digest).await {
+                Ok(Ok(list)) => Some(list),
+                Ok(Err(why)) => return Verdict::Refused(format!("the signed {CHUNK_LIST}: {why}")),
+                // The files are signed whole too: verified whole, they are
+                // as bound, only not lazy.
+                Err(e) => {
+                    warn!(model = %model.id, "the signed {CHUNK_LIST} cannot be had, so its files are verified whole: {}", e.why);
+                    None
+                }
             },
         };
-        Ok(match bind::bind(model, &signed, list.as_ref()) {
+        match bind::bind(model, &signed, list.as_ref()) {
             Ok(bound) => Verdict::Verified {
                 key: key.to_string(),
                 model: Arc::new(bound.model),
                 complete_checked: bound.unsigned.iter().map(|_| Mutex::default()).collect(),
                 unsigned: bound.unsigned,
+                sha256_signed: bound.sha256_signed,
             },
             Err(m) => Verdict::Refused(format!("{}: {}", m.file, m.why)),
-        })
+        }
     }
 
     /// The chunk list the bundle signs as `digest`: the kept copy, else
@@ -309,7 +329,18 @@ impl Signatures {
             Ok(bytes) if Digest::of(&bytes) == digest => bytes,
             _ => {
                 let at = model.sources.iter().map(|b| b.join(CHUNK_LIST)).collect();
-                let bytes = self.fetch(model, at, Some(digest)).await?;
+                // What a list of the model's files can take, at the smallest chunks.
+                let chunks: u64 = model
+                    .files
+                    .iter()
+                    .map(|f| f.size.div_ceil(MIN_CHUNK_SIZE))
+                    .sum();
+                let files = model.files.len() as u64;
+                let limit =
+                    usize::try_from(chunks * 100 + files * 1024 + 4096).unwrap_or(usize::MAX);
+                let bytes = self
+                    .fetch(model, at, limit.min(MAX_BUNDLE), Some(digest))
+                    .await?;
                 self.keep(model, &kept, &bytes);
                 bytes
             }
@@ -323,11 +354,12 @@ impl Signatures {
         &self,
         model: &Model,
         locations: Vec<crate::source::Location>,
+        limit: usize,
         signed: Option<Digest>,
     ) -> Result<Vec<u8>, Unavailable> {
         let mut failures = Vec::new();
         for location in locations {
-            match self.sources.document(&location, MAX_BUNDLE, None).await {
+            match self.sources.document(&location, limit, None).await {
                 Ok(doc) => {
                     let body = doc.body.unwrap_or_default();
                     if signed.is_none_or(|d| Digest::of(&body) == d) {
