@@ -153,6 +153,31 @@ impl Signed {
         )
     }
 
+    /// `modelfs manifest build models/<dir> --id listed --chunk-list`, as a
+    /// publisher runs it before signing, in chunks of `chunk`.
+    fn build_listed(&self, dir: &str, chunk: &str) -> std::process::Output {
+        let (source, path) = (format!("{}/{dir}", self.server.url()), self.dir(dir));
+        let args: [&std::ffi::OsStr; 10] = [
+            "manifest".as_ref(),
+            "build".as_ref(),
+            path.as_os_str(),
+            "--id".as_ref(),
+            "listed".as_ref(),
+            "--source".as_ref(),
+            source.as_ref(),
+            "--chunk-size".as_ref(),
+            chunk.as_ref(),
+            "--chunk-list".as_ref(),
+        ];
+        let out = self.ws.modelfs().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     fn mount(&self, extra: &[&str]) -> Mount {
         let key = self.public.to_str().unwrap();
         let mut args = vec!["--trusted-key", key];
@@ -641,18 +666,7 @@ fn a_signed_chunk_list_makes_a_model_signed_whole_lazy() {
     let s = Signed::new();
     let size = 8 * MIB;
     let data = s.model("m", size, 17);
-    let (source, dir) = (format!("{}/m", s.server.url()), s.dir("m"));
-    let args: [&std::ffi::OsStr; 8] = [
-        "manifest".as_ref(),
-        "build".as_ref(),
-        dir.as_os_str(),
-        "--id".as_ref(),
-        "listed".as_ref(),
-        "--source".as_ref(),
-        source.as_ref(),
-        "--chunk-list".as_ref(),
-    ];
-    let entry = s.ws.run_ok(&args);
+    let entry = String::from_utf8(s.build_listed("m", "1M").stdout).unwrap();
     assert!(entry.contains("signature = \"model.sig\""), "{entry}");
     assert!(s.dir("m").join("modelfs-chunks.json").exists());
     s.signer.sign(&s.dir("m"), &s.private);
@@ -720,31 +734,14 @@ fn a_chunk_list_other_than_the_signed_one_leaves_files_verified_whole() {
     let s = Signed::new();
     let size = 4 * MIB;
     let data = s.model("m", size, 19);
-    let (source, dir) = (format!("{}/m", s.server.url()), s.dir("m"));
-    let build = |chunk: &str| {
-        let args: [&std::ffi::OsStr; 10] = [
-            "manifest".as_ref(),
-            "build".as_ref(),
-            dir.as_os_str(),
-            "--id".as_ref(),
-            "listed".as_ref(),
-            "--source".as_ref(),
-            source.as_ref(),
-            "--chunk-size".as_ref(),
-            chunk.as_ref(),
-            "--chunk-list".as_ref(),
-        ];
-        s.ws.modelfs().args(args).output().unwrap()
-    };
-    let built = build("1M");
-    assert!(built.status.success());
+    let built = s.build_listed("m", "1M");
     let advice = String::from_utf8_lossy(&built.stderr);
     assert!(
         advice.contains("model_signing sign key"),
         "the next step is said: {advice}"
     );
-    s.signer.sign(&dir, &s.private);
-    let rebuilt = build("256K");
+    s.signer.sign(&s.dir("m"), &s.private);
+    let rebuilt = s.build_listed("m", "256K");
     let warned = String::from_utf8_lossy(&rebuilt.stderr);
     assert!(warned.contains("was made before this list"), "{warned}");
     s.ws.write_manifest(&[String::from_utf8(rebuilt.stdout).unwrap()]);
