@@ -760,3 +760,31 @@ fn a_chunk_list_other_than_the_signed_one_leaves_files_verified_whole() {
         mnt.log_text()
     );
 }
+
+/// The kernel keeps a file's pages by inode: a reload that changes how a
+/// file is verified (its chunk hashes, its model's bundle) gives it a new
+/// one, so no page verified the old way is served as verified the new way.
+#[test]
+fn a_reload_that_changes_how_a_file_is_verified_gives_it_a_new_inode() {
+    use std::os::unix::fs::MetadataExt;
+    let s = Signed::new();
+    let data = s.model("m", 2 * MIB, 20);
+    s.ws.write_manifest(&[s.entry("m", "m")]);
+    let mnt = s.mount(&[]);
+    assert_eq!(read_all(&mnt.path("m/w.bin")).unwrap(), data);
+    let ino = || fs::metadata(mnt.path("m/w.bin")).unwrap().ino();
+    let (first, config) = (
+        ino(),
+        fs::metadata(mnt.path("m/config.json")).unwrap().ino(),
+    );
+    let source = format!("{}/m", s.server.url());
+    s.ws.write_manifest(&[s.ws.entry("m", "m", &[source], 256 << 10)]);
+    s.ws.run_ok(&["reload".as_ref(), mnt.mountpoint.as_os_str()]);
+    assert_ne!(ino(), first, "chunked anew");
+    assert_eq!(
+        fs::metadata(mnt.path("m/config.json")).unwrap().ino(),
+        config,
+        "one chunk either way: kept"
+    );
+    assert_eq!(read_all(&mnt.path("m/w.bin")).unwrap(), data);
+}

@@ -144,10 +144,15 @@ impl FileEntry {
     /// Whether `other` is the same bytes verified the same way (a kernel
     /// may keep serving pages of one for the other).
     pub fn same_as(&self, other: &FileEntry) -> bool {
+        // A file of one chunk is verified against its sha256 however it is described.
+        let one =
+            |f: &FileEntry| f.chunk_count() <= 1 && f.chunk_hash(0).is_none_or(|h| h == f.sha256);
+        let whole = |f: &FileEntry| !f.is_chunked();
         self.sha256 == other.sha256
             && self.size == other.size
-            && self.chunk_size == other.chunk_size
-            && self.chunks == other.chunks
+            && (one(self) && one(other)
+                || whole(self) && whole(other)
+                || self.chunk_size == other.chunk_size && self.chunks == other.chunks)
     }
 
     /// This file verified another way: whole (`None`), or in chunks of
