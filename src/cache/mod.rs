@@ -473,6 +473,21 @@ pub fn chunk_len(size: u64, chunk_size: u64, index: u64) -> u64 {
     chunk_size.min(size - index * chunk_size)
 }
 
+/// Whether chunk `index` of `file` (`size` bytes in chunks of
+/// `chunk_size`) hashes to `expected`; an error if it cannot be read whole.
+pub fn chunk_hashes_to(
+    file: &fs::File,
+    size: u64,
+    chunk_size: u64,
+    index: u64,
+    expected: Digest,
+) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; chunk_len(size, chunk_size, index) as usize];
+    file.read_exact_at(&mut buf, index * chunk_size)?;
+    Ok(Digest::of(&buf) == expected)
+}
+
 fn process_alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks for existence and permission.
     unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }

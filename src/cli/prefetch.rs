@@ -108,7 +108,7 @@ async fn prefetch_model(
         Some(s) => Some(s.verdict(spec).await?),
         None => None,
     };
-    let (spec, unsigned) = match &verdict {
+    let spec = match &verdict {
         Some(v) => match v.serves(spec) {
             Ok(served) => served,
             // A tree linked by an earlier prefetch must not outlive the refusal.
@@ -117,9 +117,9 @@ async fn prefetch_model(
                 anyhow::bail!("signature refused: {why}");
             }
         },
-        None => (spec, &[][..]),
+        None => spec,
     };
-    let is_unsigned = |f: usize| unsigned.get(f) == Some(&true);
+    let is_unsigned = |f: usize| verdict.as_ref().is_some_and(|v| v.leaves_out(f));
     let total: u64 = spec.files.iter().map(|f| f.size).sum();
     let bar = bars.add(ProgressBar::new(total));
     bar.set_style(
@@ -149,9 +149,8 @@ async fn prefetch_model(
     for (target, result) in targets.iter().zip(results) {
         let file = target.entry();
         match result {
-            Ok(_) => {
+            Ok(blob) => {
                 if let Some(v) = &verdict {
-                    let blob = cache.open_blob(file)?;
                     let complete = blob
                         .complete_file()
                         .ok_or_else(|| anyhow::anyhow!("{target}: not complete after its fetch"))?;

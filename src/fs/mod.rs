@@ -27,7 +27,7 @@ use crate::fetch::{FetchError, Fetcher, Target, Urgency};
 use crate::hash::Digest;
 use crate::manifest::weights::LARGE_FILE;
 use crate::manifest::{Manifest, Model};
-use crate::signature::{Signatures, Unavailable};
+use crate::signature::{Signatures, Unavailable, Verdict};
 use generation::{Catalog, Generation};
 pub use generation::{Next as NextCatalog, give_back_freed_memory};
 use streams::{STREAM_AFTER, Streams};
@@ -414,11 +414,7 @@ impl ModelFs {
             .insert(fh, Arc::clone(&handle));
         self.streams.opened(&handle.target);
         if g.first_open(model) {
-            // Not the files a signature left out: they are never served.
-            let unsigned = verdict
-                .as_ref()
-                .and_then(|v| v.serves(handle.target.model()).ok());
-            self.fetch_small_files(handle.target.model(), unsigned.map_or(&[][..], |(_, u)| u));
+            self.fetch_small_files(handle.target.model(), verdict.as_deref());
         }
         Ok((fh, handle))
     }
@@ -428,9 +424,11 @@ impl ModelFs {
     /// dozens of them one after another, and each would otherwise cost a
     /// round trip. A reader's own reads go first; its next opens find
     /// them cached, or in flight.
-    fn fetch_small_files(&self, model: &Arc<Model>, unsigned: &[bool]) {
+    /// Not the files a signature left out: they are never served.
+    fn fetch_small_files(&self, model: &Arc<Model>, verdict: Option<&Verdict>) {
         let files = &model.files;
-        let small = |&f: &usize| files[f].size <= LARGE_FILE && unsigned.get(f) != Some(&true);
+        let left_out = |f| verdict.is_some_and(|v| v.leaves_out(f));
+        let small = |&f: &usize| files[f].size <= LARGE_FILE && !left_out(f);
         for file in (0..files.len()).filter(small) {
             let fetcher = Arc::clone(&self.fetcher);
             let target = Target::new(Arc::clone(model), file);

@@ -70,10 +70,10 @@ impl ModelFs {
             None => self.runtime.block_on(signatures.verdict(target.model()))?,
         };
         let file = target.file_index();
-        let (model, unsigned) = verdict
+        let model = verdict
             .serves(target.model())
             .map_err(|why| FsError::Refused(format!("{}: {why}", target.model_id())))?;
-        if unsigned.get(file) == Some(&true) {
+        if verdict.leaves_out(file) {
             return Err(FsError::Refused(format!(
                 "{target}: left out of the signature by its signer (ignore_paths)"
             )));

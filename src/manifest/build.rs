@@ -136,23 +136,12 @@ fn build(dir: &Path, opts: &BuildOptions, chunk_list: bool) -> Result<String, Bu
 
 /// Whether `path` is a Sigstore bundle (`model_signing`'s `model.sig`).
 fn is_bundle(path: &Path) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        #[serde(rename = "mediaType")]
-        media_type: String,
-    }
     path.extension().is_some_and(|e| e == "sig")
-        && std::fs::read(path)
-            .ok()
-            .and_then(|json| serde_json::from_slice::<Head>(&json).ok())
-            .is_some_and(|h| {
-                h.media_type
-                    .starts_with("application/vnd.dev.sigstore.bundle")
-            })
+        && std::fs::read(path).is_ok_and(|json| crate::signature::is_bundle(&json))
 }
 
 /// A TOML string.
-fn quoted(s: &str) -> String {
+pub(super) fn quoted(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 

@@ -66,10 +66,7 @@ impl ChunkList {
     pub fn parse(json: &[u8]) -> Result<ChunkList, String> {
         let list: ChunkList = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         if list.format != FORMAT {
-            return Err(format!(
-                "format {:?}, not {FORMAT:?}",
-                list.format.chars().take(64).collect::<String>()
-            ));
+            return Err(format!("its format is not {FORMAT:?}"));
         }
         Ok(list)
     }

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use super::build::{BuildError, BuildOptions, entry_head, write_file};
+use super::build::{BuildError, BuildOptions, entry_head, quoted, write_file};
 use super::{Manifest, Model};
 use crate::hash::Digest;
 use crate::source::{HubFile, Location, Sink, Sources, StreamError};
@@ -36,7 +36,6 @@ pub async fn build_hub_entry(
     if opts.sources.is_empty() {
         opts.sources = vec![format!("hf://{repo}@{}", info.sha)];
     }
-    let quoted = |s: &str| toml::Value::String(s.to_owned()).to_string();
     let mut out = entry_head(
         &opts,
         &[("repo", quoted(repo)), ("revision", quoted(&info.sha))],
@@ -144,7 +143,6 @@ pub async fn expand(
                 continue;
             }
             let (size, sha, _) = hub_file(sources, repo, &info.sha, file, u64::MAX).await?;
-            let quoted = |s: &str| toml::Value::String(s.to_owned()).to_string();
             out += &format!(
                 "\n[[models.{}.files]]\npath = {}\nsize = {size}\nsha256 = \"{}\"\n",
                 quoted(&model.id),

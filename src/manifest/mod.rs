@@ -141,16 +141,19 @@ impl FileEntry {
         Some((0..self.chunk_count()).filter_map(|i| self.chunk_hash(i)))
     }
 
+    /// Whether the file is verified against its sha256 alone, however it
+    /// is described: a file of one chunk, whose hash is its sha256.
+    pub fn is_one_chunk(&self) -> bool {
+        self.chunk_count() <= 1 && self.chunk_hash(0).is_none_or(|h| h == self.sha256)
+    }
+
     /// Whether `other` is the same bytes verified the same way (a kernel
     /// may keep serving pages of one for the other).
     pub fn same_as(&self, other: &FileEntry) -> bool {
-        // A file of one chunk is verified against its sha256 however it is described.
-        let one =
-            |f: &FileEntry| f.chunk_count() <= 1 && f.chunk_hash(0).is_none_or(|h| h == f.sha256);
         let whole = |f: &FileEntry| !f.is_chunked();
         self.sha256 == other.sha256
             && self.size == other.size
-            && (one(self) && one(other)
+            && (self.is_one_chunk() && other.is_one_chunk()
                 || whole(self) && whole(other)
                 || self.chunk_size == other.chunk_size && self.chunks == other.chunks)
     }

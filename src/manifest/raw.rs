@@ -6,8 +6,6 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use sha2::{Digest as _, Sha256};
-
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -202,8 +200,9 @@ pub type PartDigest = [u8; 16];
 pub type Parts = HashMap<PartDigest, Arc<Model>>;
 
 fn digest_of(part: &str) -> PartDigest {
-    let digest = Sha256::digest(part.as_bytes());
-    digest[..16].try_into().expect("16 of 32 bytes")
+    Digest::of(part.as_bytes()).0[..16]
+        .try_into()
+        .expect("16 of 32 bytes")
 }
 
 /// Manifests this long are parsed in parts (see [`parse_in_parts`]).

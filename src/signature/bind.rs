@@ -71,32 +71,37 @@ fn listed_or_whole(
     signed: Digest,
     listed: Option<&crate::manifest::chunk_list::Chunked>,
 ) -> Result<FileEntry, String> {
-    let whole = whole(file, signed)?;
     match listed {
-        None => Ok(whole),
-        Some(listed) => listed
-            .chunking(file.size, signed)
-            .map(|chunking| file.verified_by(Some(chunking)))
-            .map_err(|why| format!("in the signed {CHUNK_LIST}: {why}")),
+        None => whole(file, signed),
+        Some(listed) => {
+            same_sha256(file, signed)?;
+            listed
+                .chunking(file.size, signed)
+                .map(|chunking| file.verified_by(Some(chunking)))
+                .map_err(|why| format!("in the signed {CHUNK_LIST}: {why}"))
+        }
     }
 }
 
 /// A file signed whole: served once all of it verified, unless it is one
-/// chunk already checked against that very sha256.
+/// chunk, checked against that very sha256.
 fn whole(file: &FileEntry, signed: Digest) -> Result<FileEntry, String> {
+    same_sha256(file, signed)?;
+    Ok(if file.is_one_chunk() {
+        file.clone()
+    } else {
+        file.verified_by(None)
+    })
+}
+
+fn same_sha256(file: &FileEntry, signed: Digest) -> Result<(), String> {
     if signed != file.sha256 {
         return Err(format!(
             "the manifest says sha256 {}, the signature {}",
             file.sha256, signed
         ));
     }
-    Ok(
-        if file.chunk_count() <= 1 && file.chunk_hash(0) == Some(file.sha256) {
-            file.clone()
-        } else {
-            file.verified_by(None)
-        },
-    )
+    Ok(())
 }
 
 fn shards(file: &FileEntry, size: u64, pieces: &[Piece]) -> Result<FileEntry, String> {

@@ -12,6 +12,8 @@ use serde::de::IgnoredAny;
 use super::keys::TrustedKey;
 use crate::hash::Digest;
 
+/// What every Sigstore bundle's `mediaType` starts with (then a version).
+const MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle";
 const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 const PREDICATE_TYPE: &str = "https://model_signing/signature/v1.0";
@@ -143,6 +145,16 @@ impl Signed {
     }
 }
 
+/// Whether `json` is a Sigstore bundle, by its media type alone (no check).
+pub fn is_bundle(json: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Head {
+        media_type: String,
+    }
+    serde_json::from_slice::<Head>(json).is_ok_and(|h| h.media_type.starts_with(MEDIA_TYPE))
+}
+
 /// Checks `bundle` against `keys` and returns what it signs and which key
 /// signed it. Nothing in the payload is trusted before the signature is.
 pub fn verify<'k>(
@@ -151,10 +163,7 @@ pub fn verify<'k>(
 ) -> Result<(Signed, &'k TrustedKey), BundleError> {
     let malformed = |why: String| BundleError::Malformed(why);
     let bundle: Bundle = serde_json::from_slice(bundle).map_err(|e| malformed(e.to_string()))?;
-    if !bundle
-        .media_type
-        .starts_with("application/vnd.dev.sigstore.bundle")
-    {
+    if !bundle.media_type.starts_with(MEDIA_TYPE) {
         return Err(malformed(format!(
             "media type {}",
             quoted(&bundle.media_type)

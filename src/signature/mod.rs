@@ -30,12 +30,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
-pub use bundle::BundleError;
+pub use bundle::is_bundle;
 pub use keys::{KeyError, TrustedKey};
 
 use crate::hash::Digest;
 use crate::manifest::chunk_list::{CHUNK_LIST, ChunkList};
-use crate::manifest::{FileEntry, MIN_CHUNK_SIZE, Model};
+use crate::manifest::{MIN_CHUNK_SIZE, Model};
 use crate::metrics::Metrics;
 use crate::source::Sources;
 
@@ -82,19 +82,19 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The model to serve in place of `model` (the manifest's) and which
-    /// of its files are unsigned, or why none of it is served.
-    pub fn serves<'a>(
-        &'a self,
-        model: &'a Arc<Model>,
-    ) -> Result<(&'a Arc<Model>, &'a [bool]), &'a str> {
+    /// The model to serve in place of `model` (the manifest's), or why
+    /// none of it is served.
+    pub fn serves<'a>(&'a self, model: &'a Arc<Model>) -> Result<&'a Arc<Model>, &'a str> {
         match self {
-            Verdict::Unsigned => Ok((model, &[])),
-            Verdict::Verified {
-                model, unsigned, ..
-            } => Ok((model, unsigned)),
+            Verdict::Unsigned => Ok(model),
+            Verdict::Verified { model, .. } => Ok(model),
             Verdict::Refused(why) => Err(why),
         }
+    }
+
+    /// Whether file `file` is one the signer left out: never served.
+    pub fn leaves_out(&self, file: usize) -> bool {
+        matches!(self, Verdict::Verified { unsigned, .. } if unsigned[file])
     }
 
     /// For file `file` of the model served, bound to signed shards, whose
@@ -126,7 +126,22 @@ impl Verdict {
         let known = *checked;
         let matched = match known {
             Some(matched) => matched,
-            None => *checked.insert(chunks_match(complete, entry)?),
+            None => {
+                let chunk = |i| match entry.chunk_hash(i) {
+                    Some(h) => {
+                        crate::cache::chunk_hashes_to(complete, entry.size, entry.chunk_size, i, h)
+                    }
+                    None => Ok(false),
+                };
+                let mut all = true;
+                for i in 0..entry.chunk_count() {
+                    if !chunk(i)? {
+                        all = false;
+                        break;
+                    }
+                }
+                *checked.insert(all)
+            }
         };
         drop(checked);
         if matched {
@@ -210,11 +225,11 @@ impl Signatures {
 
     /// What is known of `model` now, without checking it.
     pub fn standing(&self, model: &Arc<Model>) -> String {
-        match self.known(model) {
-            Some(verdict) => verdict.describe(),
-            None if model.signature.is_none() && !self.trust.require => "unsigned".into(),
-            None => "not checked yet".into(),
+        if model.signature.is_none() && !self.trust.require {
+            return "unsigned".into();
         }
+        self.known(model)
+            .map_or_else(|| "not checked yet".into(), |verdict| verdict.describe())
     }
 
     fn pending(&self, model: &Arc<Model>) -> Pending {
@@ -248,7 +263,10 @@ impl Signatures {
         pending
             .get_or_try_init(|| async {
                 let verdict = self.check(model).await?;
-                self.record(model, &verdict);
+                // `status` and `ls` show a model that names no bundle as unsigned.
+                if model.signature.is_some() {
+                    self.record(model, &verdict);
+                }
                 Ok(Arc::new(verdict))
             })
             .await
@@ -402,7 +420,7 @@ impl Signatures {
     }
 
     fn kept_path(&self, model: &Model, suffix: &str) -> PathBuf {
-        self.dir.join(format!("{}.{suffix}", file_stem(&model.id)))
+        kept(&self.dir, &model.id, suffix)
     }
 
     /// Writes the verdict where `status` and `ls` look.
@@ -415,7 +433,7 @@ impl Signatures {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         };
-        let path = self.dir.join(format!("{}.json", file_stem(&model.id)));
+        let path = self.kept_path(model, "json");
         let json = serde_json::to_vec(&record).expect("plain data serializes");
         if let Err(e) = crate::fileio::write_durably(&path, &json) {
             warn!(model = %model.id, error = %e, "cannot record the signature's verdict for `status`");
@@ -438,42 +456,19 @@ pub struct Record {
 /// The verdict last recorded in `cache_dir` for `model` as the manifest
 /// gives it now, if any.
 pub fn recorded(cache_dir: &Path, model: &Model) -> Option<Record> {
-    let path = cache_dir
-        .join(DIR)
-        .join(format!("{}.json", file_stem(&model.id)));
+    let path = kept(&cache_dir.join(DIR), &model.id, "json");
     let record: Record = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     (record.files == judged_digest(model).to_hex()).then_some(record)
 }
 
 /// A model's standing as a listing shows it, with no network.
 pub fn standing(cache_dir: Option<&Path>, model: &Model) -> String {
-    match (
-        &model.signature,
-        cache_dir.and_then(|dir| recorded(dir, model)),
-    ) {
-        (None, _) => "unsigned".into(),
-        (Some(_), Some(record)) => record.verdict,
-        (Some(_), None) => "signed, not checked yet".into(),
+    if model.signature.is_none() {
+        return "unsigned".into();
     }
-}
-
-/// Whether every chunk of `file` hashes as `entry` says.
-fn chunks_match(file: &std::fs::File, entry: &FileEntry) -> io::Result<bool> {
-    let mut buf = Vec::new();
-    for i in 0..entry.chunk_count() {
-        let start = i * entry.chunk_size;
-        buf.clear();
-        crate::fileio::append_at(
-            file,
-            &mut buf,
-            entry.chunk_size.min(entry.size - start) as usize,
-            start,
-        )?;
-        if Some(Digest::of(&buf)) != entry.chunk_hash(i) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    cache_dir
+        .and_then(|dir| recorded(dir, model))
+        .map_or_else(|| "signed, not checked yet".into(), |record| record.verdict)
 }
 
 /// What a verdict on `model` depends on: the bundle it names and each
@@ -495,7 +490,11 @@ fn judged_digest(model: &Model) -> Digest {
     Digest(h.finalize().into())
 }
 
-/// Model ids may hold any character; file names get a digest of them.
-fn file_stem(id: &str) -> String {
-    Digest::of(id.as_bytes()).to_hex()[..32].to_owned()
+/// Where what is kept of model `id` lives in `dir`: named by a digest of
+/// the id, the layout the README documents.
+fn kept(dir: &Path, id: &str, suffix: &str) -> PathBuf {
+    dir.join(format!(
+        "{}.{suffix}",
+        &Digest::of(id.as_bytes()).to_hex()[..32]
+    ))
 }
