@@ -227,7 +227,7 @@ impl SourceArgs {
     }
 
     fn build(&self) -> anyhow::Result<Sources> {
-        Sources::new(self.timeouts()).context("cannot set up the clients for sources")
+        sources(self.timeouts())
     }
 }
 
@@ -288,21 +288,28 @@ impl SignatureArgs {
             require: self.require_signatures,
         })
     }
+}
 
-    /// The checker for these keys, if any are given.
-    fn signatures(
-        &self,
-        timeouts: Timeouts,
-        cache: &Cache,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
-    ) -> anyhow::Result<Option<Signatures>> {
-        let trust = self.trust()?;
-        if !trust.is_active() {
-            return Ok(None);
-        }
-        let sources = Sources::new(timeouts).context("cannot set up the clients for sources")?;
-        Ok(Some(Signatures::new(trust, sources, cache.root(), metrics)))
+/// The checker for `trust`, if it trusts any key.
+fn signatures(
+    trust: Trust,
+    timeouts: Timeouts,
+    cache: &Cache,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+) -> anyhow::Result<Option<Signatures>> {
+    if !trust.is_active() {
+        return Ok(None);
     }
+    Ok(Some(Signatures::new(
+        trust,
+        sources(timeouts)?,
+        cache.root(),
+        metrics,
+    )))
+}
+
+fn sources(timeouts: Timeouts) -> anyhow::Result<Sources> {
+    Sources::new(timeouts).context("cannot set up the clients for sources")
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

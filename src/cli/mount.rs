@@ -25,6 +25,7 @@ use crate::fs::fuse::{FuseAdapter, watch_cache};
 use crate::fs::{Layout, ModelFs, StreamConfig};
 use crate::manifest::Manifest;
 use crate::metrics::{self, Metrics, http::Endpoint};
+use crate::signature::Trust;
 
 #[derive(Args)]
 pub struct MountArgs {
@@ -113,7 +114,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let (manifest, stale) = (Arc::new(loaded.manifest), loaded.stale);
     let mountpoint = prepare_mountpoint(&args.mountpoint)?;
     // Bad key files are said now, not in the daemon's log.
-    args.signatures.trust()?;
+    let trust = args.signatures.trust()?;
     let ephemeral = args
         .ephemeral
         .then(|| EphemeralCache::create(&args.cache))
@@ -138,6 +139,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let result = serve(
         &args,
         (manifest, stale, seen),
+        trust,
         cache,
         &mountpoint,
         &mut ready,
@@ -154,6 +156,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
 fn serve(
     args: &MountArgs,
     (manifest, stale, seen): (Arc<Manifest>, Option<String>, Seen),
+    trust: Trust,
     cache: Arc<Cache>,
     mountpoint: &Path,
     ready: &mut Option<daemon::Ready>,
@@ -201,8 +204,7 @@ fn serve(
         .and_then(|m| m.modified())
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let signatures =
-        args.signatures
-            .signatures(args.sources.timeouts(), &cache, Arc::clone(&metrics))?;
+        super::signatures(trust, args.sources.timeouts(), &cache, Arc::clone(&metrics))?;
     let core = ModelFs::new(
         manifest,
         Arc::clone(&cache),

@@ -51,7 +51,8 @@ pub fn prefetch(args: PrefetchArgs) -> anyhow::Result<i32> {
     let models = model_indices(&manifest, &args.models)?;
     let cache = open_cache(&args.cache, &args.quota, &manifest)?;
     let (fetcher, runtime) = args.sources.fetcher(&cache)?;
-    let signatures = args.signatures.signatures(
+    let signatures = super::signatures(
+        args.signatures.trust()?,
         args.sources.timeouts(),
         &cache,
         Arc::clone(fetcher.metrics()),

@@ -111,7 +111,7 @@ pub(super) fn load(
 
 /// Keeps `text` as the last good copy of the manifest at `url`.
 pub(super) fn keep_or_warn(url: &str, kept: &Path, text: &str) {
-    if let Err(e) = keep(kept, text) {
+    if let Err(e) = crate::fileio::write_durably(kept, text.as_bytes()) {
         warn!(manifest = url, error = %e, "cannot keep a copy of the manifest; a restart will need the network");
     }
 }
@@ -157,8 +157,4 @@ pub(super) async fn fetch_unless(
     let text = String::from_utf8(bytes)
         .with_context(|| format!("the manifest {url} is not UTF-8 text"))?;
     Ok(Some((text, document.etag)))
-}
-
-fn keep(kept: &Path, text: &str) -> std::io::Result<()> {
-    crate::fileio::write_durably(kept, text.as_bytes())
 }

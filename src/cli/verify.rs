@@ -35,7 +35,8 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<i32> {
     let manifest = std::sync::Arc::new(args.manifest.load()?);
     let models = model_indices(&manifest, &args.models)?;
     let cache: Arc<_> = open_cache(&args.cache, &QuotaArg::none(), &manifest)?;
-    let signatures = args.signatures.signatures(
+    let signatures = super::signatures(
+        args.signatures.trust()?,
         super::remote::default_timeouts(),
         &cache,
         Arc::new(crate::metrics::Metrics::new()),

@@ -93,12 +93,12 @@ impl Catalog {
         }
     }
 
-    /// The generation in use. A request holds it to the end, whatever a
-    /// reload swaps in meanwhile.
     pub fn layout(&self) -> Layout {
         self.layout
     }
 
+    /// The generation in use. A request holds it to the end, whatever a
+    /// reload swaps in meanwhile.
     pub fn now(&self) -> Arc<Generation> {
         Arc::clone(&self.now.read().unwrap_or_else(|p| p.into_inner()))
     }

@@ -21,13 +21,7 @@ pub(super) async fn fetch(
     let path_owned = path.to_owned();
     let file = blocking(move || File::open(&path_owned))
         .await
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                SourceError::NotFound("no such file".into())
-            } else {
-                SourceError::Io(e)
-            }
-        })?;
+        .map_err(opening)?;
     let file = Arc::new(file);
     let mut offset = range.start;
     while offset < range.end {
@@ -62,10 +56,7 @@ pub(super) async fn read_whole(path: &Path, limit: usize) -> Result<super::Docum
         Ok(body)
     })
     .await
-    .map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => SourceError::NotFound("no such file".into()),
-        _ => SourceError::Io(e),
-    })?;
+    .map_err(opening)?;
     if body.len() > limit {
         return Err(SourceError::LongBody { want: limit as u64 });
     }
@@ -73,4 +64,12 @@ pub(super) async fn read_whole(path: &Path, limit: usize) -> Result<super::Docum
         body: Some(body),
         etag: None,
     })
+}
+
+/// A file that is not there is absent at this source, not a fault of it.
+fn opening(e: io::Error) -> SourceError {
+    match e.kind() {
+        io::ErrorKind::NotFound => SourceError::NotFound("no such file".into()),
+        _ => SourceError::Io(e),
+    }
 }

@@ -14,6 +14,7 @@ mod s3;
 #[cfg(test)]
 pub mod scripted;
 
+use std::borrow::Cow;
 use std::io;
 use std::ops::Range;
 use std::time::Duration;
@@ -161,29 +162,21 @@ impl Sources {
         range: Range<u64>,
         sink: &mut (dyn Sink + Send),
     ) -> Result<(), StreamError> {
-        match location {
-            Location::File(path) => file::fetch(path, range, sink).await,
-            Location::LocalUnrooted(_) => Err(unrooted().into()),
-            Location::Http(url) => self.http.fetch(url, range, sink, None).await,
-            Location::S3 { bucket, key } => {
-                let url = self.s3.object_url(bucket, key)?;
-                let result = self.http.fetch(&url, range, sink, None).await;
-                advise_if_denied(result, self.s3.denied_advice())
-            }
-            Location::Hf {
-                repo,
-                revision,
-                path,
-            } => {
-                let url = self.hub.resolve_url(repo, revision, path);
-                let result = self.http.fetch(&url, range, sink, self.hub.token()).await;
-                advise_if_denied(result, self.hub.denied_advice())
-            }
-        }
+        let Some((url, bearer, advice)) = self.over_http(location)? else {
+            return match location {
+                Location::File(path) => file::fetch(path, range, sink).await,
+                _ => Err(unrooted().into()),
+            };
+        };
+        self.http
+            .fetch(&url, range, sink, bearer)
+            .await
+            .map_err(|e| match e {
+                StreamError::Source(e) => StreamError::Source(advised(e, advice)),
+                sink => sink,
+            })
     }
-}
 
-impl Sources {
     /// The whole object at `location` (a manifest, a signature bundle), at
     /// most `limit` bytes, unless it still has the ETag `unless`.
     pub async fn document(
@@ -192,12 +185,30 @@ impl Sources {
         limit: usize,
         unless: Option<&str>,
     ) -> Result<Document, SourceError> {
-        let (url, bearer, advice) = match location {
-            Location::File(path) => return file::read_whole(path, limit).await,
-            Location::LocalUnrooted(_) => return Err(unrooted()),
-            Location::Http(url) => (url.clone(), None, None),
+        let Some((url, bearer, advice)) = self.over_http(location)? else {
+            return match location {
+                Location::File(path) => file::read_whole(path, limit).await,
+                _ => Err(unrooted()),
+            };
+        };
+        self.http
+            .get_if_changed(&url, bearer, limit, unless)
+            .await
+            .map_err(|e| advised(e, advice))
+    }
+
+    /// How a remote `location` is asked over HTTP: its URL, the bearer
+    /// token to send, and what to say if access is denied; `None` for a
+    /// local one.
+    fn over_http<'a>(
+        &'a self,
+        location: &'a Location,
+    ) -> Result<Option<OverHttp<'a>>, SourceError> {
+        Ok(Some(match location {
+            Location::File(_) | Location::LocalUnrooted(_) => return Ok(None),
+            Location::Http(url) => (Cow::Borrowed(url), None, None),
             Location::S3 { bucket, key } => (
-                self.s3.object_url(bucket, key)?,
+                Cow::Owned(self.s3.object_url(bucket, key)?),
                 None,
                 Some(self.s3.denied_advice()),
             ),
@@ -206,19 +217,15 @@ impl Sources {
                 revision,
                 path,
             } => (
-                self.hub.resolve_url(repo, revision, path),
+                Cow::Owned(self.hub.resolve_url(repo, revision, path)),
                 self.hub.token(),
                 Some(self.hub.denied_advice()),
             ),
-        };
-        match self.http.get_if_changed(&url, bearer, limit, unless).await {
-            Err(SourceError::Denied { reply, .. }) if advice.is_some() => {
-                Err(SourceError::Denied { reply, advice })
-            }
-            other => other,
-        }
+        }))
     }
 }
+
+type OverHttp<'a> = (Cow<'a, reqwest::Url>, Option<&'a str>, Option<&'static str>);
 
 fn unrooted() -> SourceError {
     SourceError::NotFound(
@@ -267,29 +274,18 @@ impl Sources {
             .http
             .get(&url, self.hub.token(), HUB_API_MAX)
             .await
-            .map_err(|e| match e {
-                SourceError::Denied { reply, .. } => SourceError::Denied {
-                    reply,
-                    advice: Some(self.hub.denied_advice()),
-                },
-                other => other,
-            })?;
+            .map_err(|e| advised(e, Some(self.hub.denied_advice())))?;
         serde_json::from_slice(&body)
             .map_err(|e| SourceError::Request(format!("the hub's answer for {repo}: {e}")))
     }
 }
 
 /// Adds what to check to an access-denied answer; the scheme knows its credentials.
-fn advise_if_denied(
-    result: Result<(), StreamError>,
-    advice: &'static str,
-) -> Result<(), StreamError> {
-    match result {
-        Err(StreamError::Source(SourceError::Denied { reply, .. })) => Err(SourceError::Denied {
-            reply,
-            advice: Some(advice),
+fn advised(e: SourceError, advice: Option<&'static str>) -> SourceError {
+    match e {
+        SourceError::Denied { reply, .. } if advice.is_some() => {
+            SourceError::Denied { reply, advice }
         }
-        .into()),
         other => other,
     }
 }

@@ -414,8 +414,6 @@ impl<'m> Builder<'m> {
     }
 }
 
-/// The repo a model is shown as: its `repo` key, else its first `hf://`
-/// source's, else `modelfs/<id>`.
 /// The files shown as one blob with file `file` of model `model` in the
 /// hub layout: every file of the models of its repo with its sha256.
 pub fn hf_sharers(manifest: &Manifest, model: usize, file: usize) -> Vec<(usize, usize)> {
@@ -435,6 +433,8 @@ pub fn hf_sharers(manifest: &Manifest, model: usize, file: usize) -> Vec<(usize,
     sharers
 }
 
+/// The repo a model is shown as: its `repo` key, else its first `hf://`
+/// source's, else `modelfs/<id>`.
 pub fn hf_repo(model: &Model) -> String {
     model.repo.clone().unwrap_or_else(|| {
         model
