@@ -427,6 +427,21 @@ impl<'c> ColdReads<'c> {
         }
     }
 
+    /// Reads on, one read every `pace`, until `source` is asked for
+    /// something again; how often it had been asked before.
+    fn until_asked_again(&mut self, source: &RangeServer, pace: Duration) -> u64 {
+        let asked = source.requests();
+        wait_for("the recovered source to be asked again", || {
+            self.next();
+            let asked_again = source.requests() > asked;
+            if !asked_again {
+                std::thread::sleep(pace);
+            }
+            asked_again
+        });
+        asked
+    }
+
     fn next(&mut self) {
         use std::os::unix::fs::FileExt;
         let mut piece = vec![0u8; 4096];
@@ -445,16 +460,8 @@ fn a_source_that_stalled_is_used_again_once_it_recovers() {
     reads.next();
     assert!(source_state(&c, &c.first.url())["demoted_until"].is_u64());
     c.first.set_always(None);
-    let asked = c.first.requests();
     // A read every 250 ms: within the 48 chunks, its demotion (4 s) ends.
-    wait_for("the recovered source to be asked again", || {
-        reads.next();
-        let asked_again = c.first.requests() > asked;
-        if !asked_again {
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        asked_again
-    });
+    reads.until_asked_again(&c.first, Duration::from_millis(250));
     // The probe delivered: it is first again. Its success is recorded as
     // its request ends, which may be just after the reader got its chunk,
     // so a read racing that still goes to the second source.
@@ -487,16 +494,9 @@ fn a_source_silent_for_a_minute_is_used_again_within_a_minute_of_recovering() {
         std::thread::sleep(Duration::from_secs(2));
     }
     c.first.set_always(None);
-    let (recovered, asked) = (Instant::now(), c.first.requests());
+    let recovered = Instant::now();
     // A read a second: wait_for's deadline is the minute.
-    wait_for("the recovered source to be asked again", || {
-        reads.next();
-        let asked_again = c.first.requests() > asked;
-        if !asked_again {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        asked_again
-    });
+    let asked = reads.until_asked_again(&c.first, Duration::from_secs(1));
     eprintln!(
         "fault timing: used again {:.1?} after recovering; asked {asked} times while silent",
         recovered.elapsed()

@@ -49,6 +49,14 @@ impl Catalog {
         self.ws.write_manifest(&entries);
     }
 
+    /// A mount of the catalog that reloads only when asked (no URL polls),
+    /// with `extra` options.
+    fn mount(&self, extra: &[&str]) -> Mount {
+        let mut args = vec!["--manifest-refresh", "0"];
+        args.extend_from_slice(extra);
+        Mount::start(&self.ws, &args)
+    }
+
     fn reload(&self, mount: &Mount) -> Output {
         let out = self
             .ws
@@ -81,7 +89,7 @@ fn a_model_added_then_reloaded_is_listed_and_readable_with_no_remount() {
     let a = c.add("a", 3 * MIB as usize, 1);
     let b = c.add("b", 2 * MIB as usize, 2);
     c.write(&[("a", "a@1")]);
-    let m = Mount::start(&c.ws, &["--manifest-refresh", "0"]);
+    let m = c.mount(&[]);
     // The kernel keeps the listing, and that b@1 is absent.
     assert_eq!(listed(&m.mountpoint), ["a@1"]);
     assert!(!m.path("b@1").exists());
@@ -165,7 +173,7 @@ fn a_model_removed_while_its_file_is_read_reads_to_the_end() {
     let a = c.add("a", 8 * MIB as usize, 1);
     c.add("b", MIB as usize, 2);
     c.write(&[("a", "a@1"), ("b", "b@1")]);
-    let m = Mount::start(&c.ws, &["--manifest-refresh", "0"]);
+    let m = c.mount(&[]);
     let mut file = fs::File::open(m.path("a@1/w.bin")).unwrap();
     let mut got = vec![0u8; MIB as usize];
     file.read_exact(&mut got).unwrap();
@@ -187,7 +195,7 @@ fn a_file_whose_content_changed_is_a_new_file_and_the_open_one_keeps_the_old() {
     let old = c.add("v1", 6 * MIB as usize, 1);
     let new = c.add("v2", 5 * MIB as usize, 2);
     c.write(&[("v1", "m")]);
-    let m = Mount::start(&c.ws, &["--manifest-refresh", "0"]);
+    let m = c.mount(&[]);
     let path = m.path("m/w.bin");
     let mut before = fs::File::open(&path).unwrap();
     let old_ino = before.metadata().unwrap().ino();
@@ -221,7 +229,7 @@ fn a_manifest_that_cannot_be_used_changes_nothing() {
     c.add("b", MIB as usize, 2);
     c.write(&[("a", "a@1")]);
     let addr = free_addr();
-    let m = Mount::start(&c.ws, &["--manifest-refresh", "0", "--metrics-addr", &addr]);
+    let m = c.mount(&["--metrics-addr", &addr]);
     let manifest = c.ws.path("manifest.toml");
     let good = fs::read_to_string(&manifest).unwrap();
 
@@ -364,7 +372,7 @@ fn the_hub_cache_layout_follows_a_reload() {
             .replacen("[[model]]\n", "[[model]]\nrepo = \"org/name\"\n", 1)
     };
     c.ws.write_manifest(&[with_repo("v1")]);
-    let m = Mount::start(&c.ws, &["--manifest-refresh", "0", "--layout", "hf"]);
+    let m = c.mount(&["--layout", "hf"]);
     let repo = m.path("models--org--name");
     let old_rev = fs::read_to_string(repo.join("refs/main")).unwrap();
     assert_eq!(listed(&repo.join("snapshots")), [old_rev.as_str()]);

@@ -7,7 +7,7 @@
 mod support;
 
 use std::fs;
-use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -178,6 +178,14 @@ impl Signed {
         out
     }
 
+    /// The same workspace with its server gone: a server with nothing to
+    /// serve in its place, which counts what it is asked.
+    fn offline(self) -> Signed {
+        drop(self.server);
+        let server = RangeServer::start(&self.ws.path("nowhere"));
+        Signed { server, ..self }
+    }
+
     fn mount(&self, extra: &[&str]) -> Mount {
         let key = self.public.to_str().unwrap();
         let mut args = vec!["--trusted-key", key];
@@ -213,8 +221,26 @@ impl Signed {
     }
 }
 
-fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
-    fs::read(path)
+/// 4 KiB of `path` at `at`, read through the mount.
+fn piece_at(path: &Path, at: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0; 4096];
+    fs::File::open(path)?.read_exact_at(&mut buf, at as u64)?;
+    Ok(buf)
+}
+
+/// `entry` with the chunk hashes of `honest` (in `chunk`-byte chunks) from
+/// chunk `from` on replaced by those of `evil`.
+fn forge(entry: &str, honest: &[u8], evil: &[u8], chunk: usize, from: usize) -> String {
+    let mut entry = entry.to_owned();
+    for (h, e) in chunk_hashes(honest, chunk)
+        .iter()
+        .zip(chunk_hashes(evil, chunk))
+        .skip(from)
+    {
+        entry = entry.replace(h, &e);
+    }
+    entry
 }
 
 fn assert_refused(path: &Path) {
@@ -273,9 +299,9 @@ fn a_signed_model_is_listed_offline_read_right_and_shown_verified() {
         s.server.request_log()
     );
 
-    assert_eq!(read_all(&mnt.path("signed/w.bin")).unwrap(), weights);
+    assert_eq!(fs::read(mnt.path("signed/w.bin")).unwrap(), weights);
     assert_eq!(
-        read_all(&mnt.path("signed/config.json")).unwrap(),
+        fs::read(mnt.path("signed/config.json")).unwrap(),
         b"{\"seed\": 1}\n"
     );
     let verdict = format!("verified by {}", s.public.display());
@@ -308,13 +334,9 @@ fn a_signed_model_is_listed_offline_read_right_and_shown_verified() {
     drop(mnt);
 
     // A restart with no network: the kept bundle vouches for the cached model.
-    drop(s.server);
-    let s = Signed {
-        server: RangeServer::start(&s.ws.path("nowhere")),
-        ..s
-    };
+    let s = s.offline();
     let mnt = s.mount(&[]);
-    assert_eq!(read_all(&mnt.path("signed/w.bin")).unwrap(), weights);
+    assert_eq!(fs::read(mnt.path("signed/w.bin")).unwrap(), weights);
     assert_eq!(xattr(&mnt.path("signed/config.json"), SIGNATURE), verdict);
     assert_eq!(s.server.requests(), 0, "{:?}", s.server.request_log());
 }
@@ -366,7 +388,7 @@ fn a_manifest_that_changed_a_signed_digest_serves_nothing_of_the_model() {
     s.ws.write_manifest(&[s.entry("m", "tampered")]);
     s.ws.run_ok(&["reload".as_ref(), mnt.mountpoint.as_os_str()]);
     assert_eq!(
-        read_all(&mnt.path("tampered/config.json")).unwrap(),
+        fs::read(mnt.path("tampered/config.json")).unwrap(),
         b"{\"seed\": 2}\n"
     );
     assert!(xattr(&mnt.path("tampered/w.bin"), SIGNATURE).starts_with("verified by"));
@@ -382,7 +404,7 @@ fn a_complete_cached_file_is_checked_against_the_signed_shards() {
     s.ws.write_manifest(&[s.entry("other", "other")]);
     {
         let mnt = s.mount(&[]);
-        assert_eq!(read_all(&mnt.path("other/w.bin")).unwrap(), other);
+        assert_eq!(fs::read(mnt.path("other/w.bin")).unwrap(), other);
     }
     s.model("sharded", 3 * MIB, 9);
     s.signer.sign_shards(&s.dir("sharded"), &s.private, MIB);
@@ -450,7 +472,7 @@ fn unsigned_models_are_served_unless_signatures_are_required() {
         assert_eq!(s.server.requests(), 0);
     }
     let mnt = s.mount(&[]);
-    assert_eq!(read_all(&mnt.path("plain/w.bin")).unwrap(), weights);
+    assert_eq!(fs::read(mnt.path("plain/w.bin")).unwrap(), weights);
     assert_eq!(xattr(&mnt.path("plain/w.bin"), SIGNATURE), "unsigned");
     assert_eq!(s.model_status("plain")["signature"], "unsigned");
 }
@@ -469,11 +491,8 @@ fn shard_signatures_stay_lazy_and_whole_signatures_wait_for_the_file() {
     let mnt = s.mount(&[]);
     let at = 3 * size / 4;
     for (id, data) in [("whole", &whole), ("sharded", &sharded)] {
-        let mut f = fs::File::open(mnt.path(&format!("{id}/w.bin"))).unwrap();
-        f.seek(SeekFrom::Start(at as u64)).unwrap();
-        let mut buf = vec![0; 4096];
-        f.read_exact(&mut buf).unwrap();
-        assert_eq!(buf, data[at..at + 4096], "{id}");
+        let piece = piece_at(&mnt.path(&format!("{id}/w.bin")), at).unwrap();
+        assert_eq!(piece, data[at..at + 4096], "{id}");
     }
     assert!(
         s.weight_bytes_asked("whole") >= size as u64,
@@ -484,7 +503,7 @@ fn shard_signatures_stay_lazy_and_whole_signatures_wait_for_the_file() {
         lazy <= 4 * MIB as u64,
         "signed in shards: {lazy} bytes fetched for one 4 KiB read"
     );
-    assert_eq!(read_all(&mnt.path("sharded/w.bin")).unwrap(), sharded);
+    assert_eq!(fs::read(mnt.path("sharded/w.bin")).unwrap(), sharded);
     assert!(xattr(&mnt.path("sharded/w.bin"), SIGNATURE).starts_with("verified by"));
 }
 
@@ -521,29 +540,16 @@ fn chunk_hashes_the_signature_does_not_cover_vouch_for_nothing() {
     s.signer.sign(&s.dir("whole"), &s.private);
     let shards = s.model("shards", 3 * MIB, 11);
     s.signer.sign_shards(&s.dir("shards"), &s.private, MIB);
-    let forge = |entry: String, honest: &[u8], evil: &[u8], chunk: usize| {
-        let mut entry = entry;
-        for (h, e) in chunk_hashes(honest, chunk)
-            .iter()
-            .zip(chunk_hashes(evil, chunk))
-        {
-            entry = entry.replace(h, &e);
-        }
-        entry
-    };
     let evil_whole = sample_bytes(honest.len(), 12);
     let evil_shards = sample_bytes(shards.len(), 13);
-    let whole_entry = forge(s.entry("whole", "whole"), &honest, &evil_whole, MIB);
+    let whole_entry = forge(&s.entry("whole", "whole"), &honest, &evil_whole, MIB, 0);
+    let shards_url = [format!("{}/shards", s.server.url())];
     let shards_entry = forge(
-        s.ws.entry(
-            "shards",
-            "shards",
-            &[format!("{}/shards", s.server.url())],
-            64 << 10,
-        ),
+        &s.ws.entry("shards", "shards", &shards_url, 64 << 10),
         &shards,
         &evil_shards,
         64 << 10,
+        0,
     );
     assert!(
         whole_entry.contains(&sha256_hex(&honest)),
@@ -654,7 +660,7 @@ fn a_blob_shared_in_the_hub_layout_is_bound_by_the_signed_model() {
         "models--org--x/snapshots/{}/w.bin",
         "b".repeat(40)
     ));
-    assert_eq!(read_all(&path).unwrap(), honest);
+    assert_eq!(fs::read(&path).unwrap(), honest);
 }
 
 /// The publisher's way to lazy reads with the `model_signing` CLI: `manifest
@@ -673,23 +679,14 @@ fn a_signed_chunk_list_makes_a_model_signed_whole_lazy() {
     // The manifest's own chunk hashes are forged and the source serves
     // those bytes, past the part read first: only the signed list counts.
     let evil = sample_bytes(size, 18);
-    let mut forged = entry.clone();
-    for (h, e) in chunk_hashes(&data, MIB)
-        .iter()
-        .zip(chunk_hashes(&evil, MIB))
-        .skip(4)
-    {
-        forged = forged.replace(h, &e);
-    }
-    s.ws.write_manifest(&[forged]);
+    s.ws.write_manifest(&[forge(&entry, &data, &evil, MIB, 4)]);
     let at = 3 * size / 4;
     {
         let mnt = s.mount(&[]);
-        let mut f = fs::File::open(mnt.path("listed/w.bin")).unwrap();
-        f.seek(SeekFrom::Start(at as u64)).unwrap();
-        let mut buf = vec![0; 4096];
-        f.read_exact(&mut buf).unwrap();
-        assert_eq!(buf, data[at..at + 4096]);
+        assert_eq!(
+            piece_at(&mnt.path("listed/w.bin"), at).unwrap(),
+            data[at..at + 4096]
+        );
         let lazy = s.weight_bytes_asked("m");
         assert!(
             lazy <= 4 * MIB as u64,
@@ -702,27 +699,19 @@ fn a_signed_chunk_list_makes_a_model_signed_whole_lazy() {
         let mut evil_data = data.clone();
         evil_data[4 * MIB..5 * MIB].copy_from_slice(&evil[4 * MIB..5 * MIB]);
         s.ws.add_file("m", "w.bin", &evil_data);
-        let mut piece = vec![0; 4096];
-        let read = f
-            .seek(SeekFrom::Start(4 * MIB as u64))
-            .and_then(|_| f.read_exact(&mut piece));
+        let read = piece_at(&mnt.path("listed/w.bin"), 4 * MIB);
         assert_eq!(
             read.unwrap_err().raw_os_error(),
             Some(libc::EIO),
             "bytes the list does not vouch for"
         );
     }
-    drop(s.server);
-    let s = Signed {
-        server: RangeServer::start(&s.ws.path("nowhere")),
-        ..s
-    };
+    let s = s.offline();
     let mnt = s.mount(&[]);
-    let mut f = fs::File::open(mnt.path("listed/w.bin")).unwrap();
-    let mut buf = vec![0; 4096];
-    f.seek(SeekFrom::Start(at as u64)).unwrap();
-    f.read_exact(&mut buf).unwrap();
-    assert_eq!(buf, data[at..at + 4096]);
+    assert_eq!(
+        piece_at(&mnt.path("listed/w.bin"), at).unwrap(),
+        data[at..at + 4096]
+    );
     assert_eq!(s.server.requests(), 0, "{:?}", s.server.request_log());
 }
 
@@ -747,11 +736,10 @@ fn a_chunk_list_other_than_the_signed_one_leaves_files_verified_whole() {
     s.ws.write_manifest(&[String::from_utf8(rebuilt.stdout).unwrap()]);
     let mnt = s.mount(&[]);
     let at = 3 * size / 4;
-    let mut f = fs::File::open(mnt.path("listed/w.bin")).unwrap();
-    f.seek(SeekFrom::Start(at as u64)).unwrap();
-    let mut buf = vec![0; 4096];
-    f.read_exact(&mut buf).unwrap();
-    assert_eq!(buf, data[at..at + 4096]);
+    assert_eq!(
+        piece_at(&mnt.path("listed/w.bin"), at).unwrap(),
+        data[at..at + 4096]
+    );
     assert!(s.weight_bytes_asked("m") >= size as u64, "verified whole");
     assert!(
         mnt.log_text()
@@ -771,7 +759,7 @@ fn a_reload_that_changes_how_a_file_is_verified_gives_it_a_new_inode() {
     let data = s.model("m", 2 * MIB, 20);
     s.ws.write_manifest(&[s.entry("m", "m")]);
     let mnt = s.mount(&[]);
-    assert_eq!(read_all(&mnt.path("m/w.bin")).unwrap(), data);
+    assert_eq!(fs::read(mnt.path("m/w.bin")).unwrap(), data);
     let ino = || fs::metadata(mnt.path("m/w.bin")).unwrap().ino();
     let (first, config) = (
         ino(),
@@ -786,5 +774,5 @@ fn a_reload_that_changes_how_a_file_is_verified_gives_it_a_new_inode() {
         config,
         "one chunk either way: kept"
     );
-    assert_eq!(read_all(&mnt.path("m/w.bin")).unwrap(), data);
+    assert_eq!(fs::read(mnt.path("m/w.bin")).unwrap(), data);
 }
