@@ -25,8 +25,9 @@ impl ModelFs {
         if self.signatures.is_none() || self.catalog.layout() != Layout::Hf {
             return self.signed(own);
         }
-        let mut served = Vec::new();
-        for (m, f) in hf_sharers(&g.manifest, model, file) {
+        let sharers = hf_sharers(&g.manifest, model, file);
+        let mut served = Vec::with_capacity(sharers.len());
+        for &(m, f) in &sharers {
             served.push(self.signed(Target::of(&g.manifest, m, f))?);
         }
         // Bytes must be bound alike for every model that signs them.
@@ -35,7 +36,9 @@ impl ModelFs {
             .filter(|(_, v)| matches!(v.as_deref(), Some(Verdict::Verified { .. })))
             .collect();
         let Some(&first) = signed.first() else {
-            return self.signed(own);
+            // None is signed: the file as its own model serves it, judged above.
+            let own = sharers.iter().position(|&s| s == (model, file));
+            return Ok(served[own.expect("a file shares its own blob")].clone());
         };
         // Every one signs the sha256 the blob is named by: any one's way
         // of verifying it (the lazy one, if there is one) binds it for all.
